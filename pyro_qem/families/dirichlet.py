@@ -1,0 +1,80 @@
+"""Beta and Dirichlet families: unit-interval and simplex sites."""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import constraints
+
+import pyro.distributions as dist
+
+from ._special import dirichlet_concentration, safe_log
+from .base import Family, Moments, Params
+
+
+class Dirichlet(Family):
+    """q(z) = Dirichlet(concentration) for a simplex site (event dim 1).
+
+    Statistic ``log z``; the M-step finds the concentration with
+    ``digamma(a_k) - digamma(sum a) = E log z_k`` by Minka's fixed point, then Newton.
+
+    Example::
+
+        fam = Dirichlet()
+        a = torch.tensor([0.5, 2.0, 30.0], dtype=torch.float64)
+        m = fam.moments_from_params({"concentration": a}, torch.Size([3]))
+        fam.params_from_moments(m, torch.Size([3]))  # concentration [0.5, 2, 30]
+    """
+
+    name = "Dirichlet"
+    support = constraints.simplex
+    stat_names = ("log_z",)
+    event_dims = (1,)
+
+    def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
+        return (safe_log(value),)
+
+    def params_from_moments(self, moments: Moments, event_shape: torch.Size) -> Params:
+        (mean_log,) = moments
+        return {"concentration": dirichlet_concentration(mean_log).to(mean_log.dtype)}
+
+    def moments_from_params(self, params: Params, event_shape: torch.Size) -> Moments:
+        a = params["concentration"]
+        return (torch.digamma(a) - torch.digamma(a.sum(-1, keepdim=True)),)
+
+    def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
+        return dist.Dirichlet(params["concentration"])
+
+
+class Beta(Family):
+    """q(z) = Beta(concentration1, concentration0), independently per coordinate.
+
+    Statistics ``(log z, log(1 - z))``; the M-step is Dirichlet's on the pair.
+
+    Example::
+
+        fam = Beta()
+        q = fam.distribution({"concentration1": torch.tensor(2.0),
+                              "concentration0": torch.tensor(5.0)}, torch.Size())
+    """
+
+    name = "Beta"
+    support = constraints.unit_interval
+    stat_names = ("log_z", "log_1mz")
+    event_dims = (0, 1)
+
+    def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
+        return safe_log(value), safe_log(1.0 - value)
+
+    def params_from_moments(self, moments: Moments, event_shape: torch.Size) -> Params:
+        mean_log, mean_log1m = moments
+        a = dirichlet_concentration(torch.stack([mean_log, mean_log1m], -1)).to(mean_log.dtype)
+        return {"concentration1": a[..., 0], "concentration0": a[..., 1]}
+
+    def moments_from_params(self, params: Params, event_shape: torch.Size) -> Moments:
+        a, b = params["concentration1"], params["concentration0"]
+        total = torch.digamma(a + b)
+        return torch.digamma(a) - total, torch.digamma(b) - total
+
+    def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
+        q = dist.Beta(params["concentration1"], params["concentration0"])
+        return q.to_event(len(event_shape))

@@ -1,0 +1,90 @@
+"""Gamma and InverseGamma families: positive sites, shape fitted by Newton's method."""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import constraints
+
+import pyro.distributions as dist
+
+from ._special import ABSOLUTE_SCALE_FLOOR, gamma_shape, safe_log
+from .base import Family, Moments, Params
+
+
+def _shape_and_rate(mean: torch.Tensor, mean_log: torch.Tensor) -> Params:
+    """Gamma(shape, rate) with ``E z = mean`` and ``E log z = mean_log`` (float64)."""
+    mean = mean.double().clamp_min(ABSOLUTE_SCALE_FLOOR)
+    shape = gamma_shape(mean.log() - mean_log.double())
+    # The rate is tied to E z, so its floor moves with the site's scale.
+    return {"concentration": shape, "rate": shape / mean}
+
+
+class Gamma(Family):
+    """q(z) = Gamma(concentration, rate), independently per coordinate.
+
+    Statistics ``(z, log z)``; the M-step solves ``log a - digamma(a) = log E z - E log z``
+    for the shape ``a`` (Minka's generalised Newton) and sets ``rate = a / E z``.
+
+    Example::
+
+        fam = Gamma()
+        m = fam.moments_from_params({"concentration": torch.tensor(2.0, dtype=torch.float64),
+                                     "rate": torch.tensor(3.0, dtype=torch.float64)},
+                                    torch.Size())
+        fam.params_from_moments(m, torch.Size())  # concentration 2, rate 3
+    """
+
+    name = "Gamma"
+    support = constraints.positive
+    stat_names = ("z", "log_z")
+    event_dims = (0, 1)
+
+    def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
+        return value, safe_log(value)
+
+    def params_from_moments(self, moments: Moments, event_shape: torch.Size) -> Params:
+        mean, mean_log = moments
+        params = _shape_and_rate(mean, mean_log)
+        return {k: v.to(mean.dtype) for k, v in params.items()}
+
+    def moments_from_params(self, params: Params, event_shape: torch.Size) -> Moments:
+        a, b = params["concentration"], params["rate"]
+        return a / b, torch.digamma(a) - b.log()
+
+    def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
+        return dist.Gamma(params["concentration"], params["rate"]).to_event(len(event_shape))
+
+
+class InverseGamma(Family):
+    """q(z) = InverseGamma(concentration, rate): ``1/z`` is Gamma(concentration, rate).
+
+    Statistics ``(1/z, log z)``; the M-step is Gamma's on ``1/z``.
+
+    Example::
+
+        fam = InverseGamma()
+        q = fam.distribution({"concentration": torch.tensor(3.0), "rate": torch.tensor(2.0)},
+                             torch.Size())
+    """
+
+    name = "InverseGamma"
+    support = constraints.positive
+    stat_names = ("inv_z", "log_z")
+    event_dims = (0, 1)
+
+    def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
+        log_z = safe_log(value)
+        return (-log_z).exp(), log_z
+
+    def params_from_moments(self, moments: Moments, event_shape: torch.Size) -> Params:
+        mean_inv, mean_log = moments
+        params = _shape_and_rate(mean_inv, -mean_log.double())
+        return {k: v.to(mean_inv.dtype) for k, v in params.items()}
+
+    def moments_from_params(self, params: Params, event_shape: torch.Size) -> Moments:
+        a, b = params["concentration"], params["rate"]
+        return a / b, b.log() - torch.digamma(a)
+
+    def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
+        q = dist.InverseGamma(params["concentration"], params["rate"])
+        return q.to_event(len(event_shape))

@@ -1,0 +1,59 @@
+"""Normal family: scalar sites, and vector sites with a diagonal covariance."""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import constraints
+
+import pyro.distributions as dist
+
+from .base import Family, Moments, Params
+
+# Variances below this fraction of E[z^2] are floored: relative, so that rescaling a
+# latent rescales the floor with it and QEM's trajectory stays invariant.
+RELATIVE_VARIANCE_FLOOR = 1e-12
+# Only reached when every particle is exactly zero; keeps float32 scales positive.
+ABSOLUTE_VARIANCE_FLOOR = 1e-60
+
+
+def floored_variance(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``E[z^2] - E[z]^2`` floored relative to ``E[z^2]``."""
+    floor = (RELATIVE_VARIANCE_FLOOR * second).clamp_min(ABSOLUTE_VARIANCE_FLOOR)
+    return torch.maximum(second - first.square(), floor)
+
+
+class Normal(Family):
+    """q(z) = Normal(loc, scale), independently per coordinate of a vector site.
+
+    Statistics (z, z^2); M-step ``loc = E z``, ``scale = sqrt(E z^2 - (E z)^2)``.
+    """
+
+    name = "Normal"
+    support = constraints.real
+    stat_names = ("z", "z2")
+    event_dims = (0, 1)
+
+    def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
+        return value, value.square()
+
+    def params_from_moments(self, moments: Moments, event_shape: torch.Size) -> Params:
+        first, second = moments
+        return {"loc": first, "scale": floored_variance(first, second).sqrt()}
+
+    def moments_from_params(self, params: Params, event_shape: torch.Size) -> Moments:
+        loc, scale = params["loc"], params["scale"]
+        return loc, loc.square() + scale.square()
+
+    def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
+        return dist.Normal(params["loc"], params["scale"]).to_event(len(event_shape))
+
+    def init_moments(self, draws: torch.Tensor, event_shape: torch.Size) -> Moments:
+        """Median and interquartile range of the draws: finite for Cauchy-like priors."""
+        draws = draws.double()
+        q25, q50, q75 = torch.quantile(
+            draws, torch.tensor([0.25, 0.5, 0.75], dtype=draws.dtype, device=draws.device), dim=0
+        )
+        scale = (q75 - q25) / 1.3489795003921634
+        # A prior with a point mass (or a bounded discrete-ish draw) has zero IQR.
+        scale = torch.where(scale > 0, scale, draws.std(0).clamp_min(1e-30))
+        return self.moments_from_params({"loc": q50, "scale": scale}, event_shape)

@@ -1,0 +1,42 @@
+"""Poisson family: nonnegative-integer sites."""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import constraints
+
+import pyro.distributions as dist
+
+from .base import Family, Moments, Params
+
+# A rate this small proposes nothing but zeros, yet stays finite in float32 logs.
+RATE_FLOOR = 1e-12
+
+
+class Poisson(Family):
+    """q(z) = Poisson(rate), independently per coordinate.
+
+    Statistic ``z``; M-step ``rate = E z``, floored at 1e-12.
+
+    Example::
+
+        fam = Poisson()
+        fam.params_from_moments((torch.tensor(3.5, dtype=torch.float64),), torch.Size())
+    """
+
+    name = "Poisson"
+    support = constraints.nonnegative_integer
+    stat_names = ("z",)
+    event_dims = (0, 1)
+
+    def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
+        return (value.to(torch.promote_types(value.dtype, torch.get_default_dtype())),)
+
+    def params_from_moments(self, moments: Moments, event_shape: torch.Size) -> Params:
+        return {"rate": moments[0].clamp_min(RATE_FLOOR)}
+
+    def moments_from_params(self, params: Params, event_shape: torch.Size) -> Moments:
+        return (params["rate"],)
+
+    def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
+        return dist.Poisson(params["rate"]).to_event(len(event_shape))
