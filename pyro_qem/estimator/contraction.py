@@ -1,0 +1,128 @@
+"""The plated log-space contraction: log P_hat, and posterior weights by source terms.
+
+The sum over all K^n particle combinations is a sum-product over the factor graph,
+done by Pyro's tensor variable elimination (:func:`pyro.ops.contract.contract_to_tensor`,
+the routine behind :func:`pyro.ops.contract.einsum`). Within a plate, each element
+logsumexps its own particle dims before the plate is reduced; that order is what
+variable elimination guarantees.
+
+Subsampled plates need one change that ``einsum`` cannot express: the plate-reduced
+term (the sum over the B elements of their per-element logsumexp) is multiplied by
+N / B. :class:`PlateScaledLogRing` does exactly that in the ring's ``product``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import torch
+from pyro.ops.contract import contract_to_tensor
+from pyro.ops.rings import LogRing
+
+from ..guides.structure import ModelStructure
+from ..handlers import SiteRecord
+from .factors import LogFactor, Symbols
+
+
+class PlateScaledLogRing(LogRing):
+    """:class:`~pyro.ops.rings.LogRing` whose product over a subsampled plate is
+    scaled by ``N / B`` after the sum over the minibatch elements."""
+
+    def __init__(self, cache=None, dim_to_size=None, plate_scales: Mapping[str, float] = ()):
+        super().__init__(cache=cache, dim_to_size=dim_to_size)
+        self._plate_scales = dict(plate_scales)
+
+    def product(self, term, ordinal):
+        scale = 1.0
+        for dim in ordinal:
+            if dim in term._pyro_dims:
+                scale *= self._plate_scales.get(dim, 1.0)
+        result = super().product(term, ordinal)
+        if scale != 1.0:
+            dims = result._pyro_dims
+            result = result * scale
+            result._pyro_dims = dims
+        return result
+
+
+def log_marginal(factors: Sequence[LogFactor], plate_scales: Mapping[str, float]) -> torch.Tensor:
+    """``log P_hat``: contract all factors to a scalar.
+
+    :param factors: packed factors; plate symbols are those in their ordinals.
+    :param plate_scales: ``N / B`` per subsampled plate symbol.
+    """
+    tensor_tree: "OrderedDict[frozenset, List[torch.Tensor]]" = OrderedDict()
+    dim_to_size: Dict[str, int] = {}
+    plates = set()
+    for factor in factors:
+        term = factor.tensor[...]  # a fresh object: the ring tags it with _pyro_dims
+        term._pyro_dims = factor.dims
+        tensor_tree.setdefault(factor.ordinal, []).append(term)
+        dim_to_size.update(zip(factor.dims, term.shape))
+        plates |= factor.ordinal
+    sum_dims = set(dim_to_size) - plates
+    ring = PlateScaledLogRing(cache={}, dim_to_size=dim_to_size, plate_scales=plate_scales)
+    return contract_to_tensor(tensor_tree, sum_dims, ring=ring)
+
+
+@dataclass
+class Source:
+    """A zero tensor added to a particle group's factors. ``tensor`` has the group's
+    broadcast layout (particles in dim 0, plates at their dims) and ``factor`` is its
+    packed view; the gradient of log P_hat with respect to it is the posterior weight
+    of each particle, per plate element."""
+
+    group: int
+    tensor: torch.Tensor
+    factor: LogFactor
+
+
+def make_sources(records: Sequence[SiteRecord], structure: ModelStructure, symbols: Symbols,
+                 num_particles: int) -> List[Source]:
+    """One :class:`Source` per particle group that this run sampled."""
+    sources: List[Source] = []
+    seen = set()
+    for record in records:
+        if record.is_observed or record.name not in structure.sites:
+            continue
+        group = structure.group_of(record.name)
+        if group.index in seen:
+            continue
+        seen.add(group.index)
+        shape = [1] * -group.dim
+        shape[0] = num_particles
+        frames = sorted(record.frames, key=lambda f: f.dim)
+        for frame in frames:
+            shape[len(shape) + frame.dim] = frame.size
+        log_q = record.infer["qem_log_q"]
+        tensor = torch.zeros(shape, dtype=log_q.dtype, device=log_q.device, requires_grad=True)
+        packed = tensor.reshape([num_particles] + [f.size for f in frames])
+        dims = symbols.group[group.index] + "".join(symbols.plate[f.name] for f in frames)
+        ordinal = frozenset(symbols.plate[f.name] for f in frames)
+        sources.append(Source(group.index, tensor, LogFactor(f"source:{group.index}", packed, dims, ordinal)))
+    return sources
+
+
+def log_marginal_and_weights(
+    factors: Sequence[LogFactor], sources: Sequence[Source], plate_scales: Mapping[str, float]
+) -> Tuple[torch.Tensor, Dict[int, torch.Tensor]]:
+    """``log P_hat`` and, by one backward pass through the source terms, each group's
+    normalised particle weights (broadcast layout, summing to 1 over dim 0)."""
+    log_p_hat = log_marginal(list(factors) + [s.factor for s in sources], plate_scales)
+    check_finite(log_p_hat)
+    grads = torch.autograd.grad(log_p_hat, [s.tensor for s in sources])
+    # Gradients in a subsampled plate carry its N / B scale: normalise it away.
+    weights = {s.group: g / g.sum(0, keepdim=True) for s, g in zip(sources, grads)}
+    return log_p_hat.detach(), weights
+
+
+def check_finite(log_p_hat: torch.Tensor) -> None:
+    if not torch.isfinite(log_p_hat):
+        raise FloatingPointError(
+            f"log P_hat is {log_p_hat.item()}: no combination of particles has finite "
+            "probability under the model. Check that the observed data lie in the "
+            "support of their distributions and that the guide's initial q overlaps the "
+            "posterior (e.g. pass init_loc_fn or a wider init_scale)."
+        )

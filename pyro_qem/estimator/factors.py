@@ -1,0 +1,142 @@
+"""Turn a recorded particle run into the log-space factors of the estimator.
+
+Latent site i contributes ``log p(z_i | pa) - log q_i(z_i) - log K`` (``-log K`` once
+per group), an observed site ``log p(x | pa)``. Log densities are *unscaled* by
+subsampled plates: the estimator scales each plate-reduced term instead (method.md
+section 4). Each factor is packed: singleton dims squeezed away, the rest named by one
+symbol per particle group and per plate, as :mod:`pyro.ops.contract` expects.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, FrozenSet, List, Sequence
+
+import torch
+from opt_einsum import get_symbol
+
+from ..guides.structure import ModelStructure
+from ..handlers import SiteRecord
+
+
+@dataclass
+class LogFactor:
+    """A packed log-space factor: ``tensor`` has one dim per symbol in ``dims``."""
+
+    name: str
+    tensor: torch.Tensor
+    dims: str
+    ordinal: FrozenSet[str]
+
+
+class Symbols:
+    """One einsum symbol per particle group and per plate of a model."""
+
+    def __init__(self, structure: ModelStructure) -> None:
+        self.group = {g.index: get_symbol(g.index) for g in structure.groups}
+        offset = len(structure.groups)
+        self.plate = {name: get_symbol(offset + i) for i, name in enumerate(structure.plates)}
+        self.plate_names = {sym: name for name, sym in self.plate.items()}
+
+
+def plate_user_scale(record: SiteRecord):
+    """The site's scale without the ``N / B`` factors of its subsampled plates."""
+    scale = record.scale
+    for frame in record.frames:
+        if frame.full_size is not None and frame.full_size != frame.size:
+            scale = scale * frame.size / frame.full_size
+    return scale
+
+
+def log_factors(records: Sequence[SiteRecord], structure: ModelStructure, symbols: Symbols,
+                num_particles: int) -> List[LogFactor]:
+    """The estimator's factors for one particle run of the model."""
+    factors: List[LogFactor] = []
+    log_k = math.log(num_particles)
+    groups_done = set()
+    for record in records:
+        if record.is_deterministic:
+            continue
+        log_density = record.fn.log_prob(record.value)
+        scale = plate_user_scale(record)
+        if not (isinstance(scale, float) and scale == 1.0):
+            log_density = log_density * scale
+        if record.is_observed:
+            factor = _masked(log_density, record.mask)
+        else:
+            factor = _masked(log_density - record.infer["qem_log_q"], record.mask)
+            group = structure.group_of(record.name)
+            if group.index not in groups_done:
+                groups_done.add(group.index)
+                factor = factor - log_k
+        factors.append(pack(record, factor, structure, symbols))
+    return factors
+
+
+def _masked(log_density: torch.Tensor, mask) -> torch.Tensor:
+    # Where masked out, the particles carry no information: the factor is 0 so that
+    # (with -log K) their logsumexp is exactly 0 and their weights are uniform.
+    if mask is None or mask is True:
+        return log_density
+    if mask is False:
+        return torch.zeros_like(log_density)
+    return torch.where(mask, log_density, log_density.new_zeros(()))
+
+
+def pack(record: SiteRecord, factor: torch.Tensor, structure: ModelStructure,
+         symbols: Symbols) -> LogFactor:
+    """Squeeze singleton dims of a broadcast factor and name the remaining ones."""
+    nesting = structure.max_plate_nesting
+    if factor.dim() < nesting:
+        factor = factor.reshape((1,) * (nesting - factor.dim()) + factor.shape)
+    plate_of_dim = {f.dim: f for f in record.frames}
+    shape = list(factor.shape)
+    for dim, frame in plate_of_dim.items():
+        shape[dim] = frame.size
+    factor = factor.expand(shape)
+    dims, drop, summed = [], [], []
+    for pos in range(-factor.dim(), 0):
+        group = structure.group_at_dim(pos)
+        if group is not None:
+            if factor.shape[pos] == 1:
+                drop.append(pos)
+            else:
+                _check_dependency(record, group, structure)
+                dims.append(symbols.group[group.index])
+        elif pos in plate_of_dim:
+            dims.append(symbols.plate[plate_of_dim[pos].name])
+        elif factor.shape[pos] == 1:
+            drop.append(pos)
+        else:
+            # An observed site's batch dims outside any plate are independent terms.
+            summed.append(pos)
+    if summed:
+        factor = factor.sum(summed, keepdim=True)
+    if drop or summed:
+        factor = factor.squeeze(tuple(drop + summed))
+    ordinal = frozenset(symbols.plate[f.name] for f in record.frames)
+    return LogFactor(record.name, factor, "".join(dims), ordinal)
+
+
+def _check_dependency(record: SiteRecord, group, structure: ModelStructure) -> None:
+    own = {f.name for f in record.frames}
+    outside = sorted(group.plates - own)
+    if outside:
+        raise ValueError(
+            f"Site '{record.name}' depends on {list(group.sites)}, which "
+            f"{'is' if len(group.sites) == 1 else 'are'} inside plate(s) {outside} while "
+            f"'{record.name}' is not. A variable outside a plate may not depend on one "
+            "inside it (tensor variable elimination cannot sum such a graph); move the "
+            "site into the plate or restructure the model."
+        )
+
+
+def subsample_scales(records: Sequence[SiteRecord], symbols: Symbols) -> Dict[str, float]:
+    """``N / B`` for every subsampled plate in this run, keyed by plate symbol."""
+    scales: Dict[str, float] = {}
+    for record in records:
+        for frame in record.frames:
+            if frame.full_size is not None and frame.full_size != frame.size:
+                scales[symbols.plate[frame.name]] = frame.full_size / frame.size
+    return scales

@@ -1,0 +1,7 @@
+"""Guides fitted by QEM: effect handlers that draw particles for a model's latent sites."""
+
+from .auto import AutoQEM
+from .qem_guide import QEMGuide
+from .structure import GroupInfo, ModelStructure, PlateInfo, SiteInfo
+
+__all__ = ["AutoQEM", "GroupInfo", "ModelStructure", "PlateInfo", "QEMGuide", "SiteInfo"]

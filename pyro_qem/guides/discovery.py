@@ -1,0 +1,145 @@
+"""Discover a model's sites once, with a prototype trace, and check what QEM supports.
+
+Like :class:`pyro.infer.autoguide.AutoGuide`, a guide runs the model once under
+``poutine.block(poutine.trace(...))`` on its first call. Here subsampled plates run at
+their full size so that every plate element gets its own q.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import torch
+
+import pyro.poutine as poutine
+from pyro.infer.autoguide.initialization import InitMessenger
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_factor, site_is_subsample
+
+from ..handlers import FullPlateMessenger
+from .structure import ModelStructure, PlateInfo, SiteInfo, group_sites
+
+
+@contextlib.contextmanager
+def rng_preserved():
+    """Leave the global RNG streams as they were, so discovering a model (which draws
+    from its prior) does not change what the next step samples: a guide restored from
+    the param store then takes exactly the step the original would have taken."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+def prototype_trace(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Callable) -> Trace:
+    """One run of ``model`` with full-size plates and values from ``init_loc_fn``."""
+    with rng_preserved(), poutine.block():
+        wrapped = FullPlateMessenger()(InitMessenger(init_loc_fn)(model))
+        return poutine.trace(wrapped).get_trace(*args, **kwargs)
+
+
+def discover(
+    trace: Trace,
+    groups: Optional[Sequence[Iterable[str]]] = None,
+    max_plate_nesting: Optional[int] = None,
+    allow_params: bool = False,
+) -> ModelStructure:
+    """Read a prototype trace into a :class:`ModelStructure`, raising on what QEM
+    cannot handle (each error names the site and says what to do)."""
+    sites: Dict[str, SiteInfo] = {}
+    observed: List[str] = []
+    plates: Dict[str, PlateInfo] = {}
+    needed = 0
+    for name, node in trace.nodes.items():
+        if node["type"] == "param" and not allow_params:
+            raise ValueError(
+                f"The model contains pyro.param('{name}'). QEM fits parameters of the model "
+                "only when it is given a gradient optimiser: pass optim=pyro.optim.Adam(...) "
+                "to Inference, or make the parameter a latent sample site."
+            )
+        if node["type"] != "sample" or site_is_subsample(node):
+            continue
+        _check_not_markov(node)
+        frames = [f for f in node["cond_indep_stack"] if f.vectorized]
+        for frame in frames:
+            plates[frame.name] = _plate_info(frame, name)
+        batch_shape = node["fn"].batch_shape
+        needed = max([needed, len(batch_shape)] + [-f.dim for f in frames])
+        if node["is_observed"]:
+            if not site_is_factor(node) and not node["infer"].get("_deterministic"):
+                _check_finite(name, node["value"])
+            observed.append(name)
+            continue
+        _check_batch_dims_are_plates(name, batch_shape, frames)
+        sites[name] = SiteInfo(
+            name=name,
+            support=node["fn"].support,
+            batch_shape=batch_shape,
+            event_shape=node["fn"].event_shape,
+            plates=tuple(f.name for f in frames),
+            dtype=node["value"].dtype,
+            device=node["value"].device,
+        )
+    nesting = _resolve_max_plate_nesting(max_plate_nesting, needed)
+    return ModelStructure(
+        max_plate_nesting=nesting,
+        sites=sites,
+        groups=group_sites(sites, groups, nesting),
+        plates=plates,
+        observed=tuple(observed),
+    )
+
+
+def _plate_info(frame, site: str) -> PlateInfo:
+    full_size = frame.full_size if frame.full_size is not None else frame.size
+    if frame.size != full_size:
+        raise NotImplementedError(
+            f"Site '{site}' is in pyro.plate('{frame.name}') with explicit subsample= "
+            f"indices ({frame.size} of {full_size}). Give subsample_size= instead, so that "
+            "pyro_qem can choose the minibatch and see every element once at set-up."
+        )
+    return PlateInfo(frame.name, frame.dim, full_size)
+
+
+def _check_not_markov(node) -> None:
+    if "_markov_scope" in node["infer"]:
+        raise NotImplementedError(
+            f"Site '{node['name']}' is inside pyro.markov, which pyro_qem does not support "
+            "yet. Remove the markov context (QEM then treats the chain as a plain graph of "
+            "sites), or fit this model with pyro.infer.TraceEnum_ELBO."
+        )
+
+
+def _check_finite(name: str, value) -> None:
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        bad = ~torch.isfinite(value)
+        if bad.any():
+            raise ValueError(
+                f"Observed site '{name}' has {int(bad.sum())} NaN/inf values. Drop them, or "
+                "pass obs_mask= (or wrap the site in poutine.mask) to leave them out."
+            )
+
+
+def _check_batch_dims_are_plates(name: str, batch_shape: torch.Size, frames) -> None:
+    plate_dims = {f.dim for f in frames}
+    for dim in range(-len(batch_shape), 0):
+        if batch_shape[dim] > 1 and dim not in plate_dims:
+            raise ValueError(
+                f"Latent site '{name}' has batch shape {tuple(batch_shape)}, and its dim {dim} "
+                "belongs to no pyro.plate. QEM gives each plate element its own particles, "
+                "so every batch dim of a latent site must be a plate: declare a vector "
+                "site with .to_event(1), or put the site inside pyro.plate(..., dim="
+                f"{dim})."
+            )
+
+
+def _resolve_max_plate_nesting(given: Optional[int], needed: int) -> int:
+    if given is None:
+        return needed
+    if given < needed:
+        raise ValueError(
+            f"max_plate_nesting={given} is too small for this model: its sites use "
+            f"{needed} batch dims. Pass max_plate_nesting={needed} or leave it None so "
+            "that pyro_qem finds it."
+        )
+    return given

@@ -1,0 +1,251 @@
+"""The base class of QEM guides: an effect handler that draws particles for a model.
+
+A QEM guide intercepts each latent sample site of the model in a single pass (like
+:class:`pyro.poutine.guide.GuideMessenger`, but without expanding to the prior's batch
+shape, which breaks once particle dims exist). Inside :meth:`QEMGuide.particles` it
+draws K values of each site from its q, in the site's own dim to the left of the plate
+dims, and records log q for the estimator. The q's themselves are moment-matched
+exponential families (:mod:`pyro_qem.families`) whose smoothed mean parameters live in
+Pyro's param store (:class:`~pyro_qem.guides.state.MomentState`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import abstractmethod
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+
+import torch
+
+import pyro.distributions as dist
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+
+from ..families import Family
+from .discovery import discover, prototype_trace, rng_preserved
+from .state import MomentState, Selection, gather
+from .structure import ModelStructure, SiteInfo
+
+# Prior draws per site used to initialise q; enough for quantiles to within a few %.
+NUM_INIT_DRAWS = 2000
+
+
+class QEMGuide(Messenger):
+    """Base class for guides fitted by QEM.
+
+    Subclasses choose each site's family (:meth:`choose_family`). Sites are discovered
+    on the first call (:meth:`setup`), and q is initialised from the prior: each site's
+    family is moment-matched to draws of its prior, given its parents at the values of
+    ``init_loc_fn``, with statistics robust to heavy tails. ``init_loc_fn`` (one of
+    Pyro's ``init_to_*`` strategies) also sets the location of location families, and
+    ``init_scale`` (a float or ``{site: float}``) their scale.
+
+    :param model: the Pyro model.
+    :param groups: lists of latent site names that share one particle dim.
+    :param max_plate_nesting: found from the model when None.
+    :param init_loc_fn: optional Pyro init strategy for the location of q.
+    :param init_scale: optional initial scale of q (float or per-site dict).
+    :param prefix: the prefix of this guide's names in the param store.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        *,
+        groups: Optional[Sequence[Iterable[str]]] = None,
+        max_plate_nesting: Optional[int] = None,
+        init_loc_fn: Optional[Callable] = None,
+        init_scale: Union[None, float, Mapping[str, float]] = None,
+        prefix: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        if max_plate_nesting is not None and max_plate_nesting < 0:
+            raise ValueError(f"max_plate_nesting must be >= 0 or None, got {max_plate_nesting}.")
+        self.model = model
+        self.groups = [list(g) for g in groups] if groups is not None else None
+        self.max_plate_nesting = max_plate_nesting
+        self.init_loc_fn = init_loc_fn
+        self.init_scale = init_scale
+        self.state = MomentState(prefix or type(self).__name__)
+        self.structure: Optional[ModelStructure] = None
+        self.families: Dict[str, Family] = {}
+        self._num_particles: Optional[int] = None
+        self._subsamples: Dict[str, torch.Tensor] = {}
+
+    # ----------------------------------------------------------------- set-up
+
+    @abstractmethod
+    def choose_family(self, site: SiteInfo, prior: dist.Distribution) -> Family:
+        """The family of q for a latent site (called once per site, at set-up)."""
+
+    def setup(self, *args, **kwargs) -> ModelStructure:
+        """Discover the model's sites and initialise missing state (first call only)."""
+        if self.structure is not None:
+            return self.structure
+        from pyro.infer.autoguide.initialization import init_to_median
+
+        trace = prototype_trace(self.model, args, kwargs, self.init_loc_fn or init_to_median)
+        structure = discover(trace, self.groups, self.max_plate_nesting)
+        families = {name: self.choose_family(site, trace.nodes[name]["fn"])
+                    for name, site in structure.sites.items()}
+        with rng_preserved():
+            for name, site in structure.sites.items():
+                node = trace.nodes[name]
+                self.state.initialise(
+                    name, families[name].stat_names,
+                    lambda: self._initial_moments(site, families[name], node),
+                )
+        self.structure, self.families = structure, families
+        return structure
+
+    def _initial_moments(self, site: SiteInfo, family: Family, node) -> Sequence[torch.Tensor]:
+        prior = node["fn"]
+        draws = prior.sample((NUM_INIT_DRAWS,))
+        moments = family.init_moments(draws, site.event_shape)
+        loc = node["value"] if self.init_loc_fn is not None else None
+        scale = self._init_scale_of(site.name)
+        if loc is None and scale is None:
+            return moments
+        params = dict(family.params_from_moments(moments, site.event_shape))
+        for key, value in (("loc", loc), ("scale", scale)):
+            if value is None:
+                continue
+            if key not in params:
+                raise ValueError(
+                    f"Site '{site.name}': init_{key} was given but its family "
+                    f"{family.name} has no '{key}' parameter. Leave it out for this site."
+                )
+            params[key] = torch.as_tensor(value, dtype=torch.float64).expand_as(params[key])
+        return family.moments_from_params(params, site.event_shape)
+
+    def _init_scale_of(self, name: str) -> Optional[float]:
+        if isinstance(self.init_scale, Mapping):
+            return self.init_scale.get(name)
+        return self.init_scale
+
+    # ------------------------------------------------------------ the handler
+
+    @contextlib.contextmanager
+    def particles(self, num_particles: int) -> Iterator[None]:
+        """Within this context the guide draws ``num_particles`` values per site."""
+        self._num_particles = num_particles
+        try:
+            with self:
+                yield
+        finally:
+            self._num_particles = None
+
+    def __enter__(self):
+        self._subsamples = {}
+        return super().__enter__()
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["is_observed"] or site_is_subsample(msg):
+            return
+        site = self._site(msg["name"])
+        q = self.proposal(site, self._selection(msg))
+        if self._num_particles is None:
+            value = q.sample()
+        else:
+            value = _particles(q, self._num_particles, self.structure.group_of(site.name).dim)
+        msg["infer"]["qem_log_q"] = q.log_prob(value)
+        msg["value"] = value
+        msg["done"] = True
+
+    def _pyro_post_sample(self, msg) -> None:
+        if site_is_subsample(msg):
+            self._subsamples[msg["name"]] = msg["value"]
+
+    def _site(self, name: str) -> SiteInfo:
+        if self.structure is None:
+            raise RuntimeError("The guide has not been set up; call guide.setup(*args) first.")
+        try:
+            return self.structure.sites[name]
+        except KeyError:
+            raise ValueError(
+                f"Site '{name}' was not in the model when the guide was set up (latent "
+                f"sites: {sorted(self.structure.sites)}). Models whose latent sites change "
+                "between calls are not supported: create a new guide."
+            ) from None
+
+    def _selection(self, msg) -> Selection:
+        frames = [f for f in msg["cond_indep_stack"] if f.vectorized]
+        return selection_of(frames, self._subsamples)
+
+    # ------------------------------------------------------------- q and state
+
+    def proposal(self, site: SiteInfo, selection: Selection = (), averaged: bool = False):
+        """q of ``site`` on the plate elements ``selection`` picks, in the model's dtype."""
+        family = self.families[site.name]
+        moments = self.state.moments(site.name, family.stat_names, averaged)
+        batch_ndim = len(site.batch_shape)
+        moments = tuple(gather(m, selection, m.dim() - batch_ndim) for m in moments)
+        params = family.params_from_moments(moments, site.event_shape)
+        dtype = site.dtype if site.dtype.is_floating_point else torch.get_default_dtype()
+        params = {k: v.to(dtype=dtype, device=site.device) for k, v in params.items()}
+        return family.distribution(params, site.event_shape)
+
+    def distributions(self, averaged: bool = True) -> Dict[str, dist.Distribution]:
+        """Site name -> current q, with the batch and event shape the site has in the
+        model (full plate sizes). ``averaged`` uses the running average of the iterates
+        where :class:`~pyro_qem.Inference` kept one."""
+        if self.structure is None:
+            raise RuntimeError("The guide has no distributions before its first step.")
+        return {name: self.proposal(site, (), averaged) for name, site in self.structure.sites.items()}
+
+    def update(self, records, subsamples: Mapping[str, torch.Tensor],
+               weights: Mapping[int, torch.Tensor], lr: float, average: bool = False) -> None:
+        """QEM's E- and M-step bookkeeping: posterior moments of each site's statistics
+        from its group's particle weights, smoothed into the state with step ``lr``."""
+        for record in records:
+            site = self.structure.sites.get(record.name)
+            if site is None or record.is_observed:
+                continue
+            family = self.families[site.name]
+            group = self.structure.group_of(site.name)
+            estimates = weighted_statistics(family, record.value, weights[group.index], site)
+            selection = selection_of(record.frames, subsamples)
+            self.state.update(site.name, family.stat_names, estimates, lr, selection,
+                              len(site.batch_shape), average)
+        self.state.count_update()
+
+
+def weighted_statistics(family: Family, value: torch.Tensor, weight: torch.Tensor,
+                        site: SiteInfo) -> List[torch.Tensor]:
+    """``sum_k w_k T(z_k)`` per plate element, in float64.
+
+    ``value`` holds the site's particles in dim 0 of its batch part (the site's own
+    particle dim is the leftmost of its value), ``weight`` the group's normalised
+    weights in the same layout.
+    """
+    value = value.double() if value.is_floating_point() else value
+    weight = weight.double()
+    batch_ndim = value.dim() - len(site.event_shape)
+    out = []
+    for stat in family.statistics(value, site.event_shape):
+        trailing = stat.dim() - batch_ndim
+        moment = (weight.reshape(weight.shape + (1,) * trailing) * stat.double()).sum(0)
+        out.append(moment.reshape(moment.shape[moment.dim() - trailing - len(site.batch_shape):]))
+    return out
+
+
+def selection_of(frames, subsamples: Mapping[str, torch.Tensor]) -> Selection:
+    """(dim, indices) of each subsampled plate among ``frames``, outermost dim first."""
+    selection = []
+    for frame in frames:
+        if frame.full_size not in (None, frame.size):
+            if frame.name not in subsamples:
+                raise RuntimeError(
+                    f"Plate '{frame.name}' is subsampled but its indices were not seen; the "
+                    "guide must be entered before the plate is created."
+                )
+            selection.append((frame.dim, subsamples[frame.name]))
+    return sorted(selection, key=lambda s: s[0])
+
+
+def _particles(q, num_particles: int, dim: int) -> torch.Tensor:
+    """K draws from q, in tensor dim ``dim`` (counted from the right of the batch part)."""
+    draws = q.sample((num_particles,))
+    batch = tuple(q.batch_shape)
+    shape = (num_particles,) + (1,) * (-dim - 1 - len(batch)) + batch + tuple(q.event_shape)
+    return draws.reshape(shape)

@@ -1,0 +1,124 @@
+"""What tracing a model once tells us: its sites, plates, groups and tensor dims.
+
+This is kept apart from the numeric step so that the step can be replayed (or, later,
+compiled) without rediscovering anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+
+@dataclass(frozen=True)
+class PlateInfo:
+    """A vectorised ``pyro.plate``: its tensor dim and full size."""
+
+    name: str
+    dim: int
+    size: int
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """A latent sample site as the prototype run saw it (plates at full size)."""
+
+    name: str
+    support: object
+    batch_shape: torch.Size
+    event_shape: torch.Size
+    plates: Tuple[str, ...]
+    dtype: torch.dtype
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """Latent sites that share one particle dim (particle k of each is used together)."""
+
+    index: int
+    dim: int
+    sites: Tuple[str, ...]
+    plates: FrozenSet[str]
+
+
+@dataclass(frozen=True)
+class ModelStructure:
+    """Everything discovery fixes: the inputs of every later step."""
+
+    max_plate_nesting: int
+    sites: Dict[str, SiteInfo]
+    groups: Tuple[GroupInfo, ...]
+    plates: Dict[str, PlateInfo]
+    observed: Tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        site_to_group = {name: g.index for g in self.groups for name in g.sites}
+        object.__setattr__(self, "_site_to_group", site_to_group)
+
+    def group_of(self, site: str) -> GroupInfo:
+        return self.groups[self._site_to_group[site]]
+
+    def group_at_dim(self, dim: int) -> Optional[GroupInfo]:
+        """The group whose particles live in tensor dim ``dim`` (None for a plate dim)."""
+        index = -dim - self.max_plate_nesting - 1
+        return self.groups[index] if 0 <= index < len(self.groups) else None
+
+
+def group_sites(
+    sites: Dict[str, SiteInfo], groups: Optional[Sequence[Iterable[str]]], max_plate_nesting: int
+) -> Tuple[GroupInfo, ...]:
+    """One :class:`GroupInfo` per user group, and one per remaining latent site.
+
+    Groups are ordered by the first appearance of a member in the model, so that the
+    dims are allocated in model order.
+    """
+    member_of: Dict[str, int] = {}
+    user_groups: List[Tuple[str, ...]] = [tuple(g) for g in (groups or [])]
+    for index, members in enumerate(user_groups):
+        _check_group(members, sites, member_of)
+        for name in members:
+            member_of[name] = index
+    ordered: List[Tuple[str, ...]] = []
+    seen = set()
+    for name in sites:
+        if name in member_of:
+            key = member_of[name]
+            if key not in seen:
+                seen.add(key)
+                ordered.append(tuple(n for n in sites if member_of.get(n) == key))
+        else:
+            ordered.append((name,))
+    return tuple(
+        GroupInfo(
+            index=i,
+            dim=-(max_plate_nesting + 1 + i),
+            sites=members,
+            plates=frozenset(sites[members[0]].plates),
+        )
+        for i, members in enumerate(ordered)
+    )
+
+
+def _check_group(members: Tuple[str, ...], sites: Dict[str, SiteInfo], member_of: Dict) -> None:
+    if not members:
+        raise ValueError("groups: an empty group was given; each group needs at least one site.")
+    for name in members:
+        if name not in sites:
+            raise ValueError(
+                f"groups: site '{name}' is not a latent sample site of the model "
+                f"(latent sites: {sorted(sites)}). Remove it from the group."
+            )
+        if name in member_of:
+            raise ValueError(f"groups: site '{name}' appears in more than one group.")
+    plates = {name: set(sites[name].plates) for name in members}
+    first = members[0]
+    for name in members[1:]:
+        if plates[name] != plates[first]:
+            raise ValueError(
+                f"groups: sites '{first}' (plates {sorted(plates[first])}) and '{name}' "
+                f"(plates {sorted(plates[name])}) are in different plates; only sites in "
+                "exactly the same plates can share a particle dim."
+            )

@@ -1,0 +1,66 @@
+"""Record what a model run did at each sample site, for the estimator to read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from pyro.poutine.indep_messenger import CondIndepStackFrame
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+
+
+@dataclass
+class SiteRecord:
+    """One sample site of one model run: what the estimator needs and nothing more."""
+
+    name: str
+    fn: torch.distributions.Distribution
+    value: torch.Tensor
+    is_observed: bool
+    mask: Optional[torch.Tensor]
+    scale: object
+    frames: Tuple[CondIndepStackFrame, ...]
+    infer: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def is_deterministic(self) -> bool:
+        return bool(self.infer.get("_deterministic"))
+
+
+class SiteRecorder(Messenger):
+    """Collects a :class:`SiteRecord` per sample site and the indices of subsampled plates.
+
+    Lighter than :class:`pyro.poutine.trace_messenger.TraceMessenger`: it keeps no graph and
+    copies nothing, because the step that reads it runs every iteration.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sites: List[SiteRecord] = []
+        self.subsamples: Dict[str, torch.Tensor] = {}
+
+    def __enter__(self) -> "SiteRecorder":
+        self.sites = []
+        self.subsamples = {}
+        return super().__enter__()
+
+    def _pyro_post_sample(self, msg) -> None:
+        if site_is_subsample(msg):
+            self.subsamples[msg["name"]] = msg["value"]
+            return
+        frames = tuple(f for f in msg["cond_indep_stack"] if f.vectorized)
+        self.sites.append(
+            SiteRecord(
+                name=msg["name"],
+                fn=msg["fn"],
+                value=msg["value"],
+                is_observed=msg["is_observed"],
+                mask=msg["mask"],
+                scale=msg["scale"],
+                frames=frames,
+                infer=msg["infer"] or {},
+            )
+        )

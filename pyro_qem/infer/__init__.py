@@ -1,0 +1,6 @@
+"""Inference loops: QEM updates of a guide, and their step-size schedules."""
+
+from .inference import Inference, ParticleRun, SubsampleWarning
+from .schedules import Constant, RobbinsMonro
+
+__all__ = ["Constant", "Inference", "ParticleRun", "RobbinsMonro", "SubsampleWarning"]

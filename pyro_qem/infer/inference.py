@@ -1,0 +1,143 @@
+"""QEM inference: the drop-in replacement for ``SVI(model, guide, optim, loss)``."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from ..estimator import Symbols, log_factors, log_marginal, log_marginal_and_weights
+from ..estimator import make_sources, subsample_scales
+from ..estimator.contraction import check_finite
+from ..guides.qem_guide import QEMGuide
+from ..handlers import SiteRecord, SiteRecorder
+from .schedules import StepSize, as_schedule, check_lr
+
+
+class SubsampleWarning(UserWarning):
+    """QEM's update with a subsampled plate distorts the spread of sites outside it."""
+
+
+@dataclass
+class ParticleRun:
+    """One run of the model with K particles per latent site."""
+
+    sites: List[SiteRecord]
+    subsamples: Dict[str, torch.Tensor]
+
+
+class Inference:
+    """Fits a QEM guide to a model by massively parallel importance weighting and
+    moment-matching EM: no gradients, no optimiser.
+
+    Each :meth:`step` draws K particles of every latent site (each group in its own
+    tensor dim), contracts the importance-weighted estimate ``P_hat`` of p(x) over all
+    K^n particle combinations plate by plate, reads every site's posterior particle
+    weights off one backward pass through zero source terms, and moves each q's mean
+    parameters towards the weighted moments: ``m <- (1 - lr) m + lr m_hat``.
+
+    Example::
+
+        guide = AutoQEM(model)
+        inference = Inference(model, guide, K=30, lr=0.1, average_from=200)
+        for step in range(300):
+            loss = inference.step(y)      # -log P_hat of the particles this step used
+
+    :param model: the Pyro model.
+    :param guide: a :class:`~pyro_qem.guides.QEMGuide` (e.g. :class:`~pyro_qem.AutoQEM`);
+        it holds all fitted state, so a new ``Inference`` on it continues the fit.
+    :param K: particles per latent site (or group), at least 2.
+    :param lr: smoothing step in (0, 1], or a schedule ``update count -> lr`` such as
+        :class:`~pyro_qem.infer.schedules.RobbinsMonro`.
+    :param average_from: from this update count on, the guide also keeps the running
+        average of its iterates, which :meth:`QEMGuide.distributions` then reports.
+        Averaging (or a decaying ``lr``) removes the Monte Carlo noise that a fixed
+        ``lr`` leaves in the fitted q.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        guide: QEMGuide,
+        K: int = 30,
+        lr: StepSize = 0.1,
+        *,
+        average_from: Optional[int] = None,
+    ) -> None:
+        if not isinstance(guide, QEMGuide):
+            raise TypeError(
+                f"guide must be a pyro_qem QEM guide (e.g. AutoQEM(model)), got "
+                f"{type(guide).__name__}. Pyro's AutoGuides are fitted by SVI instead."
+            )
+        if isinstance(K, bool) or not isinstance(K, int) or K < 2:
+            raise ValueError(
+                f"K must be an int >= 2 (particles per latent site), got {K!r}. "
+                "K = 10 to 30 is typical."
+            )
+        if not callable(lr):
+            check_lr(lr, "lr")
+        if average_from is not None and (not isinstance(average_from, int) or average_from < 0):
+            raise ValueError(f"average_from must be a non-negative int or None, got {average_from!r}.")
+        self.model = model
+        self.guide = guide
+        self.K = K
+        self.lr = as_schedule(lr)
+        self.average_from = average_from
+        self._symbols: Optional[Symbols] = None
+        self._warned_plates: set = set()
+
+    def run_particles(self, *args, **kwargs) -> ParticleRun:
+        """Run the model once with K particles per latent site, recording every site."""
+        structure = self.guide.setup(*args, **kwargs)
+        if self._symbols is None:
+            self._symbols = Symbols(structure)
+        recorder = SiteRecorder()
+        with recorder, self.guide.particles(self.K):
+            self.model(*args, **kwargs)
+        return ParticleRun(recorder.sites, recorder.subsamples)
+
+    def step(self, *args, **kwargs) -> float:
+        """One QEM update. Returns ``-log P_hat`` of the particles this update used."""
+        run = self.run_particles(*args, **kwargs)
+        structure = self.guide.structure
+        factors = log_factors(run.sites, structure, self._symbols, self.K)
+        sources = make_sources(run.sites, structure, self._symbols, self.K)
+        scales = subsample_scales(run.sites, self._symbols)
+        self._warn_subsampling(run, scales)
+        log_p_hat, weights = log_marginal_and_weights(factors, sources, scales)
+        count = self.guide.state.num_updates()
+        lr = check_lr(self.lr(count), "lr schedule value")
+        average = self.average_from is not None and count >= self.average_from
+        self.guide.update(run.sites, run.subsamples, weights, lr, average)
+        return -log_p_hat.item()
+
+    @torch.no_grad()
+    def evaluate_loss(self, *args, **kwargs) -> float:
+        """``-log P_hat`` for fresh particles from the current q, without updating it."""
+        run = self.run_particles(*args, **kwargs)
+        factors = log_factors(run.sites, self.guide.structure, self._symbols, self.K)
+        log_p_hat = log_marginal(factors, subsample_scales(run.sites, self._symbols))
+        check_finite(log_p_hat)
+        return -log_p_hat.item()
+
+    def _warn_subsampling(self, run: ParticleRun, scales: Dict[str, float]) -> None:
+        if not scales:
+            return
+        names = self._symbols.plate_names
+        for symbol, scale in scales.items():
+            plate = names[symbol]
+            if plate in self._warned_plates:
+                continue
+            self._warned_plates.add(plate)
+            outside = [s for s, info in self.guide.structure.sites.items() if plate not in info.plates]
+            warnings.warn(
+                f"pyro.plate('{plate}') is subsampled (N/B = {scale:g}). QEM's moment "
+                f"update for the sites outside it ({outside}) mixes the posteriors of "
+                "different minibatches, so their fitted spread is too wide: for a Normal "
+                "hierarchy at N/B = 4 the fitted sd was about 1.9x the exact one (means "
+                "are unbiased). Use full batches for final uncertainty estimates.",
+                SubsampleWarning,
+                stacklevel=3,
+            )
