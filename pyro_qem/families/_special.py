@@ -91,7 +91,8 @@ def dirichlet_concentration(
     :param mean_log: float64 tensor ``batch + (K,)`` of ``E log z``, each entry < 0.
     :returns: concentrations ``batch + (K,)`` clamped to ``[SHAPE_MIN, SHAPE_MAX]``.
     """
-    mean_log = mean_log.double().clamp_max(-1e-300)
+    # Beyond these bounds the concentrations would leave [SHAPE_MIN, SHAPE_MAX] anyway.
+    mean_log = mean_log.double().clamp(-1e6, -1e-300)
     a = _dirichlet_start(mean_log)
     for _ in range(num_fixed_point):
         a = digamma_inv(torch.digamma(a.sum(-1, keepdim=True)) + mean_log)

@@ -13,10 +13,12 @@ from .base import Family, Moments, Params
 
 def _shape_and_rate(mean: torch.Tensor, mean_log: torch.Tensor) -> Params:
     """Gamma(shape, rate) with ``E z = mean`` and ``E log z = mean_log`` (float64)."""
-    mean = mean.double().clamp_min(ABSOLUTE_SCALE_FLOOR)
-    shape = gamma_shape(mean.log() - mean_log.double())
+    mean = mean.double()
+    # The gap is scale-free, so it is taken before the scale is floored: a floored
+    # mean must not turn a collapsed q into a very wide one.
+    shape = gamma_shape(safe_log(mean) - mean_log.double())
     # The rate is tied to E z, so its floor moves with the site's scale.
-    return {"concentration": shape, "rate": shape / mean}
+    return {"concentration": shape, "rate": shape / mean.clamp_min(ABSOLUTE_SCALE_FLOOR)}
 
 
 class Gamma(Family):

@@ -12,8 +12,10 @@ from .base import Family, Moments, Params
 # Variances below this fraction of E[z^2] are floored: relative, so that rescaling a
 # latent rescales the floor with it and QEM's trajectory stays invariant.
 RELATIVE_VARIANCE_FLOOR = 1e-12
-# Only reached when every particle is exactly zero; keeps float32 scales positive.
-ABSOLUTE_VARIANCE_FLOOR = 1e-60
+# Only reached when every particle is exactly zero. The variance itself must be a
+# normal float32 number (> 1.2e-38): Normal.log_prob divides by scale**2, and a
+# variance of 1e-60 underflowed to 0 there and gave NaN.
+ABSOLUTE_VARIANCE_FLOOR = 1e-30
 
 
 def floored_variance(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
