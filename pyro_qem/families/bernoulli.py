@@ -132,4 +132,3 @@ class Binomial(Family):
         count = self.total_count
         shown = count.item() if count.numel() == 1 else f"tensor of shape {tuple(count.shape)}"
         return f"Binomial(total_count={shown})"
-

@@ -98,9 +98,7 @@ def default_family(
     if kind is None:
         raise ValueError(_unsupported_message(site_name, support, event_shape))
     cls = _DEFAULTS[kind]
-    if kind == "integer_interval" and isinstance(
-        unwrap_prior(prior), torch.distributions.Binomial
-    ):
+    if kind == "integer_interval" and isinstance(unwrap_prior(prior), torch.distributions.Binomial):
         cls = Binomial
     family = _build(cls, site_name, support, prior)
     _check_event_shape(site_name, family, support, event_shape)

@@ -55,7 +55,11 @@ def _shapes(gen: torch.Generator) -> torch.Tensor:
 def _normal(gen: torch.Generator) -> Case:
     scale = _log_uniform(gen, -3, 3, N)
     # (z, z^2) mean parameters lose digits as |loc| / scale grows; 1e3 keeps 1e-4.
-    loc = scale * _log_uniform(gen, -3, 3, N) * torch.randn(N, generator=gen, dtype=torch.float64).sign()
+    loc = (
+        scale
+        * _log_uniform(gen, -3, 3, N)
+        * torch.randn(N, generator=gen, dtype=torch.float64).sign()
+    )
     return Normal(), torch.Size(), {"loc": loc.reshape(2, -1), "scale": scale.reshape(2, -1)}
 
 
@@ -63,7 +67,7 @@ def _mvn(gen: torch.Generator) -> Case:
     d = 3
     scale = _log_uniform(gen, -3, 3, N, d)
     raw = torch.randn(N, d, d, generator=gen, dtype=torch.float64).tril(-1)
-    tril = (raw + torch.diag_embed(0.5 + torch.rand(N, d, generator=gen, dtype=torch.float64)))
+    tril = raw + torch.diag_embed(0.5 + torch.rand(N, d, generator=gen, dtype=torch.float64))
     tril = tril * scale.unsqueeze(-1)
     loc = scale * torch.randn(N, d, generator=gen, dtype=torch.float64) * 10
     params = {"loc": loc.reshape(2, -1, d), "scale_tril": tril.reshape(2, -1, d, d)}
@@ -120,7 +124,9 @@ def _binomial(gen: torch.Generator) -> Case:
 
 def _category_logits(gen: torch.Generator, k: int) -> torch.Tensor:
     probs = torch.distributions.Dirichlet(torch.ones(k, dtype=torch.float64)).sample((N,))
-    probs[:2] = torch.tensor([[1e-6] * (k - 1) + [1.0], [0.5 - 1e-6, 1e-6] + [0.5 / (k - 2)] * (k - 2)])
+    probs[:2] = torch.tensor(
+        [[1e-6] * (k - 1) + [1.0], [0.5 - 1e-6, 1e-6] + [0.5 / (k - 2)] * (k - 2)]
+    )
     probs = probs / probs.sum(-1, keepdim=True)
     return probs.log().reshape(2, -1, k)
 

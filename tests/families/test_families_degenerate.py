@@ -96,11 +96,16 @@ def test_mvn_rank_deficient_covariance():
     family = MultivariateNormal()
     z = torch.randn(30, 1, dtype=torch.float64) * _t(1.0, -2.0, 1e-6)
     w = torch.full((30, 1, 1), 1 / 30, dtype=torch.float64)
-    first, second = (w[..., 0] * s if s.dim() == 2 else w * s for s in family.statistics(z, torch.Size([3])))
+    first, second = (
+        w[..., 0] * s if s.dim() == 2 else w * s for s in family.statistics(z, torch.Size([3]))
+    )
     moments = (first.sum(0), second.sum(0))
     params = family.params_from_moments(moments, torch.Size([3]))
     _check_valid(family, params, torch.Size([3]))
-    indefinite = (torch.zeros(2, dtype=torch.float64), torch.tensor([[1.0, 1.1], [1.1, 1.0]], dtype=torch.float64))
+    indefinite = (
+        torch.zeros(2, dtype=torch.float64),
+        torch.tensor([[1.0, 1.1], [1.1, 1.0]], dtype=torch.float64),
+    )
     _check_valid(family, family.params_from_moments(indefinite, torch.Size([2])), torch.Size([2]))
 
 
@@ -113,7 +118,11 @@ def test_floors_are_relative_to_scale(scale):
     sd = gamma["concentration"].sqrt() / gamma["rate"]
     assert 0 < sd / scale < 1e-4
     mvn = MultivariateNormal().params_from_moments(
-        (_t(scale, 2 * scale), torch.full((2, 2), 2 * scale**2, dtype=torch.float64) + torch.diag(_t(-scale**2, 2 * scale**2))),
+        (
+            _t(scale, 2 * scale),
+            torch.full((2, 2), 2 * scale**2, dtype=torch.float64)
+            + torch.diag(_t(-(scale**2), 2 * scale**2)),
+        ),
         torch.Size([2]),
     )
     assert torch.isfinite(mvn["scale_tril"]).all()

@@ -31,7 +31,10 @@ MODERATE = [
     (
         MultivariateNormal(),
         torch.Size([2]),
-        {"loc": _t(1.0, -2.0), "scale_tril": torch.tensor([[1.0, 0.0], [0.6, 0.5]], dtype=torch.float64)},
+        {
+            "loc": _t(1.0, -2.0),
+            "scale_tril": torch.tensor([[1.0, 0.0], [0.6, 0.5]], dtype=torch.float64),
+        },
     ),
     (LogNormal(), torch.Size(), {"loc": _t(0.0, 2.0), "scale": _t(0.3, 1.0)}),
     (Gamma(), torch.Size(), {"concentration": _t(0.5, 3.0, 50.0), "rate": _t(2.0, 0.5, 10.0)}),

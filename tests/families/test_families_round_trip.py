@@ -27,7 +27,9 @@ def test_moments_round_trip(name):
     """The M-step's output reproduces the moments it was given."""
     family, event_shape, params = make_case(name)
     moments = family.moments_from_params(params, event_shape)
-    again = family.moments_from_params(family.params_from_moments(moments, event_shape), event_shape)
+    again = family.moments_from_params(
+        family.params_from_moments(moments, event_shape), event_shape
+    )
     for expected, actual in zip(moments, again):
         torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-9)
 
