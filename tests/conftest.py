@@ -11,3 +11,9 @@ def _fresh_state():
     torch.set_default_dtype(torch.float32)
     yield
     pyro.clear_param_store()
+
+
+def pytest_configure(config):
+    # The suite's tensors are small: one intra-op thread avoids OpenMP contention on
+    # a busy 2-core machine (measured: 10-100x slower small ops with 2 threads under load).
+    torch.set_num_threads(1)

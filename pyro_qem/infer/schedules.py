@@ -29,8 +29,9 @@ class RobbinsMonro:
 
     With ``power`` in (0.5, 1] the steps satisfy the Robbins-Monro conditions (their sum
     diverges, the sum of their squares does not), so the iterates converge instead of
-    fluctuating; ``power = 1`` makes the late iterates a plain average of the moment
-    estimates.
+    fluctuating. With ``power = 1`` the iterate at step t is a weighted average of
+    roughly the last ``t / (lr * start)`` moment estimates: keep ``lr * start`` small
+    (2 to 5) so that late iterates average many steps.
 
     :param lr: the initial step.
     :param start: the update count at which decay begins.
