@@ -30,7 +30,7 @@ def _log_minus_digamma(a: torch.Tensor) -> torch.Tensor:
     return torch.where(a > 20.0, series, torch.log(a) - torch.digamma(a.clamp_max(20.0)))
 
 
-def gamma_shape(log_gap: torch.Tensor, num_iters: int = 8) -> torch.Tensor:
+def gamma_shape(log_gap: torch.Tensor, num_iters: int = 6) -> torch.Tensor:
     """Solve ``log a - digamma(a) = log_gap`` for the Gamma shape ``a``.
 
     Minka's (2002) generalised Newton iteration on ``1/a``, started from his closed-form
@@ -71,7 +71,7 @@ def digamma_inv(y: torch.Tensor, num_iters: int = 6) -> torch.Tensor:
     :param num_iters: number of Newton steps.
     :returns: ``x > 0`` with ``digamma(x) = y``.
     """
-    x = torch.where(y >= -2.22, y.clamp_max(700.0).exp() + 0.5, -1.0 / (y - (-_EULER_GAMMA)))
+    x = torch.where(y >= -2.22, y.clamp_max(700.0).exp() + 0.5, -1.0 / (y + _EULER_GAMMA))
     for _ in range(num_iters):
         x = x - (torch.digamma(x) - y) / torch.polygamma(1, x)
         x = x.clamp_min(torch.finfo(torch.float64).tiny)
@@ -79,7 +79,7 @@ def digamma_inv(y: torch.Tensor, num_iters: int = 6) -> torch.Tensor:
 
 
 def dirichlet_concentration(
-    mean_log: torch.Tensor, num_fixed_point: int = 4, num_newton: int = 20
+    mean_log: torch.Tensor, num_fixed_point: int = 3, num_newton: int = 16
 ) -> torch.Tensor:
     """Dirichlet concentrations whose ``E log z`` is ``mean_log`` (last dim = categories).
 
