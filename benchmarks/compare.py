@@ -1,0 +1,164 @@
+"""Compare QEM, MP-VI / MP-RWS (when the engine has them) and Pyro SVI side by side.
+
+Example::
+
+    python -m benchmarks.compare                      # the full table (~25 min, 2 cores)
+    python -m benchmarks.compare --quick --models radon
+    python -m benchmarks.compare --device cuda
+
+Prints one Markdown table per model (and the issue's checks), then the invariance
+experiment on the rescaled variants; writes ``table.md``, ``results.json`` (raw curves)
+and ``curves_<model>.png`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import platform
+from dataclasses import asdict
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from . import plots, reference, rescaled, summary, table
+from .methods import MethodConfig, available
+from .models import MODELS, BenchmarkModel
+from .runner import Curve, Settings, Task, run
+
+QEM_LRS = (0.03, 0.1, 0.3)
+ADAM_LRS = (0.001, 0.01, 0.03, 0.1)
+KS = (30, 10)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="bus,radon,movielens")
+    parser.add_argument("--steps", type=int, default=None, help="QEM / MP-* steps (300)")
+    parser.add_argument("--svi-steps", type=int, default=None, help="Pyro SVI steps (1500)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--quick", action="store_true", help="a few configurations and steps")
+    parser.add_argument("--no-rescaled", action="store_true", help="skip the invariance runs")
+    parser.add_argument("--out", type=Path, default=reference.DEFAULT_RESULTS)
+    args = parser.parse_args(argv)
+    unknown = set(args.models.split(",")) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}; choose from {sorted(MODELS)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    return args
+
+
+def make_settings(args: argparse.Namespace) -> Settings:
+    """Full or ``--quick`` settings; ``--steps`` / ``--svi-steps`` override either."""
+    settings = Settings(steps=30, svi_steps=60, num_evals=5, elbo_particles=50) \
+        if args.quick else Settings()
+    if args.steps is not None:
+        settings.steps = args.steps
+    if args.svi_steps is not None:
+        settings.svi_steps = args.svi_steps
+    return settings
+
+
+def method_grid(quick: bool) -> List[MethodConfig]:
+    """Every configuration to run; methods the engine lacks are reported and skipped."""
+    qem_lrs, adam_lrs, ks = ((0.1,), (0.03,), (10,)) if quick else (QEM_LRS, ADAM_LRS, KS)
+    grid = [MethodConfig("QEM", lr, K) for K in ks for lr in qem_lrs]
+    for method in ("MP-VI", "MP-RWS"):
+        if available(method):
+            grid += [MethodConfig(method, lr, K) for K in ks for lr in adam_lrs]
+        else:
+            print(f"{method}: not available in this pyro_qem (pyro_qem.infer has no "
+                  f"{method.replace('-', '')}); skipped")
+    return grid + [MethodConfig("SVI", lr) for lr in adam_lrs]
+
+
+def make_task(bm: BenchmarkModel, c: float, device: str, reference_moments) -> Task:
+    """``bm`` with ``c`` bound and its data on ``device``."""
+    train, test = bm.load(device)
+    return Task(name=bm.name if c == 1.0 else f"{bm.name} (c={c:g})",
+                model=functools.partial(bm.model, c=c), train=train, test=test,
+                groups=bm.groups, nesting=bm.max_plate_nesting, reference=reference_moments)
+
+
+def run_model(bm: BenchmarkModel, args, settings: Settings) -> Dict:
+    """All configurations on one model, then (unless skipped) the rescaled variant."""
+    moments = reference.load_or_run(bm, args.out, run=not args.quick)
+    if moments is not None and args.device != "cpu":
+        moments = {s: {k: v.to(args.device) for k, v in m.items()} for s, m in moments.items()}
+    task = make_task(bm, 1.0, args.device, moments)
+    curves = [_run_logged(config, task, settings) for config in method_grid(args.quick)]
+    result = {"curves": curves, "rows": summary.rows(curves), "checks": summary.checks(curves),
+              "targets": summary.targets(curves)}
+    if not args.no_rescaled:
+        methods = ["QEM", "MP-VI", "MP-RWS", "SVI"]
+        scaled = make_task(bm, bm.rescale, args.device, None)
+        again = rescaled.run_rescaled(rescaled.best_configs(curves, methods), scaled, settings)
+        result["rescaled_curves"] = again
+        result["rescaled"] = rescaled.compare(curves, again)
+    return result
+
+
+def _run_logged(config: MethodConfig, task: Task, settings: Settings) -> Curve:
+    curve = run(config, task, settings)
+    last = curve.pred_ll[-1] if curve.pred_ll else math.nan
+    print(f"  {task.name}: {curve.label}: {1e3 * curve.time_per_step:.1f} ms/step, "
+          f"pred-ll {last:.1f}, {curve.failed or 'ok'}", flush=True)
+    return curve
+
+
+def machine(device: str) -> str:
+    """A one-line description of where this ran."""
+    where = torch.cuda.get_device_name() if device == "cuda" else \
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    return f"{where}; torch {torch.__version__}; Python {platform.python_version()}"
+
+
+def report(results: Dict[str, Dict], args, settings: Settings) -> str:
+    """The Markdown text of every table, printed and saved."""
+    parts = [f"Machine: {machine(args.device)}. Settings: {asdict(settings)}.", ""]
+    for name, result in results.items():
+        parts.append(table.markdown(name, result["rows"], result["checks"]))
+        if "rescaled" in result:
+            parts.append(rescaled.markdown(name, result["rescaled"], MODELS[name].rescale))
+    return "\n".join(parts)
+
+
+def save(results: Dict[str, Dict], text: str, args, settings: Settings) -> None:
+    """``table.md``, ``results.json`` and one plot per model under ``args.out``."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.md").write_text(text)
+    payload = {"machine": machine(args.device), "settings": asdict(settings), "models": {}}
+    for name, result in results.items():
+        plots.plot_model(result["curves"], name, args.out)
+        payload["models"][name] = {
+            "targets": result["targets"], "checks": result["checks"],
+            "curves": [asdict(c) for c in result["curves"]],
+            "rescaled": result.get("rescaled", []),
+            "rescaled_curves": [asdict(c) for c in result.get("rescaled_curves", [])],
+        }
+    (args.out / "results.json").write_text(json.dumps(payload, default=_jsonable) + "\n")
+
+
+def _jsonable(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else str(value)
+
+
+def main(argv=None) -> Dict[str, Dict]:
+    args = parse_args(argv)
+    settings = make_settings(args)
+    results = {}
+    for name in args.models.split(","):
+        print(f"{name}:", flush=True)
+        results[name] = run_model(MODELS[name], args, settings)
+    text = report(results, args, settings)
+    print(text)
+    save(results, text, args, settings)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The methods compared, behind one small interface: ``step(data) -> loss`` and
+``posterior() -> {site: q}``.
+
+- ``QEM``: :class:`pyro_qem.Inference` on an :class:`pyro_qem.AutoQEM` guide;
+- ``MP-VI`` / ``MP-RWS``: gradient updates on the same estimator, from
+  ``pyro_qem.infer`` when the engine provides them (skipped otherwise);
+- ``SVI``: Pyro's ``SVI`` with ``AutoNormal``, ``Trace_ELBO`` and Adam.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import pyro
+import pyro_qem
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
+from pyro_qem import AutoQEM, Inference
+
+from .models import Data
+from .posterior import Posterior, autonormal_posterior
+
+GRADIENT_ENGINE_METHODS = {"MP-VI": "MPVI", "MP-RWS": "MPRWS"}
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """One configuration of one method.
+
+    :param method: ``QEM``, ``MP-VI``, ``MP-RWS`` or ``SVI``.
+    :param lr: QEM's smoothing step, or Adam's learning rate.
+    :param K: particles per group (None for SVI).
+    :param average_from: QEM only: average the iterates from this step on.
+    """
+
+    method: str
+    lr: float
+    K: Optional[int] = None
+    average_from: Optional[int] = None
+
+    @property
+    def label(self) -> str:
+        k = f" K={self.K}" if self.K is not None else ""
+        return f"{self.method}{k} lr={self.lr:g}"
+
+
+def available(method: str) -> bool:
+    """Whether the engine (or Pyro) provides ``method`` in this installation."""
+    if method in GRADIENT_ENGINE_METHODS:
+        return hasattr(pyro_qem.infer, GRADIENT_ENGINE_METHODS[method])
+    return method in ("QEM", "SVI")
+
+
+class QEMFit:
+    """QEM on an AutoQEM guide."""
+
+    def __init__(self, model: Callable, groups: Sequence[Sequence[str]], config: MethodConfig) -> None:
+        self.guide = AutoQEM(model, groups=groups)
+        self.inference = Inference(model, self.guide, K=config.K, lr=config.lr,
+                                   average_from=config.average_from)
+
+    def step(self, data: Data) -> float:
+        return self.inference.step(data)
+
+    def posterior(self) -> Posterior:
+        return self.guide.distributions()
+
+
+class EngineGradientFit:
+    """MP-VI or MP-RWS from ``pyro_qem.infer`` on an AutoQEM guide, with Adam."""
+
+    def __init__(self, model: Callable, groups: Sequence[Sequence[str]], config: MethodConfig) -> None:
+        cls = getattr(pyro_qem.infer, GRADIENT_ENGINE_METHODS[config.method])
+        self.guide = AutoQEM(model, groups=groups)
+        self.inference = cls(model, self.guide, K=config.K, optim=pyro.optim.Adam({"lr": config.lr}))
+
+    def step(self, data: Data) -> float:
+        return self.inference.step(data)
+
+    def posterior(self) -> Posterior:
+        return self.guide.distributions()
+
+
+class SVIFit:
+    """Pyro SVI: AutoNormal, Trace_ELBO, Adam."""
+
+    def __init__(self, model: Callable, groups: Sequence[Sequence[str]], config: MethodConfig) -> None:
+        self.guide = AutoNormal(model)
+        self.svi = SVI(model, self.guide, pyro.optim.Adam({"lr": config.lr}), Trace_ELBO())
+
+    def step(self, data: Data) -> float:
+        return self.svi.step(data)
+
+    def posterior(self) -> Posterior:
+        return autonormal_posterior(self.guide)
+
+
+def build(model: Callable, groups: Sequence[Sequence[str]], config: MethodConfig):
+    """A fresh fit of ``config`` on ``model`` (the param store should be empty)."""
+    if config.method == "QEM":
+        return QEMFit(model, groups, config)
+    if config.method == "SVI":
+        return SVIFit(model, groups, config)
+    if config.method in GRADIENT_ENGINE_METHODS:
+        return EngineGradientFit(model, groups, config)
+    raise ValueError(f"Unknown method {config.method!r}; expected QEM, MP-VI, MP-RWS or SVI.")

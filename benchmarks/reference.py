@@ -1,0 +1,98 @@
+"""NUTS reference posteriors (Pyro's NUTS), cached under ``benchmarks/results/``.
+
+Run ``python -m benchmarks.reference [--models bus,radon,movielens]`` to (re)build the
+cache; :func:`load_or_run` is what the comparison calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+import pyro
+from pyro.infer import MCMC, NUTS
+from pyro.ops.stats import effective_sample_size
+
+from .models import MODELS, BenchmarkModel
+
+Moments = Dict[str, Dict[str, np.ndarray]]
+DEFAULT_RESULTS = Path(__file__).parent / "results"
+# (warmup, samples) per model: enough for Monte Carlo errors of the mean well under
+# 0.1 reference sd (min ESS is recorded in the JSON next to each cache).
+DRAWS = {"bus": (500, 1000), "radon": (500, 1000), "movielens": (300, 600)}
+
+
+def run_nuts(bm: BenchmarkModel, warmup: int, samples: int, seed: int = 0) -> Tuple[Moments, Dict]:
+    """Posterior means and sds of every latent site of ``bm`` (train data, c = 1)."""
+    train, _ = bm.load("cpu")
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    kernel = NUTS(bm.model, target_accept_prob=0.9, jit_compile=True, ignore_jit_warnings=True)
+    mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, disable_progbar=True)
+    start = time.perf_counter()
+    mcmc.run(train)
+    seconds = time.perf_counter() - start
+    draws = {k: v.double() for k, v in mcmc.get_samples().items()}
+    moments = {k: {"mean": v.mean(0).numpy(), "sd": v.std(0).numpy()} for k, v in draws.items()}
+    info = {
+        "model": bm.name, "warmup": warmup, "samples": samples, "seed": seed,
+        "seconds": round(seconds, 1),
+        "divergences": int(sum(len(v) for v in mcmc.diagnostics()["divergences"].values())),
+        "min_ess": float(min(effective_sample_size(v.unsqueeze(0)).min() for v in draws.values())),
+    }
+    return moments, info
+
+
+def save(moments: Moments, info: Dict, out: Path) -> None:
+    """Write ``reference_<model>.npz`` (means and sds) and ``reference_<model>.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{site}.{key}": value for site, m in moments.items() for key, value in m.items()}
+    np.savez(out / f"reference_{info['model']}.npz", **arrays)
+    (out / f"reference_{info['model']}.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
+def load(name: str, out: Path) -> Optional[Moments]:
+    """The cached moments of model ``name``, or None."""
+    path = out / f"reference_{name}.npz"
+    if not path.exists():
+        return None
+    moments: Moments = {}
+    with np.load(path) as arrays:
+        for key in arrays.files:
+            site, stat = key.rsplit(".", 1)
+            moments.setdefault(site, {})[stat] = torch.as_tensor(arrays[key])
+    return moments
+
+
+def load_or_run(bm: BenchmarkModel, out: Path = DEFAULT_RESULTS, run: bool = True) -> Optional[Moments]:
+    """The cached reference of ``bm``; computed (and cached) first if missing and ``run``."""
+    cached = load(bm.name, out)
+    if cached is not None or not run:
+        return cached
+    warmup, samples = DRAWS[bm.name]
+    moments, info = run_nuts(bm, warmup, samples)
+    save(moments, info, out)
+    print(f"NUTS reference for {bm.name}: {info}")
+    return load(bm.name, out)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS)
+    args = parser.parse_args(argv)
+    for name in args.models.split(","):
+        warmup, samples = DRAWS[name]
+        moments, info = run_nuts(MODELS[name], warmup, samples)
+        save(moments, info, args.out)
+        print(json.dumps(info))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Train one method configuration on one model, evaluating every few steps.
+
+Training wall time counts the ``step`` calls only (each returns a float, which waits
+for the device); evaluation runs between them and is excluded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
+
+import pyro
+
+from . import metrics
+from .methods import MethodConfig, build
+from .models import Data
+
+FAILURES = (ValueError, RuntimeError, FloatingPointError)
+
+
+@dataclass
+class Task:
+    """One model variant with its data (and optional NUTS reference moments)."""
+
+    name: str
+    model: Callable
+    train: Data
+    test: Data
+    groups: Sequence[Sequence[str]]
+    nesting: int
+    reference: Optional[Mapping[str, Mapping]] = None
+
+
+@dataclass
+class Settings:
+    """How long to train and how to evaluate. QEM and the engine's gradient methods
+    take ``steps`` steps; Pyro SVI, whose steps are cheaper, takes ``svi_steps``."""
+
+    steps: int = 300
+    svi_steps: int = 1500
+    num_evals: int = 25
+    num_draws: int = 100
+    elbo_particles: int = 200
+    eval_K: int = 30
+    seed: int = 0
+
+    def steps_for(self, method: str) -> int:
+        return self.svi_steps if method == "SVI" else self.steps
+
+
+@dataclass
+class Curve:
+    """The raw record of one run; every list is indexed by evaluation point."""
+
+    label: str
+    config: Dict
+    task: str
+    step: List[int] = field(default_factory=list)
+    time: List[float] = field(default_factory=list)
+    pred_ll: List[float] = field(default_factory=list)
+    elbo: List[float] = field(default_factory=list)
+    log_p_hat: List[float] = field(default_factory=list)
+    mean_err: List[float] = field(default_factory=list)
+    sd_err: List[float] = field(default_factory=list)
+    losses: List[float] = field(default_factory=list)
+    failed: Optional[str] = None
+
+    @property
+    def time_per_step(self) -> float:
+        return self.time[-1] / self.step[-1] if self.step else math.nan
+
+
+def evaluate(fit, task: Task, settings: Settings, log_p_hat) -> Dict[str, float]:
+    """Every metric of ``fit``'s current posterior."""
+    posterior = fit.posterior()
+    errors = metrics.moment_errors(posterior, task.reference)
+    return {
+        "pred_ll": metrics.predictive_loglik(task.model, task.test, posterior, task.nesting,
+                                             settings.num_draws),
+        "elbo": metrics.standard_elbo(task.model, task.train, posterior, task.nesting,
+                                      settings.elbo_particles),
+        "log_p_hat": log_p_hat(posterior),
+        "mean_err": errors.get("mean_err", math.nan),
+        "sd_err": errors.get("sd_err", math.nan),
+    }
+
+
+def record(curve: Curve, step: int, elapsed: float, values: Mapping[str, float]) -> None:
+    """Append one evaluation point to ``curve``."""
+    curve.step.append(step)
+    curve.time.append(elapsed)
+    for key, value in values.items():
+        getattr(curve, key).append(value)
+
+
+def run(config: MethodConfig, task: Task, settings: Settings) -> Curve:
+    """Train ``config`` on ``task`` from a fresh param store and seed."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(settings.seed)
+    curve = Curve(config.label, asdict(config), task.name)
+    fit = build(task.model, task.groups, config)
+    log_p_hat = metrics.LogPHat(task.model, task.train, task.groups, settings.eval_K)
+    steps = settings.steps_for(config.method)
+    every = max(1, steps // settings.num_evals)
+    elapsed = 0.0
+    for step in range(1, steps + 1):
+        try:
+            start = time.perf_counter()
+            loss = fit.step(task.train)
+            elapsed += time.perf_counter() - start
+            curve.losses.append(loss)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss}")
+            if step % every == 0 or step == steps:
+                record(curve, step, elapsed, evaluate(fit, task, settings, log_p_hat))
+        except FAILURES as error:
+            curve.failed = f"step {step}: {type(error).__name__}: {str(error)[:120]}"
+            break
+    return curve

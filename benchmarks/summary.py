@@ -1,0 +1,116 @@
+"""Reduce raw curves to the figures of the table: final values, times to a target,
+and the issue's checks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+from .runner import Curve
+
+FINAL_WINDOW = 3
+
+
+def final(values: Sequence[float], window: int = FINAL_WINDOW) -> float:
+    """Mean of the last ``window`` values (evaluation noise averaged out)."""
+    tail = [v for v in values[-window:] if math.isfinite(v)]
+    return sum(tail) / len(tail) if tail else math.nan
+
+
+def time_to(curve: Curve, key: str, target: float) -> float:
+    """Training wall time at the first evaluation where ``key`` reaches ``target``."""
+    for elapsed, value in zip(curve.time, getattr(curve, key)):
+        if value >= target:
+            return elapsed
+    return math.inf
+
+
+def best(curves: Sequence[Curve], method: str, key: str = "pred_ll") -> Optional[Curve]:
+    """The configuration of ``method`` with the highest final ``key``."""
+    mine = [c for c in curves if c.config["method"] == method and c.step]
+    if not mine:
+        return None
+    return max(mine, key=lambda c: _or_minus_inf(final(getattr(c, key))))
+
+
+def _or_minus_inf(value: float) -> float:
+    return value if math.isfinite(value) else -math.inf
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    label: str
+    ms_per_step: float
+    pred_ll: float
+    mean_err: float
+    sd_err: float
+    elbo: float
+    log_p_hat: float
+    t_pred: float
+    t_elbo: float
+    status: str
+
+
+def targets(curves: Sequence[Curve]) -> Dict[str, float]:
+    """The common targets: the final predictive log-lik and ELBO of the best SVI."""
+    pred, elbo = best(curves, "SVI", "pred_ll"), best(curves, "SVI", "elbo")
+    return {"pred_ll": final(pred.pred_ll) if pred else math.nan,
+            "elbo": final(elbo.elbo) if elbo else math.nan}
+
+
+def rows(curves: Sequence[Curve]) -> List[Row]:
+    """One :class:`Row` per curve, with times to the common targets."""
+    goal = targets(curves)
+    return [Row(
+        label=c.label,
+        ms_per_step=1e3 * c.time_per_step,
+        pred_ll=final(c.pred_ll), mean_err=final(c.mean_err), sd_err=final(c.sd_err),
+        elbo=final(c.elbo), log_p_hat=final(c.log_p_hat),
+        t_pred=time_to(c, "pred_ll", goal["pred_ll"]), t_elbo=time_to(c, "elbo", goal["elbo"]),
+        status=c.failed or "ok",
+    ) for c in curves]
+
+
+def fastest(curves: Sequence[Curve], method: str, key: str, target: float) -> float:
+    """The shortest time to ``target`` over the configurations of ``method``."""
+    times = [time_to(c, key, target) for c in curves if c.config["method"] == method]
+    return min(times, default=math.nan)
+
+
+def checks(curves: Sequence[Curve]) -> List[str]:
+    """The issue's targets for one model, each stated with its numbers."""
+    goal = targets(curves)["pred_ll"]
+    svi = best(curves, "SVI")
+    t_qem = fastest(curves, "QEM", "pred_ll", goal)
+    t_svi = time_to(svi, "pred_ll", goal) if svi else math.nan
+    lines = [f"QEM reaches pred-ll {goal:.1f} in {t_qem:.2f} s vs best SVI {t_svi:.2f} s "
+             f"(ratio {t_qem / t_svi:.2f}; target <= 0.33): {_verdict(t_qem <= t_svi / 3)}"]
+    mpvi = fastest(curves, "MP-VI", "pred_ll", goal)
+    if math.isfinite(mpvi) or best(curves, "MP-VI"):
+        lines.append(f"QEM vs fastest MP-VI: {t_qem:.2f} s vs {mpvi:.2f} s "
+                     f"(target <= 0.2): {_verdict(t_qem <= mpvi / 5)}")
+    lines += _step_cost_checks(curves)
+    qem, svi_sd = best(curves, "QEM"), best(curves, "SVI")
+    if qem and svi_sd and math.isfinite(final(qem.sd_err)):
+        a, b = final(qem.sd_err), final(svi_sd.sd_err)
+        lines.append(f"sd error vs NUTS: QEM {a:.3f} vs SVI {b:.3f}: {_verdict(a < b)}")
+    return lines
+
+
+def _step_cost_checks(curves: Sequence[Curve]) -> List[str]:
+    lines = []
+    for K in sorted({c.config["K"] for c in curves if c.config["K"]}):
+        qem = [c.time_per_step for c in curves if c.config["method"] == "QEM" and c.config["K"] == K]
+        vi = [c.time_per_step for c in curves if c.config["method"] == "MP-VI" and c.config["K"] == K]
+        if qem and vi:
+            ratio = min(qem) / min(vi)
+            lines.append(f"QEM step / MP-VI step at K={K}: {ratio:.2f} (target <= 1.2): "
+                         f"{_verdict(ratio <= 1.2)}")
+    return lines
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"

@@ -1,0 +1,35 @@
+"""Format the comparison as a Markdown table."""
+
+from __future__ import annotations
+
+import math
+from typing import List, Sequence
+
+from .summary import Row
+
+HEADER = ("| method | ms/step | pred-ll | mean err | sd err | ELBO | log P_hat K=30 "
+          "| t to pred target (s) | t to ELBO target (s) | status |")
+RULE = "|" + "---|" * 10
+
+
+def _num(value: float, digits: int = 1) -> str:
+    if math.isinf(value):
+        return "never"
+    if math.isnan(value):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def markdown(model: str, rows: Sequence[Row], target_lines: Sequence[str]) -> str:
+    """The table of one model, best predictive log-likelihood first, then its checks."""
+    lines: List[str] = [f"### {model}", "", HEADER, RULE]
+    ordered = sorted(rows, key=lambda r: -r.pred_ll if math.isfinite(r.pred_ll) else math.inf)
+    for r in ordered:
+        lines.append(
+            f"| {r.label} | {_num(r.ms_per_step)} | {_num(r.pred_ll)} | {_num(r.mean_err, 3)} "
+            f"| {_num(r.sd_err, 3)} | {_num(r.elbo)} | {_num(r.log_p_hat)} | {_num(r.t_pred, 2)} "
+            f"| {_num(r.t_elbo, 2)} | {r.status} |"
+        )
+    lines.append("")
+    lines += [f"- {line}" for line in target_lines]
+    return "\n".join(lines) + "\n"
