@@ -105,6 +105,22 @@ class Binomial(Family):
             f"Pass families={{'{site_name}': Binomial(total_count=n)}}."
         )
 
+    def check_site(self, site_name: str, support: constraints.Constraint) -> None:
+        """Raise ``ValueError`` if the site's support ``{0..n}`` has another ``n`` than ours."""
+        bounds = integer_interval_bounds(support)
+        if bounds is None:
+            return
+        upper = torch.as_tensor(bounds[1], dtype=torch.float64)
+        try:
+            same = bool(torch.all(upper == self.total_count))
+        except RuntimeError:  # shapes that do not broadcast
+            same = False
+        if not same:
+            raise ValueError(
+                f"Site '{site_name}' has support {support!r} but the family given for it is "
+                f"{self!r}; use Binomial(total_count=...) with the site's upper bound."
+            )
+
     def _total(self, like: torch.Tensor) -> torch.Tensor:
         return self.total_count.to(dtype=like.dtype, device=like.device)
 

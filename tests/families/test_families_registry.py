@@ -221,6 +221,13 @@ def test_categorical_varying_upper_bound_error():
 def test_count_mismatch_errors():
     with pytest.raises(ValueError, match=r"Site 'k' has 3 categories .* use Categorical\(3\)"):
         resolve_family("k", Categorical(4), constraints.integer_interval(0, 2), torch.Size())
+    with pytest.raises(
+        ValueError,
+        match=r"Site 'b' has support .* family given for it is "
+        r"Binomial\(total_count=5.0\); use Binomial",
+    ):
+        resolve_family("b", Binomial(5), dist.Binomial(10, 0.5).support, torch.Size())
+    assert resolve_family("b", Binomial(10), dist.Binomial(10, 0.5).support, torch.Size())
     with pytest.raises(ValueError, match=r"Site 'm' has total count 4 .* use Multinomial\(4\)"):
         resolve_family("m", Multinomial(5), constraints.multinomial(4), torch.Size([3]))
 
