@@ -41,7 +41,7 @@ def log_likelihoods(model: Callable, data: Data, draws: Dict[str, torch.Tensor],
         trace = poutine.trace(conditioned).get_trace(data)
     total = torch.zeros(num, device=next(iter(draws.values())).device)
     for site in trace.nodes.values():
-        if site["type"] == "sample" and site["is_observed"]:
+        if site["type"] == "sample" and site["is_observed"] and site["name"] not in draws:
             log_p = site["fn"].log_prob(site["value"])
             log_p = log_p.expand(torch.broadcast_shapes(log_p.shape, (num,) + (1,) * nesting))
             total = total + log_p.reshape(num, -1).sum(-1)

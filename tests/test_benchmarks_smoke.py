@@ -1,0 +1,95 @@
+"""The benchmark suite cannot rot: one tiny run of its command, and checks of its models
+and metrics. The benchmarks themselves are not part of the test suite."""
+
+import functools
+import json
+import math
+
+import pytest
+import torch
+
+import pyro
+import pyro.poutine as poutine
+from pyro.poutine.util import site_is_subsample
+from pyro_qem import AutoQEM, Inference
+
+from benchmarks import compare, metrics
+from benchmarks.models import MODELS
+from benchmarks.models.movielens import synthesise
+
+
+def test_compare_command_runs_on_a_tiny_setting(tmp_path):
+    compare.main(["--quick", "--models", "radon", "--steps", "4", "--svi-steps", "4",
+                  "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "results.json").read_text())
+    curves = results["models"]["radon"]["curves"]
+    assert {c["config"]["method"] for c in curves} >= {"QEM", "SVI"}
+    assert all(c["failed"] is None and len(c["pred_ll"]) > 0 for c in curves)
+    assert (tmp_path / "table.md").read_text().count("| QEM K=10 lr=0.1 |") == 2
+    assert (tmp_path / "curves_radon.png").exists()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_data_and_sites(name):
+    bm = MODELS[name]
+    train, test = bm.load("cpu")
+    assert {k: v.shape for k, v in train.items()} == {k: v.shape for k, v in test.items()}
+    trace = poutine.trace(bm.model).get_trace(train)
+    latent = {n for n, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]}
+    assert {s for group in bm.groups for s in group} | {bm.rescaled_site} <= latent
+    assert max(-f.dim for s in trace.nodes.values() for f in s.get("cond_indep_stack", ())) \
+        == bm.max_plate_nesting
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_rescaled_log_density_equals_original_up_to_the_jacobian(name):
+    bm = MODELS[name]
+    train, _ = bm.load("cpu")
+    c = bm.rescale
+    original = poutine.trace(bm.model).get_trace(train)
+    values = {n: s["value"] for n, s in original.nodes.items()
+              if s["type"] == "sample" and not s["is_observed"]}
+    values[bm.rescaled_site] = values[bm.rescaled_site] / c
+    rescaled_model = poutine.condition(functools.partial(bm.model, c=c), values)
+    rescaled = poutine.trace(rescaled_model).get_trace(train)
+    jacobian = values[bm.rescaled_site].numel() * math.log(c)
+    difference = rescaled.log_prob_sum().double() - original.log_prob_sum().double()
+    assert difference.item() == pytest.approx(jacobian, rel=1e-4)
+
+
+def test_movielens_synthetic_data_is_fixed_and_sparse():
+    x, rating = synthesise()
+    x2, rating2 = synthesise()
+    assert (x == x2).all() and (rating == rating2).all()
+    assert x.shape == (300, 10, 18) and rating.shape == (300, 10)
+    assert 0.08 < x.mean() < 0.12
+
+
+def test_predictive_loglik_of_a_near_point_mass_is_the_test_likelihood():
+    bm = MODELS["radon"]
+    train, test = bm.load("cpu")
+    trace = poutine.trace(bm.model).get_trace(train)
+    posterior = {n: pyro.distributions.Normal(s["value"], 1e-6)
+                 for n, s in trace.nodes.items()
+                 if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
+    values = {n: q.loc for n, q in posterior.items()}
+    exact = poutine.trace(poutine.condition(bm.model, values)).get_trace(test)
+    expected = exact.nodes["log_radon"]["fn"].log_prob(test["log_radon"]).sum().item()
+    got = metrics.predictive_loglik(bm.model, test, posterior, bm.max_plate_nesting, 10)
+    assert got == pytest.approx(expected, abs=1e-2)
+
+
+def test_log_p_hat_of_a_qem_posterior_matches_the_engine():
+    bm = MODELS["radon"]
+    train, _ = bm.load("cpu")
+    guide = AutoQEM(bm.model, groups=bm.groups)
+    inference = Inference(bm.model, guide, K=10, lr=0.1)
+    for _ in range(3):
+        inference.step(train)
+    evaluator = metrics.LogPHat(bm.model, train, bm.groups, K=10)
+    pyro.set_rng_seed(1)
+    ours = evaluator(guide.distributions())
+    pyro.set_rng_seed(1)
+    engine = -inference.evaluate_loss(train)
+    assert ours == pytest.approx(engine, abs=1e-3)
+    assert torch.isfinite(torch.tensor(ours))
