@@ -1,13 +1,15 @@
 """Discover a model's sites once, with a prototype trace, and check what QEM supports.
 
 Like :class:`pyro.infer.autoguide.AutoGuide`, a guide runs the model once under
-``poutine.block(poutine.trace(...))`` on its first call. Here subsampled plates run at
-their full size so that every plate element gets its own q.
+``poutine.block(poutine.trace(...))`` on its first call. A subsampled plate is walked
+chunk by chunk (one run per minibatch-sized chunk) so that every plate element gets its
+own initial q.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
@@ -17,7 +19,7 @@ from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_factor, site_is_subsample
 
-from ..handlers import FullPlateMessenger
+from ..handlers import PlateChunkMessenger
 from .structure import ModelStructure, PlateInfo, SiteInfo, group_sites
 
 
@@ -31,21 +33,56 @@ def rng_preserved():
         yield
 
 
-def prototype_trace(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Callable) -> Trace:
-    """One run of ``model`` with full-size plates and values from ``init_loc_fn``."""
+@dataclass
+class Prototype:
+    """One set-up run of the model: its trace and the indices each subsampled plate
+    visited (every element appears in at least one run)."""
+
+    trace: Trace
+    indices: Dict[str, torch.Tensor]
+
+
+def prototype_traces(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Callable) -> List[Prototype]:
+    """Runs of ``model`` with values from ``init_loc_fn`` that together visit every
+    element of every subsampled plate (one run when nothing is subsampled)."""
+    runs: List[Prototype] = []
+    chunk, num_chunks = 0, 1
     with rng_preserved(), poutine.block():
-        wrapped = FullPlateMessenger()(InitMessenger(init_loc_fn)(model))
-        return poutine.trace(wrapped).get_trace(*args, **kwargs)
+        while chunk < num_chunks:
+            chunker = PlateChunkMessenger(chunk)
+            init = InitMessenger(_chunked_init(init_loc_fn, chunker))
+            trace = poutine.trace(chunker(init(model))).get_trace(*args, **kwargs)
+            runs.append(Prototype(trace, dict(chunker.indices)))
+            num_chunks = max(chunker.num_chunks.values(), default=1)
+            chunk += 1
+    return runs
+
+
+def _chunked_init(init_loc_fn: Callable, chunker: PlateChunkMessenger) -> Callable:
+    """Let ``init_to_value(values=...)`` give full-size values for subsampled sites."""
+
+    def init(site):
+        value = init_loc_fn(site)
+        event_dim = site["fn"].event_dim
+        for frame in site["cond_indep_stack"]:
+            index = chunker.indices.get(frame.name)
+            dim = frame.dim - event_dim if frame.vectorized else None
+            if index is not None and value.dim() >= -dim and value.shape[dim] == frame.full_size:
+                value = value.index_select(dim, index)
+        return value
+
+    return init
 
 
 def discover(
-    trace: Trace,
+    prototype: Prototype,
     groups: Optional[Sequence[Iterable[str]]] = None,
     max_plate_nesting: Optional[int] = None,
     allow_params: bool = False,
 ) -> ModelStructure:
-    """Read a prototype trace into a :class:`ModelStructure`, raising on what QEM
+    """Read a prototype run into a :class:`ModelStructure`, raising on what QEM
     cannot handle (each error names the site and says what to do)."""
+    trace, chunked = prototype.trace, set(prototype.indices)
     sites: Dict[str, SiteInfo] = {}
     observed: List[str] = []
     plates: Dict[str, PlateInfo] = {}
@@ -62,8 +99,8 @@ def discover(
         _check_not_markov(node)
         frames = [f for f in node["cond_indep_stack"] if f.vectorized]
         for frame in frames:
-            plates[frame.name] = _plate_info(frame, name)
-        batch_shape = node["fn"].batch_shape
+            plates[frame.name] = _plate_info(frame, name, chunked)
+        batch_shape = _full_batch_shape(node["fn"].batch_shape, frames)
         needed = max([needed, len(batch_shape)] + [-f.dim for f in frames])
         if node["is_observed"]:
             if not site_is_factor(node) and not node["infer"].get("_deterministic"):
@@ -90,9 +127,17 @@ def discover(
     )
 
 
-def _plate_info(frame, site: str) -> PlateInfo:
+def _full_batch_shape(batch_shape: torch.Size, frames) -> torch.Size:
+    shape = list(batch_shape)
+    for frame in frames:
+        if frame.full_size is not None and -frame.dim <= len(shape) and shape[frame.dim] != 1:
+            shape[frame.dim] = frame.full_size
+    return torch.Size(shape)
+
+
+def _plate_info(frame, site: str, chunked) -> PlateInfo:
     full_size = frame.full_size if frame.full_size is not None else frame.size
-    if frame.size != full_size:
+    if frame.size != full_size and frame.name not in chunked:
         raise NotImplementedError(
             f"Site '{site}' is in pyro.plate('{frame.name}') with explicit subsample= "
             f"indices ({frame.size} of {full_size}). Give subsample_size= instead, so that "

@@ -13,21 +13,25 @@ from __future__ import annotations
 
 import contextlib
 from abc import abstractmethod
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
+from pyro.distributions.util import broadcast_shape
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.trace_messenger import TraceMessenger
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import prune_subsample_sites
 from pyro.poutine.util import site_is_subsample
 
 from ..families import Family
-from .discovery import discover, prototype_trace, rng_preserved
+from .discovery import discover, prototype_traces, rng_preserved
+from .initialisation import InitOptions, initial_state
 from .state import MomentState, Selection, gather
 from .structure import ModelStructure, SiteInfo
-
-# Prior draws per site used to initialise q; enough for quantiles to within a few %.
-NUM_INIT_DRAWS = 2000
 
 
 class QEMGuide(Messenger):
@@ -64,13 +68,13 @@ class QEMGuide(Messenger):
         self.model = model
         self.groups = [list(g) for g in groups] if groups is not None else None
         self.max_plate_nesting = max_plate_nesting
-        self.init_loc_fn = init_loc_fn
-        self.init_scale = init_scale
+        self.init = InitOptions(init_loc_fn, init_scale)
         self.state = MomentState(prefix or type(self).__name__)
         self.structure: Optional[ModelStructure] = None
         self.families: Dict[str, Family] = {}
         self._num_particles: Optional[int] = None
         self._subsamples: Dict[str, torch.Tensor] = {}
+        self._draws: Dict[str, Optional[torch.Tensor]] = {}
 
     # ----------------------------------------------------------------- set-up
 
@@ -84,44 +88,19 @@ class QEMGuide(Messenger):
             return self.structure
         from pyro.infer.autoguide.initialization import init_to_median
 
-        trace = prototype_trace(self.model, args, kwargs, self.init_loc_fn or init_to_median)
-        structure = discover(trace, self.groups, self.max_plate_nesting)
-        families = {name: self.choose_family(site, trace.nodes[name]["fn"])
+        prototypes = prototype_traces(self.model, args, kwargs, self.init.init_loc_fn or init_to_median)
+        structure = discover(prototypes[0], self.groups, self.max_plate_nesting)
+        first = prototypes[0].trace.nodes
+        families = {name: self.choose_family(site, first[name]["fn"])
                     for name, site in structure.sites.items()}
         with rng_preserved():
             for name, site in structure.sites.items():
-                node = trace.nodes[name]
                 self.state.initialise(
                     name, families[name].stat_names,
-                    lambda: self._initial_moments(site, families[name], node),
+                    lambda: initial_state(site, families[name], prototypes, self.init),
                 )
         self.structure, self.families = structure, families
         return structure
-
-    def _initial_moments(self, site: SiteInfo, family: Family, node) -> Sequence[torch.Tensor]:
-        prior = node["fn"]
-        draws = prior.sample((NUM_INIT_DRAWS,))
-        moments = family.init_moments(draws, site.event_shape)
-        loc = node["value"] if self.init_loc_fn is not None else None
-        scale = self._init_scale_of(site.name)
-        if loc is None and scale is None:
-            return moments
-        params = dict(family.params_from_moments(moments, site.event_shape))
-        for key, value in (("loc", loc), ("scale", scale)):
-            if value is None:
-                continue
-            if key not in params:
-                raise ValueError(
-                    f"Site '{site.name}': init_{key} was given but its family "
-                    f"{family.name} has no '{key}' parameter. Leave it out for this site."
-                )
-            params[key] = torch.as_tensor(value, dtype=torch.float64).expand_as(params[key])
-        return family.moments_from_params(params, site.event_shape)
-
-    def _init_scale_of(self, name: str) -> Optional[float]:
-        if isinstance(self.init_scale, Mapping):
-            return self.init_scale.get(name)
-        return self.init_scale
 
     # ------------------------------------------------------------ the handler
 
@@ -139,22 +118,88 @@ class QEMGuide(Messenger):
         self._subsamples = {}
         return super().__enter__()
 
+    def __call__(self, *args, **kwargs) -> Dict[str, torch.Tensor]:
+        """Draw one value of every latent site from q, like any Pyro guide.
+
+        Under ``poutine.trace`` the latent sites appear with ``fn = q`` (observed and
+        deterministic sites of the model are hidden), so the guide works in
+        ``pyro.infer.Predictive(model, guide=guide)`` and in ``SVI(model, guide, optim,
+        Trace_ELBO())``, which then fits q's mean parameters by gradient.
+
+        :returns: ``{site: value}`` for every latent site.
+        """
+        self.setup(*args, **kwargs)
+        self._draws = dict.fromkeys(self.structure.sites)
+        tracer = TraceMessenger()
+        with poutine.block(hide_fn=_is_observed), tracer, self:
+            self.model(*args, **kwargs)
+        self._last_trace = tracer.trace
+        return {name: value for name, value in self._draws.items() if value is not None}
+
+    def get_traces(self) -> Tuple[Trace, Trace]:
+        """``(model_trace, guide_trace)`` of the last call, as
+        :meth:`pyro.poutine.guide.GuideMessenger.get_traces` gives them: Pyro's ELBOs
+        use this to run a guide that intercepts the model in one pass."""
+        guide_trace = prune_subsample_sites(self._last_trace)
+        model_trace = guide_trace.copy()
+        for name, site in list(guide_trace.nodes.items()):
+            if site["type"] != "sample" or site["is_observed"]:
+                del guide_trace.nodes[name]
+                continue
+            model_site = model_trace.nodes[name].copy()
+            model_site["fn"] = site["infer"]["prior"]
+            model_trace.nodes[name] = model_site
+        return model_trace, guide_trace
+
     def _pyro_sample(self, msg) -> None:
         if msg["is_observed"] or site_is_subsample(msg):
             return
+        if self.structure is not None and msg["name"] in self.structure.observed:
+            self._unobserved(msg["name"])
+            return
         site = self._site(msg["name"])
-        q = self.proposal(site, self._selection(msg))
         if self._num_particles is None:
-            value = q.sample()
+            self._draw_one(site, msg)
         else:
-            value = _particles(q, self._num_particles, self.structure.group_of(site.name).dim)
+            self._draw_particles(site, msg)
+
+    def _unobserved(self, name: str) -> None:
+        # A site observed at set-up but not now is a prediction (e.g. Predictive with
+        # obs=None): the model samples it. In a fit that is a mistake.
+        if self._num_particles is not None:
+            raise ValueError(
+                f"Site '{name}' was observed when the guide was set up but has no data in "
+                "this step. Pass the same observed data to every step."
+            )
+
+    def _draw_particles(self, site: SiteInfo, msg) -> None:
+        q = self.proposal(site, self._selection(msg))
+        value = _particles(q, self._num_particles, self.structure.group_of(site.name).dim)
         msg["infer"]["qem_log_q"] = q.log_prob(value)
         msg["value"] = value
         msg["done"] = True
 
+    def _draw_one(self, site: SiteInfo, msg) -> None:
+        # Only swap the distribution: plates entered outside the guide (e.g. the
+        # vectorised draws of Predictive(parallel=True)) still broadcast q, and Pyro's
+        # default sampling then draws (rsample where q is reparameterised).
+        q = self.proposal(site, self._selection(msg), differentiable=True)
+        prior = msg["fn"]
+        if prior.batch_shape != q.batch_shape:
+            shape = broadcast_shape(q.batch_shape, prior.batch_shape)
+            q, prior = q.expand(shape), prior.expand(shape)
+        msg["infer"]["prior"] = prior
+        msg["fn"] = q
+
     def _pyro_post_sample(self, msg) -> None:
         if site_is_subsample(msg):
             self._subsamples[msg["name"]] = msg["value"]
+            return
+        prior = msg["infer"].get("prior") if msg["infer"] else None
+        if self._num_particles is None and prior is not None and msg["name"] in self._draws:
+            if prior.batch_shape != msg["fn"].batch_shape:
+                msg["infer"]["prior"] = prior.expand(msg["fn"].batch_shape)
+            self._draws[msg["name"]] = msg["value"]
 
     def _site(self, name: str) -> SiteInfo:
         if self.structure is None:
@@ -174,10 +219,18 @@ class QEMGuide(Messenger):
 
     # ------------------------------------------------------------- q and state
 
-    def proposal(self, site: SiteInfo, selection: Selection = (), averaged: bool = False):
-        """q of ``site`` on the plate elements ``selection`` picks, in the model's dtype."""
+    def proposal(self, site: SiteInfo, selection: Selection = (), averaged: bool = False,
+                 differentiable: bool = False):
+        """q of ``site`` on the plate elements ``selection`` picks, in the model's dtype.
+
+        :param differentiable: read the state through ``pyro.param`` so that gradient
+            methods (e.g. SVI) see and fit it.
+        """
         family = self.families[site.name]
-        moments = self.state.moments(site.name, family.stat_names, averaged)
+        if differentiable:
+            moments = tuple(pyro.param(self.state.name(s, site.name)) for s in family.stat_names)
+        else:
+            moments = self.state.moments(site.name, family.stat_names, averaged)
         batch_ndim = len(site.batch_shape)
         moments = tuple(gather(m, selection, m.dim() - batch_ndim) for m in moments)
         params = family.params_from_moments(moments, site.event_shape)
@@ -229,6 +282,10 @@ def weighted_statistics(family: Family, value: torch.Tensor, weight: torch.Tenso
     return out
 
 
+def _is_observed(msg) -> bool:
+    return msg["type"] == "sample" and msg["is_observed"]
+
+
 def selection_of(frames, subsamples: Mapping[str, torch.Tensor]) -> Selection:
     """(dim, indices) of each subsampled plate among ``frames``, outermost dim first."""
     selection = []
@@ -249,3 +306,4 @@ def _particles(q, num_particles: int, dim: int) -> torch.Tensor:
     batch = tuple(q.batch_shape)
     shape = (num_particles,) + (1,) * (-dim - 1 - len(batch)) + batch + tuple(q.event_shape)
     return draws.reshape(shape)
+

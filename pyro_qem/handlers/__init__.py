@@ -4,7 +4,7 @@ The guides themselves (:mod:`pyro_qem.guides`) are effect handlers too: they rep
 each latent site's value by K particles.
 """
 
-from .full_plates import FullPlateMessenger
+from .plate_chunks import PlateChunkMessenger
 from .record import SiteRecord, SiteRecorder
 
-__all__ = ["FullPlateMessenger", "SiteRecord", "SiteRecorder"]
+__all__ = ["PlateChunkMessenger", "SiteRecord", "SiteRecorder"]

@@ -1,0 +1,40 @@
+"""Walk subsampled plates chunk by chunk (used at set-up, to see every element once)."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+
+
+class PlateChunkMessenger(Messenger):
+    """Makes each ``pyro.plate(..., subsample_size=B)`` select its ``chunk``-th block of
+    B consecutive elements (wrapping around), instead of a random minibatch.
+
+    The guide's parameters cover a plate's full size, and a plate cannot be entered at
+    a size other than B, so set-up runs the model once per chunk. After a run,
+    :attr:`indices` holds each subsampled plate's indices and :attr:`num_chunks` the
+    number of chunks that cover it. Plates given explicit ``subsample=`` keep them.
+    """
+
+    def __init__(self, chunk: int = 0) -> None:
+        super().__init__()
+        self.chunk = chunk
+        self.indices: Dict[str, torch.Tensor] = {}
+        self.num_chunks: Dict[str, int] = {}
+
+    def _pyro_sample(self, msg) -> None:
+        if not site_is_subsample(msg) or msg["value"] is not None:
+            return
+        fn = msg["fn"]
+        size, batch = fn.size, fn.subsample_size
+        if batch is None or batch >= size:
+            return
+        start = (self.chunk * batch) % size
+        msg["value"] = (start + torch.arange(batch, device=fn.device)) % size
+        msg["done"] = True
+        self.indices[msg["name"]] = msg["value"]
+        self.num_chunks[msg["name"]] = -(-size // batch)
