@@ -60,7 +60,7 @@ def _binary_column(column: pd.Series, label: Any, name: str) -> np.ndarray:
         raise TypeError(
             f"Column {label!r} of `{name}` has dtype {column.dtype}, expected 0/1 scores. "
             "If it labels question clusters pass `cluster=` (CLI: --cluster-column); "
-            "if it names the questions, make it the index."
+            "if it names the questions, make it the index (CLI: --index-column)."
         )
     values = column.to_numpy(dtype=float)
     bad = ~np.isin(values, (0.0, 1.0))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.optimize import brentq
-from scipy.special import betaln, expit, log_expit, logit
+from scipy.special import expit, log_expit, logit
 
 from ._data import binary_matrix, check_alpha, cluster_labels
 from ._grid import GridPosterior, fit_grid
@@ -33,15 +33,26 @@ def cluster_counts(correct: np.ndarray, labels: np.ndarray) -> ClusterCounts:
 
 
 def _log_posterior(q: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Unnormalised log density of ``(log d, logit theta)``."""
-    log_d, z = q[:, :1], q[:, 1:]
-    d = np.exp(log_d)
-    a, b = d * expit(z), d * expit(-z)
+    """Unnormalised log density of ``(log d, logit theta)``.
+
+    The Beta-Binomial terms use ``B(a + s, b + n - s) / B(a, b) = prod_{i<s} (a + i)
+    prod_{i<n-s} (b + i) / prod_{i<n} (a + b + i)``, which stays exact for tiny ``a, b``.
+    """
+    log_d, z = q[:, 0], q[:, 1]
+    d = np.exp(log_d)[:, None]
+    a, b = d * expit(z)[:, None], d * expit(-z)[:, None]
     s, n, m = counts
+    steps = np.arange(n.max())
     with np.errstate(all="ignore"):  # non-finite values far out are mapped to -1e300 later
-        loglik = (m * (betaln(a + s, b + n - s) - betaln(a, b))).sum(axis=1)
-    log_prior = log_expit(z[:, 0]) + log_expit(-z[:, 0]) + log_d[:, 0] - d[:, 0]
-    return loglik + log_prior
+        prefix = [_prefix_log_sum(x + steps) for x in (a, b, a + b)]
+        loglik = prefix[0][:, s] + prefix[1][:, n - s] - prefix[2][:, n]
+    log_prior = log_expit(z) + log_expit(-z) + log_d - d[:, 0]
+    return loglik @ m + log_prior
+
+
+def _prefix_log_sum(x: np.ndarray) -> np.ndarray:
+    """``out[:, j] = sum_{i<j} log x[:, i]``."""
+    return np.concatenate([np.zeros((x.shape[0], 1)), np.cumsum(np.log(x), axis=1)], axis=1)
 
 
 @lru_cache(maxsize=1024)
@@ -51,7 +62,7 @@ def clustered_posterior(counts: ClusterCounts) -> GridPosterior:
     :param counts: output of :func:`cluster_counts`.
     :returns: a :class:`~pyro_qem.evals._grid.GridPosterior`.
     """
-    table = np.array(counts, dtype=float).T[:, None, :]  # (3, 1, kinds)
+    table = np.array(counts, dtype=np.int64).T  # (3, kinds): correct, size, multiplicity
     total_s = sum(s * m for s, _, m in counts)
     total_n = sum(n * m for _, n, m in counts)
     init = np.array([0.0, logit((total_s + 1) / (total_n + 2))])
