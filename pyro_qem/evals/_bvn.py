@@ -10,8 +10,9 @@ coordinates for ``|r| < 0.925`` and a Taylor expansion of the remaining integral
 import numpy as np
 from scipy.special import ndtr
 
-_LEG_X, _WEIGHTS = np.polynomial.legendre.leggauss(20)
-_NODES = 1.0 + _LEG_X  # the 20-point Gauss-Legendre rule mapped to [0, 2]
+# Gauss-Legendre rules mapped to [0, 2]; Genz uses 6, 12 or 20 points as |r| grows.
+_RULES = {n: (1.0 + x, w) for n, (x, w) in ((n, np.polynomial.legendre.leggauss(n)) for n in (6, 12, 20))}
+_NODES, _WEIGHTS = _RULES[20]
 _TWO_PI = 2.0 * np.pi
 
 
@@ -30,19 +31,23 @@ def bvn_upper(h: np.ndarray, k: np.ndarray, r: np.ndarray) -> np.ndarray:
     """
     h, k, r = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (h, k, r)))
     out = np.empty(h.shape)
-    polar = np.abs(r) < 0.925
-    out[polar] = _polar(h[polar], k[polar], r[polar])
-    out[~polar] = _taylor(h[~polar], k[~polar], r[~polar])
+    size = np.abs(r)
+    for lo, hi, points in ((0.0, 0.3, 6), (0.3, 0.75, 12), (0.75, 0.925, 20)):
+        band = (size >= lo) & (size < hi)
+        out[band] = _polar(h[band], k[band], r[band], points)
+    rest = size >= 0.925
+    out[rest] = _taylor(h[rest], k[rest], r[rest])
     return np.clip(out, 0.0, 1.0)
 
 
-def _polar(h: np.ndarray, k: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Genz's polar-coordinate rule for ``|r| < 0.925``."""
+def _polar(h: np.ndarray, k: np.ndarray, r: np.ndarray, points: int) -> np.ndarray:
+    """Genz's polar-coordinate rule for ``|r| < 0.925`` with a ``points``-point rule."""
+    nodes, weights = _RULES[points]
     half_asin = 0.5 * np.arcsin(r)[:, None]
     hk = (h * k)[:, None]
     hs = (0.5 * (h * h + k * k))[:, None]
-    sn = np.sin(half_asin * _NODES)
-    total = np.exp((sn * hk - hs) / (1.0 - sn * sn)) @ _WEIGHTS
+    sn = np.sin(half_asin * nodes)
+    total = np.exp((sn * hk - hs) / (1.0 - sn * sn)) @ weights
     return total * half_asin[:, 0] / _TWO_PI + ndtr(-h) * ndtr(-k)
 
 

@@ -25,7 +25,7 @@ from scipy.special import sici
 
 LogDensity = Callable[[np.ndarray], np.ndarray]
 
-_FACE_DROP = 25.0  # required drop of the log density at the grid faces
+_FACE_DROP = 20.0  # required drop of the log density at the grid faces
 # Agreement required between the normalisers at spacings 2h and h. The trapezoidal error
 # decays like exp(-c / h), so a 1e-3 discrepancy at 2h means about 1e-6 (analytic in a strip)
 # to 1e-12 (Gaussian-like) at h.

@@ -20,7 +20,7 @@ from ._data import binary_matrix, check_alpha, cluster_labels
 from ._grid import GridPosterior, fit_grid
 
 ClusterCounts = tuple[tuple[int, int, int], ...]  # (correct, size, multiplicity) per kind
-_HALF_WIDTH = (6.0, 7.0)
+_HALF_WIDTH = (6.5, 6.5)
 _SPACING = (0.75, 0.5)
 
 

@@ -22,7 +22,7 @@ from scipy.special import expit, log_expit, logit, ndtri, xlogy
 from ._bvn import bvn_upper
 from ._grid import GridPosterior, fit_grid
 
-_HALF_WIDTH = (6.0, 6.0, 7.0)
+_HALF_WIDTH = (6.5, 6.5, 6.5)
 _SPACING = (0.75, 0.75, 0.5)
 
 
