@@ -1,0 +1,189 @@
+"""Likelihoods and predictions of the model given posterior draws, in one vectorised run.
+
+All draws are evaluated at once: the model runs inside a ``pyro.plate`` of the draws,
+just left of its own plate dims, with the drawn latent values substituted
+(:func:`pyro.poutine.condition`). Latent sites without a draw (new plate elements of
+held-out data) are sampled from the model given the others.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Sequence, Tuple
+
+import torch
+
+import pyro
+import pyro.poutine as poutine
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import prune_subsample_sites
+
+Draws = Dict[str, torch.Tensor]
+
+
+def model_trace(model: Callable, args: tuple, kwargs: dict) -> Trace:
+    """One run of ``model`` (latents from the prior), hidden from outer handlers."""
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    return prune_subsample_sites(trace)
+
+
+def plate_nesting(trace: Trace) -> int:
+    """The number of plate dims the model uses."""
+    dims = [-f.dim for site in trace.nodes.values() if site["type"] == "sample"
+            for f in site["cond_indep_stack"] if f.vectorized]
+    return max(dims, default=0)
+
+
+def observed_sites(trace: Trace) -> Dict[str, dict]:
+    return {name: site for name, site in trace.nodes.items()
+            if site["type"] == "sample" and site["is_observed"]
+            and not site["infer"].get("_deterministic")}
+
+
+def conditioned_trace(model: Callable, draws: Draws, args: tuple, kwargs: dict, *,
+                      new_plates: Sequence[str] = (), predict: bool = False
+                      ) -> Tuple[Trace, Trace, int]:
+    """One vectorised run of ``model`` with ``draws`` substituted.
+
+    :param new_plates: plates whose elements are new (held-out groups): the draws of
+        sites inside them are dropped, so those sites are drawn from the model.
+    :param predict: sample the observed sites too (posterior predictive).
+    :returns: the vectorised trace, an ordinary trace of the model (its sites' shapes
+        without the draws) and the model's number of plate dims.
+    """
+    prototype = model_trace(model, args, kwargs)
+    nesting = plate_nesting(prototype)
+    num = _num_draws(draws)
+    values = _batched(draws, prototype, nesting, set(new_plates))
+    if predict:
+        model = poutine.uncondition(model)
+    with torch.no_grad(), poutine.block(), pyro.plate("_qem_draws", num, dim=-nesting - 1):
+        trace = poutine.trace(poutine.condition(model, values)).get_trace(*args, **kwargs)
+    return prune_subsample_sites(trace), prototype, nesting
+
+
+def _num_draws(draws: Draws) -> int:
+    if not draws:
+        raise ValueError("draws is empty: pass {site: tensor with a leading draw dim}.")
+    sizes = {name: value.shape[0] if value.dim() else 0 for name, value in draws.items()}
+    if len(set(sizes.values())) != 1 or 0 in sizes.values():
+        raise ValueError(
+            f"draws must all have the same leading draw dim; got sizes {sizes}. Take them "
+            "from one call of sample_posterior or sample_guide."
+        )
+    return next(iter(sizes.values()))
+
+
+def _batched(draws: Draws, prototype: Trace, nesting: int, new_plates: set) -> Draws:
+    """Draws reshaped so that the draw dim sits just left of the model's plate dims."""
+    out = {}
+    for name, value in draws.items():
+        site = prototype.nodes.get(name)
+        if site is None or site["type"] != "sample" or site["is_observed"]:
+            raise ValueError(
+                f"draws['{name}']: the model has no latent sample site '{name}' when called "
+                "with these arguments. Pass draws of the model's latent sites only."
+            )
+        if new_plates & {f.name for f in site["cond_indep_stack"]}:
+            continue
+        batch = tuple(site["fn"].batch_shape)
+        shape = batch + tuple(site["fn"].event_shape)
+        if _lstrip(value.shape[1:]) != _lstrip(shape):
+            raise ValueError(
+                f"draws['{name}'] has shape {tuple(value.shape)}: expected (num_draws,) + "
+                f"{shape} for the site with these arguments. If its plates have new "
+                "elements here (held-out groups), name them in new_plates."
+            )
+        out[name] = value.reshape(value.shape[:1] + (1,) * (nesting - len(batch)) + shape)
+    return out
+
+
+def _lstrip(shape) -> tuple:
+    """The shape without leading singleton dims (Predictive adds some)."""
+    shape = tuple(shape)
+    while shape and shape[0] == 1:
+        shape = shape[1:]
+    return shape
+
+
+def log_likelihood(model: Callable, draws: Draws, *args, new_plates: Sequence[str] = (),
+                   **kwargs) -> Dict[str, torch.Tensor]:
+    """Pointwise ``log p(x | draw n)`` of every observed site (masked elements 0).
+
+    Example::
+
+        draws = sample_posterior(inference, y, num_samples=500)
+        log_lik = log_likelihood(model, draws, y)      # {"obs": (500, N)}
+
+    :param model: the Pyro model.
+    :param draws: ``{site: (num_draws,) + batch_shape + event_shape}``.
+    :param args: the model's arguments (observed data included).
+    :param new_plates: plates whose elements are new in these arguments.
+    :param kwargs: the model's keyword arguments.
+    :returns: ``{observed site: (num_draws,) + the site's batch shape}``.
+    """
+    trace, prototype, nesting = conditioned_trace(model, draws, args, kwargs,
+                                                  new_plates=new_plates)
+    num = _num_draws(draws)
+    out = {}
+    for name in observed_sites(prototype):
+        site = trace.nodes[name]
+        log_p = site["fn"].log_prob(site["value"])
+        if site["mask"] is not None:
+            log_p = torch.where(torch.as_tensor(site["mask"]), log_p, log_p.new_zeros(()))
+        out[name] = per_draw(log_p, num, prototype.nodes[name], nesting, event=False)
+    return out
+
+
+def per_draw(tensor: torch.Tensor, num: int, site: dict, nesting: int,
+              event: bool) -> torch.Tensor:
+    """``(num,) + batch_shape (+ event_shape)`` of a prototype ``site``, from a tensor
+    whose draw dim is left of the plate dims."""
+    batch = tuple(site["fn"].batch_shape)
+    shape = batch + (tuple(site["fn"].event_shape) if event else ())
+    full = (num,) + (1,) * (nesting - len(batch)) + shape
+    return tensor.expand(full).reshape((num,) + shape)
+
+
+def predictive_log_likelihood(model: Callable, draws: Draws, *args,
+                              new_plates: Sequence[str] = (), **kwargs) -> float:
+    """Held-out ``log mean_n p(x_test | draw n)`` over the posterior draws, the QEM
+    paper's protocol: latent sites of new plate elements are drawn from the model once
+    per draw, given the draw's shared latents.
+
+    Example::
+
+        draws = sample_posterior(inference, train, num_samples=1000)
+        predictive_log_likelihood(model, draws, test, new_plates=["school"])
+
+    :param model: the Pyro model.
+    :param draws: posterior draws ``{site: (num_draws,) + batch + event}``.
+    :param args: the model's arguments with the held-out data.
+    :param new_plates: plates whose elements in ``args`` are new (not in training).
+    :param kwargs: the model's keyword arguments.
+    """
+    log_lik = log_likelihood(model, draws, *args, new_plates=new_plates, **kwargs)
+    if not log_lik:
+        raise ValueError("The model has no observed sites with these arguments.")
+    total = sum(value.reshape(value.shape[0], -1).sum(-1).double() for value in log_lik.values())
+    return (torch.logsumexp(total, 0) - math.log(total.shape[0])).item()
+
+
+def posterior_predictive(model: Callable, draws: Draws, *args, new_plates: Sequence[str] = (),
+                         **kwargs) -> Dict[str, torch.Tensor]:
+    """Replicated data: every observed site sampled from the model given each draw.
+
+    Example::
+
+        y_rep = posterior_predictive(model, draws, y)["obs"]   # (num_draws,) + y.shape
+
+    Parameters as for :func:`log_likelihood`.
+
+    :returns: ``{observed site: (num_draws,) + batch_shape + event_shape}``.
+    """
+    trace, prototype, nesting = conditioned_trace(model, draws, args, kwargs,
+                                                  new_plates=new_plates, predict=True)
+    num = _num_draws(draws)
+    return {name: per_draw(trace.nodes[name]["value"], num, site, nesting, event=True)
+            for name, site in observed_sites(prototype).items()}
