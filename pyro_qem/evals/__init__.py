@@ -11,8 +11,8 @@ Example::
     >>> df = pd.DataFrame({"a": [1, 1, 1, 0, 1], "b": [1, 0, 1, 0, 0]})
     >>> evals.independent_intervals(df).round(3)
                a      b
-    lower  0.359  0.147
-    upper  0.958  0.853
+    lower  0.359  0.118
+    upper  0.957  0.777
 """
 
 from .clustered import clustered_interval, clustered_intervals, clustered_mean
