@@ -1,7 +1,34 @@
 """What users get out of a fit: posterior moments and draws, predictive log-likelihood,
-ArviZ data, diagnostics (the fit loop itself is :func:`pyro_qem.infer.fit.fit`)."""
+ArviZ data and diagnostics (the fit loop itself is :func:`pyro_qem.infer.fit.fit`)."""
 
+from .diagnostics import (
+    Diagnostics,
+    QEMDiagnosticWarning,
+    diagnose,
+    guide_log_weights,
+    khat_threshold,
+    pareto_khat,
+    weight_ess,
+)
 from .draws import resample_run, sample_guide, sample_posterior
+from .inference_data import to_inference_data
 from .moments import moment_runs, posterior_moments
+from .predictive import log_likelihood, posterior_predictive, predictive_log_likelihood
 
-__all__ = ["moment_runs", "posterior_moments", "resample_run", "sample_guide", "sample_posterior"]
+__all__ = [
+    "Diagnostics",
+    "QEMDiagnosticWarning",
+    "diagnose",
+    "guide_log_weights",
+    "khat_threshold",
+    "log_likelihood",
+    "moment_runs",
+    "pareto_khat",
+    "posterior_moments",
+    "posterior_predictive",
+    "predictive_log_likelihood",
+    "resample_run",
+    "sample_guide",
+    "sample_posterior",
+    "to_inference_data",
+]
