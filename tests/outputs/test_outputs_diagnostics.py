@@ -1,0 +1,60 @@
+"""Weight ESS, Pareto k-hat and the warning that names the site."""
+
+import warnings
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from _outputs_models import J, fit_model, hierarchy, hierarchy_data, restore
+from pyro_qem import AutoQEM, Inference
+from pyro_qem.outputs import QEMDiagnosticWarning, diagnose, khat_threshold, pareto_khat
+
+
+def sharp(y):
+    """A wide prior and a very precise likelihood: q initialised from the prior puts
+    almost no particles where the posterior is (sd 0.0014), so the weights degenerate."""
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    with pyro.plate("data", y.shape[0]):
+        pyro.sample("obs", dist.Normal(mu, 0.01), obs=y)
+
+
+@pytest.mark.parametrize("scale, size", [(1.0, 1000), (3.0, 1000), (2.0, 100)])
+def test_pareto_khat_matches_arviz_psislw(scale, size):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as az
+    log_w = scale * torch.randn(size, generator=torch.Generator().manual_seed(size))
+    _, expected = az.psislw(log_w.double().numpy().copy())
+    assert pareto_khat(log_w) == pytest.approx(float(expected), abs=1e-9)
+
+
+def test_khat_threshold_is_sample_size_aware():
+    assert khat_threshold(100) == pytest.approx(0.5)
+    assert khat_threshold(10 ** 6) == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="1-D with at least 5 values"):
+        pareto_khat(torch.zeros(3))
+
+
+def test_warning_names_the_site_when_weights_degenerate():
+    y = 3.0 + 0.01 * torch.randn(50, generator=torch.Generator().manual_seed(0))
+    inference = Inference(sharp, AutoQEM(sharp), K=10)
+    with pytest.warns(QEMDiagnosticWarning) as record:
+        report = diagnose(inference, y, num_samples=200)
+    messages = [str(w.message) for w in record]
+    assert any("Site 'mu'" in m and "effective sample size" in m for m in messages), messages
+    assert any("Pareto k-hat" in m for m in messages), messages
+    assert report.flagged["mu"] < 2 and report.khat > report.khat_threshold
+
+
+def test_no_warning_for_a_converged_fit():
+    fitted = fit_model(hierarchy, hierarchy_data(), steps=150)
+    inference = restore(fitted)
+    report = diagnose(inference, hierarchy_data(), num_samples=500)  # warnings are errors
+    assert report.flagged == {} and report.khat < report.khat_threshold
+    summary = report.summary()
+    assert report.ess["theta"].shape == (J, 1)
+    assert 1 <= summary["theta"]["min"] <= summary["theta"]["max"] <= inference.K + 1e-6
+    assert np.isfinite(summary["mu"]["median"])

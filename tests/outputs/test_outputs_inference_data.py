@@ -1,0 +1,71 @@
+"""ArviZ conversion: groups, shapes, dims named after plates, and ArviZ's own functions."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import arviz as az  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from _outputs_models import J, I, fit_model, hierarchy, hierarchy_data, restore  # noqa: E402
+from pyro_qem.infer.fit import FitHistory  # noqa: E402
+from pyro_qem.outputs import sample_guide, to_inference_data  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return fit_model(hierarchy, hierarchy_data(), steps=100)
+
+
+def test_groups_shapes_and_coords(fitted):
+    inference = restore(fitted)
+    history = FitHistory()
+    for loss in (3.0, 2.0, 1.0):
+        history.record(loss)
+    labels = ["a", "b", "c", "d"]
+    idata = to_inference_data(inference, hierarchy_data(), num_samples=40, num_chains=2,
+                              history=history, coords={"groups": labels})
+    for group in ("posterior", "posterior_predictive", "log_likelihood", "observed_data",
+                  "sample_stats"):
+        assert hasattr(idata, group), group
+    posterior = idata.posterior
+    assert posterior["mu"].dims == ("chain", "draw")
+    assert posterior["theta"].dims == ("chain", "draw", "groups")
+    assert posterior["theta"].shape == (2, 20, J)
+    assert list(posterior["groups"].values) == labels
+    assert idata.log_likelihood["y"].dims == ("chain", "draw", "groups", "items")
+    assert idata.posterior_predictive["y"].shape == (2, 20, J, I)
+    assert idata.observed_data["y"].dims == ("groups", "items")
+    stats = idata.sample_stats
+    assert stats["loss"].dims == ("qem_step",) and stats["loss"].shape == (3,)
+    assert stats["ess_theta"].dims == ("groups",)
+    assert list(stats["groups"].values) == labels
+    assert "chain" not in stats.dims and stats.attrs["K"] == 30
+
+
+@pytest.mark.filterwarnings("ignore:The figure layout has changed:UserWarning")
+def test_arviz_functions_run(fitted):
+    inference = restore(fitted)
+    idata = to_inference_data(inference, hierarchy_data(), num_samples=100)
+    summary = az.summary(idata)
+    assert "theta[0]" in summary.index
+    # az.summary rounds to 3 decimals.
+    assert summary.loc["mu", "mean"] == pytest.approx(float(idata.posterior["mu"].mean()), abs=1e-3)
+    loo = az.loo(idata, pointwise=True)
+    assert loo.pareto_k.shape == (J, I)
+    axes = az.plot_trace(idata, var_names=["mu", "theta"])
+    assert axes.shape == (2, 2)
+    az.plot_forest(idata, var_names=["theta"])
+    plt.close("all")
+
+
+def test_guide_draws_and_argument_checks(fitted):
+    inference = restore(fitted)
+    y = hierarchy_data()
+    idata = to_inference_data(inference, y, draws=sample_guide(fitted.guide, 30))
+    assert idata.posterior["theta"].shape == (1, 30, J)
+    with pytest.raises(ValueError, match="method must be 'joint' or 'guide'"):
+        to_inference_data(inference, y, method="mcmc")
+    with pytest.raises(ValueError, match="num_chains must be a positive int dividing"):
+        to_inference_data(inference, y, draws=sample_guide(fitted.guide, 30), num_chains=4)
