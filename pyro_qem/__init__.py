@@ -5,7 +5,19 @@ Swap ``SVI(model, guide, optim, loss)`` for ``Inference(model, AutoQEM(model), K
 
 from .guides import AutoQEM, QEMGuide
 from .infer import Inference, RobbinsMonro
+from .infer.fit import FitHistory, fit
+from .outputs import (
+    QEMDiagnosticWarning,
+    diagnose,
+    posterior_moments,
+    predictive_log_likelihood,
+    sample_guide,
+    sample_posterior,
+    to_inference_data,
+)
 
 __version__ = "0.1.0"
 
 __all__ = ["AutoQEM", "Inference", "QEMGuide", "RobbinsMonro", "__version__"]
+__all__ += ["FitHistory", "QEMDiagnosticWarning", "diagnose", "fit", "posterior_moments",
+            "predictive_log_likelihood", "sample_guide", "sample_posterior", "to_inference_data"]

@@ -141,3 +141,44 @@ class Inference:
                 SubsampleWarning,
                 stacklevel=3,
             )
+
+    # ---- outputs (pyro_qem.outputs) ----
+
+    def fit(self, *args, **kwargs):
+        """:func:`pyro_qem.infer.fit.fit` on this inference: steps with a progress bar
+        and optional early stopping; returns a :class:`~pyro_qem.infer.fit.FitHistory`."""
+        from .fit import fit
+
+        return fit(self, *args, **kwargs)
+
+    def moments(self, *args, **kwargs):
+        """:func:`pyro_qem.outputs.posterior_moments`: importance-weighted ``E[fn(z)]``
+        per site and plate element."""
+        from ..outputs import posterior_moments
+
+        return posterior_moments(self, *args, **kwargs)
+
+    def sample_posterior(self, *args, **kwargs):
+        """:func:`pyro_qem.outputs.sample_posterior`: joint draws by resampling particle
+        indices through the contraction."""
+        from ..outputs import sample_posterior
+
+        return sample_posterior(self, *args, **kwargs)
+
+    def sample_guide(self, num_samples: int = 1000, **kwargs):
+        """:func:`pyro_qem.outputs.sample_guide`: independent draws of the fitted q."""
+        from ..outputs import sample_guide
+
+        return sample_guide(self.guide, num_samples, **kwargs)
+
+    def diagnose(self, *args, **kwargs):
+        """:func:`pyro_qem.outputs.diagnose`: weight ESS and Pareto k-hat, with warnings."""
+        from ..outputs import diagnose
+
+        return diagnose(self, *args, **kwargs)
+
+    def to_inference_data(self, *args, **kwargs):
+        """:func:`pyro_qem.outputs.to_inference_data`: ArviZ data of the fit."""
+        from ..outputs import to_inference_data
+
+        return to_inference_data(self, *args, **kwargs)
