@@ -3,8 +3,8 @@
 Swap ``SVI(model, guide, optim, loss)`` for ``Inference(model, AutoQEM(model), K, lr)``.
 """
 
-from .guides import AutoQEM, QEMGuide
-from .infer import Inference, RobbinsMonro
+from .guides import AutoGradientNormal, AutoQEM, QEMGuide
+from .infer import MPRWS, MPVI, Inference, RobbinsMonro
 from .infer.fit import FitHistory, fit
 from .outputs import (
     QEMDiagnosticWarning,
@@ -18,6 +18,7 @@ from .outputs import (
 
 __version__ = "0.1.0"
 
-__all__ = ["AutoQEM", "Inference", "QEMGuide", "RobbinsMonro", "__version__"]
+__all__ = ["AutoGradientNormal", "AutoQEM", "Inference", "MPRWS", "MPVI", "QEMGuide",
+           "RobbinsMonro", "__version__"]
 __all__ += ["FitHistory", "QEMDiagnosticWarning", "diagnose", "fit", "posterior_moments",
             "predictive_log_likelihood", "sample_guide", "sample_posterior", "to_inference_data"]

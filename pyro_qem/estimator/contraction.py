@@ -13,6 +13,7 @@ N / B. :class:`PlateScaledLogRing` does exactly that in the ring's ``product``.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Sequence, Tuple
@@ -56,8 +57,10 @@ def log_marginal(factors: Sequence[LogFactor], plate_scales: Mapping[str, float]
     tensor_tree: "OrderedDict[frozenset, List[torch.Tensor]]" = OrderedDict()
     dim_to_size: Dict[str, int] = {}
     plates = set()
+    # A model may mix float32 priors with float64 data: contract in the widest dtype.
+    dtype = functools.reduce(torch.promote_types, (f.tensor.dtype for f in factors))
     for factor in factors:
-        term = factor.tensor[...]  # a fresh object: the ring tags it with _pyro_dims
+        term = factor.tensor.to(dtype)[...]  # a fresh object: the ring tags it with _pyro_dims
         term._pyro_dims = factor.dims
         tensor_tree.setdefault(factor.ordinal, []).append(term)
         dim_to_size.update(zip(factor.dims, term.shape))
@@ -79,9 +82,10 @@ class Source:
     factor: LogFactor
 
 
-def make_sources(records: Sequence[SiteRecord], structure: ModelStructure, symbols: Symbols,
-                 num_particles: int) -> List[Source]:
-    """One :class:`Source` per particle group that this run sampled."""
+def make_sources(records: Sequence[SiteRecord], structure: ModelStructure,
+                 symbols: Symbols) -> List[Source]:
+    """One :class:`Source` per particle group that this run sampled (an enumerated
+    site's dim holds its support instead of K particles)."""
     sources: List[Source] = []
     seen = set()
     for record in records:
@@ -91,6 +95,7 @@ def make_sources(records: Sequence[SiteRecord], structure: ModelStructure, symbo
         if group.index in seen:
             continue
         seen.add(group.index)
+        num_particles = record.value.shape[0]
         shape = [1] * -group.dim
         shape[0] = num_particles
         frames = sorted(record.frames, key=lambda f: f.dim)
@@ -113,9 +118,13 @@ def log_marginal_and_weights(
     log_p_hat = log_marginal(list(factors) + [s.factor for s in sources], plate_scales)
     check_finite(log_p_hat)
     grads = torch.autograd.grad(log_p_hat, [s.tensor for s in sources])
-    # Gradients in a subsampled plate carry its N / B scale: normalise it away.
-    weights = {s.group: g / g.sum(0, keepdim=True) for s, g in zip(sources, grads)}
-    return log_p_hat.detach(), weights
+    return log_p_hat.detach(), normalised_weights(sources, grads)
+
+
+def normalised_weights(sources: Sequence[Source], grads: Sequence[torch.Tensor]) -> Dict[int, torch.Tensor]:
+    """Each group's source gradient, normalised to sum to 1 over its particles (in a
+    subsampled plate the gradient carries the plate's N / B scale)."""
+    return {s.group: g / g.sum(0, keepdim=True) for s, g in zip(sources, grads)}
 
 
 def check_finite(log_p_hat: torch.Tensor) -> None:

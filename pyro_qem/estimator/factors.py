@@ -1,7 +1,8 @@
 """Turn a recorded particle run into the log-space factors of the estimator.
 
 Latent site i contributes ``log p(z_i | pa) - log q_i(z_i) - log K`` (``-log K`` once
-per group), an observed site ``log p(x | pa)``. Log densities are *unscaled* by
+per group; an enumerated site contributes ``log p(z_i | pa)`` over its support), an
+observed site ``log p(x | pa)``. Log densities are *unscaled* by
 subsampled plates: the estimator scales each plate-reduced term instead (method.md
 section 4). Each factor is packed: singleton dims squeezed away, the rest named by one
 symbol per particle group and per plate, as :mod:`pyro.ops.contract` expects.
@@ -67,7 +68,7 @@ def log_factors(records: Sequence[SiteRecord], structure: ModelStructure, symbol
         else:
             factor = _masked(log_density - record.infer["qem_log_q"], record.mask)
             group = structure.group_of(record.name)
-            if group.index not in groups_done:
+            if group.index not in groups_done and not record.infer.get("qem_enumerated"):
                 groups_done.add(group.index)
                 factor = factor - log_k
         factors.append(pack(record, factor, structure, symbols))

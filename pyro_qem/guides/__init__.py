@@ -1,7 +1,8 @@
 """Guides fitted by QEM: effect handlers that draw particles for a model's latent sites."""
 
 from .auto import AutoQEM
+from .gradient_auto import AutoGradientNormal
 from .qem_guide import QEMGuide
 from .structure import GroupInfo, ModelStructure, PlateInfo, SiteInfo
 
-__all__ = ["AutoQEM", "GroupInfo", "ModelStructure", "PlateInfo", "QEMGuide", "SiteInfo"]
+__all__ = ["AutoGradientNormal", "AutoQEM", "GroupInfo", "ModelStructure", "PlateInfo", "QEMGuide", "SiteInfo"]

@@ -65,7 +65,7 @@ class AutoQEM(QEMGuide):
             )
         return structure
 
-    def choose_family(self, site: SiteInfo, prior: dist.Distribution) -> Family:
+    def get_family(self, site: SiteInfo, prior: dist.Distribution) -> Family:
         from ..families import registry
 
         override = self.family_overrides.get(site.name)

@@ -78,7 +78,6 @@ def discover(
     prototype: Prototype,
     groups: Optional[Sequence[Iterable[str]]] = None,
     max_plate_nesting: Optional[int] = None,
-    allow_params: bool = False,
 ) -> ModelStructure:
     """Read a prototype run into a :class:`ModelStructure`, raising on what QEM
     cannot handle (each error names the site and says what to do)."""
@@ -88,12 +87,6 @@ def discover(
     plates: Dict[str, PlateInfo] = {}
     needed = 0
     for name, node in trace.nodes.items():
-        if node["type"] == "param" and not allow_params:
-            raise ValueError(
-                f"The model contains pyro.param('{name}'). QEM fits parameters of the model "
-                "only when it is given a gradient optimiser: pass optim=pyro.optim.Adam(...) "
-                "to Inference, or make the parameter a latent sample site."
-            )
         if node["type"] != "sample" or site_is_subsample(node):
             continue
         _check_not_markov(node)
@@ -116,6 +109,7 @@ def discover(
             plates=tuple(f.name for f in frames),
             dtype=node["value"].dtype,
             device=node["value"].device,
+            enumerated=_is_enumerated(node),
         )
     nesting = _resolve_max_plate_nesting(max_plate_nesting, needed)
     return ModelStructure(
@@ -153,6 +147,25 @@ def _check_not_markov(node) -> None:
             "yet. Remove the markov context (QEM then treats the chain as a plain graph of "
             "sites), or fit this model with pyro.infer.TraceEnum_ELBO."
         )
+
+
+def _is_enumerated(node) -> bool:
+    strategy = node["infer"].get("enumerate")
+    if strategy is None:
+        return False
+    if strategy != "parallel":
+        raise NotImplementedError(
+            f"Site '{node['name']}' has infer={{'enumerate': {strategy!r}}}; pyro_qem "
+            "enumerates only in parallel. Use 'parallel', or drop it to sample the site "
+            "with a moment-matched q."
+        )
+    if not node["fn"].has_enumerate_support:
+        raise ValueError(
+            f"Site '{node['name']}' asks for enumeration but its distribution "
+            f"{type(node['fn']).__name__} has no finite support to enumerate. Drop "
+            "infer={'enumerate': 'parallel'} to sample it with a moment-matched q."
+        )
+    return True
 
 
 def _check_finite(name: str, value) -> None:

@@ -37,6 +37,16 @@ class InitOptions:
         return self.init_scale
 
 
+def default_init_loc(site) -> torch.Tensor:
+    """Pyro's ``init_to_median`` for continuous sites, a prior draw for discrete ones
+    (whose median Pyro refuses to compute)."""
+    from pyro.infer.autoguide.initialization import init_to_median, init_to_sample
+
+    if site["fn"].support.is_discrete:
+        return init_to_sample(site)
+    return init_to_median(site)
+
+
 def initial_state(site: SiteInfo, family: Family, prototypes: Sequence[Prototype],
                   options: InitOptions) -> List[torch.Tensor]:
     """The site's initial mean parameters at full plate sizes (float64)."""

@@ -28,16 +28,23 @@ from pyro.poutine.util import prune_subsample_sites
 from pyro.poutine.util import site_is_subsample
 
 from ..families import Family
-from .discovery import discover, prototype_traces, rng_preserved
-from .initialisation import InitOptions, initial_state
+from ..handlers import ParamCollector
+from .discovery import Prototype, discover, prototype_traces, rng_preserved
+from .initialisation import InitOptions, default_init_loc, initial_state
 from .state import MomentState, Selection, gather
 from .structure import ModelStructure, SiteInfo
 
 
 class QEMGuide(Messenger):
-    """Base class for guides fitted by QEM.
+    """Base class for guides fitted by QEM; subclass it to write a guide by hand.
 
-    Subclasses choose each site's family (:meth:`choose_family`). Sites are discovered
+    A subclass says how each latent site is fitted, in :meth:`get_family`: return a
+    :class:`~pyro_qem.families.Family` for a site fitted by moment matching, or None for
+    a site whose q the subclass builds itself in :meth:`get_posterior` from
+    ``pyro.param`` s (fitted by gradient on ``-log P_hat`` when
+    :class:`~pyro_qem.Inference` is given an ``optim``; e.g. a regression or amortised
+    component). Sites with ``infer={"enumerate": "parallel"}`` in the model are summed
+    over their support exactly and need neither. Sites are discovered
     on the first call (:meth:`setup`), and q is initialised from the prior: each site's
     family is moment-matched to draws of its prior, given its parents at the values of
     ``init_loc_fn``, with statistics robust to heavy tails. ``init_loc_fn`` (one of
@@ -73,41 +80,69 @@ class QEMGuide(Messenger):
         self.structure: Optional[ModelStructure] = None
         self.families: Dict[str, Family] = {}
         self._num_particles: Optional[int] = None
+        self._reparameterized = True
+        self.selection: Selection = []
         self._subsamples: Dict[str, torch.Tensor] = {}
         self._draws: Dict[str, Optional[torch.Tensor]] = {}
 
     # ----------------------------------------------------------------- set-up
 
     @abstractmethod
-    def choose_family(self, site: SiteInfo, prior: dist.Distribution) -> Family:
-        """The family of q for a latent site (called once per site, at set-up)."""
+    def get_family(self, site: SiteInfo, prior: dist.Distribution) -> Optional[Family]:
+        """The family of q for a latent site, or None if :meth:`get_posterior` builds
+        its q (called once per site, at set-up, with the site's prior)."""
+
+    def get_posterior(self, name: str, prior: dist.Distribution) -> dist.Distribution:
+        """q for a gradient-fitted site (one :meth:`get_family` answered None for).
+
+        Build it from ``pyro.param`` s; its batch shape must broadcast with the site's
+        (plates included). Called at every draw, inside the model run; for a site in a
+        subsampled plate, :attr:`selection` holds ``(dim, indices)`` of the minibatch
+        (see :func:`~pyro_qem.guides.state.gather`).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__}.get_family returned None for site '{name}', so the "
+            "guide must build its q in get_posterior(name, prior)."
+        )
 
     def setup(self, *args, **kwargs) -> ModelStructure:
         """Discover the model's sites and initialise missing state (first call only)."""
         if self.structure is not None:
             return self.structure
-        from pyro.infer.autoguide.initialization import init_to_median
-
-        prototypes = prototype_traces(self.model, args, kwargs, self.init.init_loc_fn or init_to_median)
+        prototypes = prototype_traces(self.model, args, kwargs, self.init.init_loc_fn or default_init_loc)
         structure = discover(prototypes[0], self.groups, self.max_plate_nesting)
         first = prototypes[0].trace.nodes
-        families = {name: self.choose_family(site, first[name]["fn"])
-                    for name, site in structure.sites.items()}
+        families = {name: self.get_family(site, first[name]["fn"])
+                    for name, site in structure.sites.items() if not site.enumerated}
+        families = {name: family for name, family in families.items() if family is not None}
         with rng_preserved():
             for name, site in structure.sites.items():
+                if name not in families:
+                    continue
                 self.state.initialise(
                     name, families[name].stat_names,
                     lambda: initial_state(site, families[name], prototypes, self.init),
                 )
-        self.structure, self.families = structure, families
+            self.structure, self.families = structure, families
+            self.init_gradient_sites(prototypes)
         return structure
+
+    def init_gradient_sites(self, prototypes: Sequence[Prototype]) -> None:
+        """Hook for subclasses: create the parameters of gradient-fitted sites at set-up
+        (from the set-up runs, e.g. with :func:`~pyro_qem.guides.initialisation.initial_state`).
+        By default they are created lazily in :meth:`get_posterior`."""
 
     # ------------------------------------------------------------ the handler
 
     @contextlib.contextmanager
-    def particles(self, num_particles: int) -> Iterator[None]:
-        """Within this context the guide draws ``num_particles`` values per site."""
+    def particles(self, num_particles: int, reparameterized: bool = True) -> Iterator[None]:
+        """Within this context the guide draws ``num_particles`` values per site.
+
+        :param reparameterized: draw gradient-fitted sites with ``rsample`` (for
+            gradients through the particles, as MP-VI needs); False for RWS.
+        """
         self._num_particles = num_particles
+        self._reparameterized = reparameterized
         try:
             with self:
                 yield
@@ -173,17 +208,38 @@ class QEMGuide(Messenger):
             )
 
     def _draw_particles(self, site: SiteInfo, msg) -> None:
-        q = self.proposal(site, self._selection(msg))
-        value = _particles(q, self._num_particles, self.structure.group_of(site.name).dim)
-        msg["infer"]["qem_log_q"] = q.log_prob(value)
+        dim = self.structure.group_of(site.name).dim
+        if site.enumerated:
+            value = _enumerated(msg["fn"], dim)
+            msg["infer"]["qem_enumerated"] = True
+            log_q = msg["fn"].log_prob(value).new_zeros(())
+        else:
+            q = self._q(site, msg, differentiable=False)
+            draw = q.rsample if self._reparameterized and q.has_rsample else q.sample
+            value = _in_dim(draw((self._num_particles,)), q, dim)
+            log_q = q.log_prob(value)
+        msg["infer"]["qem_log_q"] = log_q
+        msg["infer"]["qem_group"] = self.structure.group_of(site.name).index
         msg["value"] = value
         msg["done"] = True
+
+    def _q(self, site: SiteInfo, msg, differentiable: bool) -> dist.Distribution:
+        if site.name in self.families:
+            return self.proposal(site, self._selection(msg), differentiable=differentiable)
+        self.selection = self._selection(msg)
+        with ParamCollector() as collector:
+            q = self.get_posterior(site.name, msg["fn"])
+        msg["infer"]["qem_params"] = collector.params
+        return q
 
     def _draw_one(self, site: SiteInfo, msg) -> None:
         # Only swap the distribution: plates entered outside the guide (e.g. the
         # vectorised draws of Predictive(parallel=True)) still broadcast q, and Pyro's
-        # default sampling then draws (rsample where q is reparameterised).
-        q = self.proposal(site, self._selection(msg), differentiable=True)
+        # default sampling then draws (rsample where q is reparameterised). Enumerated
+        # sites are left to the model, as Pyro's guides leave them.
+        if site.enumerated:
+            return
+        q = self._q(site, msg, differentiable=True)
         prior = msg["fn"]
         if prior.batch_shape != q.batch_shape:
             shape = broadcast_shape(q.batch_shape, prior.batch_shape)
@@ -239,21 +295,22 @@ class QEMGuide(Messenger):
         return family.distribution(params, site.event_shape)
 
     def distributions(self, averaged: bool = True) -> Dict[str, dist.Distribution]:
-        """Site name -> current q, with the batch and event shape the site has in the
-        model (full plate sizes). ``averaged`` uses the running average of the iterates
-        where :class:`~pyro_qem.Inference` kept one."""
+        """Site name -> current q of each moment-matched site, with the batch and event
+        shape the site has in the model (full plate sizes). ``averaged`` uses the running
+        average of the iterates where :class:`~pyro_qem.Inference` kept one. Enumerated
+        and gradient-fitted sites have no fixed q and are left out."""
         if self.structure is None:
             raise RuntimeError("The guide has no distributions before its first step.")
-        return {name: self.proposal(site, (), averaged) for name, site in self.structure.sites.items()}
+        return {name: self.proposal(self.structure.sites[name], (), averaged) for name in self.families}
 
     def update(self, records, subsamples: Mapping[str, torch.Tensor],
                weights: Mapping[int, torch.Tensor], lr: float, average: bool = False) -> None:
         """QEM's E- and M-step bookkeeping: posterior moments of each site's statistics
         from its group's particle weights, smoothed into the state with step ``lr``."""
         for record in records:
-            site = self.structure.sites.get(record.name)
-            if site is None or record.is_observed:
+            if record.is_observed or record.name not in self.families:
                 continue
+            site = self.structure.sites[record.name]
             family = self.families[site.name]
             group = self.structure.group_of(site.name)
             estimates = weighted_statistics(family, record.value, weights[group.index], site)
@@ -300,10 +357,16 @@ def selection_of(frames, subsamples: Mapping[str, torch.Tensor]) -> Selection:
     return sorted(selection, key=lambda s: s[0])
 
 
-def _particles(q, num_particles: int, dim: int) -> torch.Tensor:
-    """K draws from q, in tensor dim ``dim`` (counted from the right of the batch part)."""
-    draws = q.sample((num_particles,))
+def _in_dim(draws: torch.Tensor, q: dist.Distribution, dim: int) -> torch.Tensor:
+    """Move the leading draw dim of ``draws`` (from ``q.sample((K,))``) to tensor dim
+    ``dim`` (counted from the right of the batch part)."""
     batch = tuple(q.batch_shape)
-    shape = (num_particles,) + (1,) * (-dim - 1 - len(batch)) + batch + tuple(q.event_shape)
+    shape = draws.shape[:1] + (1,) * (-dim - 1 - len(batch)) + batch + tuple(q.event_shape)
     return draws.reshape(shape)
 
+
+def _enumerated(prior: dist.Distribution, dim: int) -> torch.Tensor:
+    """The prior's support in tensor dim ``dim``: exact enumeration replaces particles."""
+    support = prior.enumerate_support(expand=False)
+    size, event = support.shape[0], tuple(prior.event_shape)
+    return support.reshape((size,) + (1,) * (-dim - 1) + event)

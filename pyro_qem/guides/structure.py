@@ -32,6 +32,7 @@ class SiteInfo:
     plates: Tuple[str, ...]
     dtype: torch.dtype
     device: torch.device
+    enumerated: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,13 @@ def _check_group(members: Tuple[str, ...], sites: Dict[str, SiteInfo], member_of
             )
         if name in member_of:
             raise ValueError(f"groups: site '{name}' appears in more than one group.")
+    enumerated = [name for name in members if sites[name].enumerated]
+    if enumerated and len(members) > 1:
+        raise ValueError(
+            f"groups: site '{enumerated[0]}' is enumerated exactly (infer={{'enumerate': "
+            "'parallel'}), so its dim holds its support, not particles; it cannot share a "
+            "dim with other sites. Remove it from the group."
+        )
     plates = {name: set(sites[name].plates) for name in members}
     first = members[0]
     for name in members[1:]:

@@ -4,7 +4,8 @@ The guides themselves (:mod:`pyro_qem.guides`) are effect handlers too: they rep
 each latent site's value by K particles.
 """
 
+from .params import ParamCollector
 from .plate_chunks import PlateChunkMessenger
 from .record import SiteRecord, SiteRecorder
 
-__all__ = ["PlateChunkMessenger", "SiteRecord", "SiteRecorder"]
+__all__ = ["ParamCollector", "PlateChunkMessenger", "SiteRecord", "SiteRecorder"]

@@ -8,8 +8,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from pyro.poutine.indep_messenger import CondIndepStackFrame
-from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
+
+from .params import ParamCollector
 
 
 @dataclass
@@ -30,8 +31,9 @@ class SiteRecord:
         return bool(self.infer.get("_deterministic"))
 
 
-class SiteRecorder(Messenger):
-    """Collects a :class:`SiteRecord` per sample site and the indices of subsampled plates.
+class SiteRecorder(ParamCollector):
+    """Collects a :class:`SiteRecord` per sample site, the indices of subsampled plates
+    and (as :class:`ParamCollector`) the parameters the run read.
 
     Lighter than :class:`pyro.poutine.trace_messenger.TraceMessenger`: it keeps no graph and
     copies nothing, because the step that reads it runs every iteration.

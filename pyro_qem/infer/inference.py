@@ -8,11 +8,11 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from ..estimator import Symbols, log_factors, log_marginal, log_marginal_and_weights
-from ..estimator import make_sources, subsample_scales
-from ..estimator.contraction import check_finite
+from ..estimator import Symbols, log_factors, log_marginal, make_sources, subsample_scales
+from ..estimator.contraction import check_finite, normalised_weights
 from ..guides.qem_guide import QEMGuide
 from ..handlers import SiteRecord, SiteRecorder
+from .gradients import apply, backward, check_objective, check_params
 from .schedules import StepSize, as_schedule, check_lr
 
 
@@ -26,6 +26,7 @@ class ParticleRun:
 
     sites: List[SiteRecord]
     subsamples: Dict[str, torch.Tensor]
+    params: Dict[str, torch.Tensor]
 
 
 class Inference:
@@ -55,6 +56,12 @@ class Inference:
         average of its iterates, which :meth:`QEMGuide.distributions` then reports.
         Averaging (or a decaying ``lr``) removes the Monte Carlo noise that a fixed
         ``lr`` leaves in the fitted q.
+    :param optim: a :class:`pyro.optim.PyroOptim` (e.g. ``pyro.optim.Adam({"lr":
+        0.01})``) for the ``pyro.param`` s of the model and of gradient-fitted guide
+        sites; they step on ``-log P_hat`` within the same :meth:`step`.
+    :param objective: the gradient rule for guide parameters: ``"vi"`` (MP-VI, the
+        gradient of ``log P_hat`` through reparameterised particles) or ``"rws"``
+        (MP-RWS, the wake-phi gradient with the particle weights held fixed).
     """
 
     def __init__(
@@ -65,6 +72,8 @@ class Inference:
         lr: StepSize = 0.1,
         *,
         average_from: Optional[int] = None,
+        optim=None,
+        objective: str = "vi",
     ) -> None:
         if not isinstance(guide, QEMGuide):
             raise TypeError(
@@ -85,6 +94,8 @@ class Inference:
         self.K = K
         self.lr = as_schedule(lr)
         self.average_from = average_from
+        self.optim = optim
+        self.objective = check_objective(objective)
         self._symbols: Optional[Symbols] = None
         self._warned_plates: set = set()
 
@@ -94,19 +105,27 @@ class Inference:
         if self._symbols is None:
             self._symbols = Symbols(structure)
         recorder = SiteRecorder()
-        with recorder, self.guide.particles(self.K):
+        with recorder, self.guide.particles(self.K, reparameterized=self.objective == "vi"):
             self.model(*args, **kwargs)
-        return ParticleRun(recorder.sites, recorder.subsamples)
+        return ParticleRun(recorder.sites, recorder.subsamples, recorder.params)
 
     def step(self, *args, **kwargs) -> float:
-        """One QEM update. Returns ``-log P_hat`` of the particles this update used."""
+        """One QEM update (and one gradient step on parameters, if any). Returns
+        ``-log P_hat`` of the particles this update used."""
         run = self.run_particles(*args, **kwargs)
+        check_params(run.params, self.optim)
         structure = self.guide.structure
         factors = log_factors(run.sites, structure, self._symbols, self.K)
-        sources = make_sources(run.sites, structure, self._symbols, self.K)
+        sources = make_sources(run.sites, structure, self._symbols)
         scales = subsample_scales(run.sites, self._symbols)
-        self._warn_subsampling(run, scales)
-        log_p_hat, weights = log_marginal_and_weights(factors, sources, scales)
+        self._warn_subsampling(scales)
+        log_p_hat = log_marginal(factors + [s.factor for s in sources], scales)
+        check_finite(log_p_hat)
+        source_grads, param_grads = backward(log_p_hat, sources, run.params, run.sites,
+                                             self.objective)
+        if param_grads:
+            apply(self.optim, run.params, param_grads)
+        weights = normalised_weights(sources, source_grads)
         count = self.guide.state.num_updates()
         lr = check_lr(self.lr(count), "lr schedule value")
         average = self.average_from is not None and count >= self.average_from
@@ -117,12 +136,13 @@ class Inference:
     def evaluate_loss(self, *args, **kwargs) -> float:
         """``-log P_hat`` for fresh particles from the current q, without updating it."""
         run = self.run_particles(*args, **kwargs)
+        check_params(run.params, self.optim)
         factors = log_factors(run.sites, self.guide.structure, self._symbols, self.K)
         log_p_hat = log_marginal(factors, subsample_scales(run.sites, self._symbols))
         check_finite(log_p_hat)
         return -log_p_hat.item()
 
-    def _warn_subsampling(self, run: ParticleRun, scales: Dict[str, float]) -> None:
+    def _warn_subsampling(self, scales: Dict[str, float]) -> None:
         if not scales:
             return
         names = self._symbols.plate_names
@@ -182,3 +202,27 @@ class Inference:
         from ..outputs import to_inference_data
 
         return to_inference_data(self, *args, **kwargs)
+
+
+class MPVI(Inference):
+    """MP-VI: gradient ascent on ``log P_hat`` with reparameterised particles (method.md
+    section 5), the gradient baseline on QEM's own estimator.
+
+    :param guide: a guide with gradient-fitted sites, e.g.
+        :class:`~pyro_qem.guides.AutoGradientNormal`.
+    :param optim: a Pyro optimiser, e.g. ``pyro.optim.Adam({"lr": 0.01})``.
+    """
+
+    objective_name = "vi"
+
+    def __init__(self, model: Callable, guide: QEMGuide, K: int = 30, *, optim, **kwargs) -> None:
+        if optim is None:
+            raise ValueError(f"{type(self).__name__} needs optim=, e.g. pyro.optim.Adam({{'lr': 0.01}}).")
+        super().__init__(model, guide, K, optim=optim, objective=self.objective_name, **kwargs)
+
+
+class MPRWS(MPVI):
+    """MP-RWS: the wake-phi update, the gradient of ``sum_k w_k log q(z_k)`` with the
+    particle weights held fixed (method.md section 5)."""
+
+    objective_name = "rws"

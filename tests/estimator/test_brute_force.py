@@ -36,7 +36,7 @@ def estimate(model, guide, *args):
     structure = guide.structure
     symbols = Symbols(structure)
     factors = log_factors(run.sites, structure, symbols, K)
-    sources = make_sources(run.sites, structure, symbols, K)
+    sources = make_sources(run.sites, structure, symbols)
     log_p_hat, weights = log_marginal_and_weights(factors, sources, subsample_scales(run.sites, symbols))
     values = {r.name: r.value for r in run.sites if not r.is_observed}
     log_q = {r.name: r.infer["qem_log_q"] for r in run.sites if not r.is_observed}

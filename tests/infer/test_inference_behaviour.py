@@ -132,3 +132,14 @@ def test_init_loc_and_scale():
     assert torch.allclose(q["global_mean"].mean, torch.tensor(2.0))
     assert torch.allclose(q["state_mean"].mean, torch.full((4, 1), -1.0))
     assert torch.allclose(q["state_mean"].stddev, torch.full((4, 1), 0.01))
+
+
+def test_float32_priors_with_float64_data():
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("items", 5):
+            pyro.sample("obs", dist.Normal(mu, 1.0), obs=y)
+
+    y = torch.randn(5, dtype=torch.float64)
+    inference = Inference(model, AutoQEM(model), K=10)
+    assert torch.isfinite(torch.tensor(inference.step(y)))
