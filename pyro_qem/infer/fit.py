@@ -118,7 +118,7 @@ def fit(
     _check_fit_args(num_steps, tol, patience)
     history = FitHistory(smoothing=smoothing) if history is None else history
     history.stopped_early = False
-    best, since_best = math.inf, 0
+    stop = _EarlyStop(tol, patience)
     every = max(1, num_steps // 20)
     bar = _progress(num_steps, progress_bar)
     try:
@@ -128,19 +128,31 @@ def fit(
                 bar.update()
                 if step % every == 0 or step == num_steps - 1:
                     bar.set_postfix_str(f"loss {history.smoothed[-1]:.4g}", refresh=False)
-            if tol is None:
-                continue
-            if history.smoothed[-1] < best - tol:
-                best, since_best = history.smoothed[-1], 0
-            else:
-                since_best += 1
-            if since_best >= patience:
+            if stop(history.smoothed[-1]):
                 history.stopped_early = True
                 break
     finally:
         if bar is not None:
             bar.close()
     return history
+
+
+class _EarlyStop:
+    """True once the smoothed loss has not beaten its best by ``tol`` for ``patience``
+    consecutive steps (never when ``tol`` is None)."""
+
+    def __init__(self, tol: Optional[float], patience: int) -> None:
+        self.tol, self.patience = tol, patience
+        self.best, self.since_best = math.inf, 0
+
+    def __call__(self, smoothed: float) -> bool:
+        if self.tol is None:
+            return False
+        if smoothed < self.best - self.tol:
+            self.best, self.since_best = smoothed, 0
+        else:
+            self.since_best += 1
+        return self.since_best >= self.patience
 
 
 def _progress(num_steps: int, enabled: bool):

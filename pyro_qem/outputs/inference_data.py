@@ -64,22 +64,27 @@ def to_inference_data(
     if draws is None:
         draws = _draw(inference, args, kwargs, num_samples, method)
     draws = {name: value.detach() for name, value in draws.items()}
-    total = next(iter(draws.values())).shape[0]
-    if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 1 \
-            or total % num_chains:
-        raise ValueError(f"num_chains must be a positive int dividing the {total} draws, "
-                         f"got {num_chains!r}.")
+    _check_chains(num_chains, next(iter(draws.values())).shape[0])
     layout = _Layout(model_trace(inference.model, args, kwargs), num_chains)
+    model = inference.model
     groups = {
         "posterior": layout.sampled(draws),
-        "posterior_predictive": layout.sampled(posterior_predictive(inference.model, draws, *args, **kwargs)),
-        "log_likelihood": layout.sampled(log_likelihood(inference.model, draws, *args, **kwargs), event=False),
+        "posterior_predictive": layout.sampled(posterior_predictive(model, draws, *args, **kwargs)),
+        "log_likelihood": layout.sampled(log_likelihood(model, draws, *args, **kwargs),
+                                         event=False),
         "observed_data": layout.observed(),
     }
     stats = _stats_dataset(layout, weight_ess(inference, *args, **kwargs), history)
     attrs = {"inference_library": "pyro_qem", "K": inference.K, "method": method,
              "num_updates": inference.guide.state.num_updates()}
     return _build(groups, stats, layout.dims, dict(coords or {}), attrs)
+
+
+def _check_chains(num_chains: int, total: int) -> None:
+    if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 1 \
+            or total % num_chains:
+        raise ValueError(f"num_chains must be a positive int dividing the {total} draws, "
+                         f"got {num_chains!r}.")
 
 
 def _draw(inference, args, kwargs, num_samples: int, method: str):

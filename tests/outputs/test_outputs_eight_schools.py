@@ -29,7 +29,8 @@ def exact_theta_moments():
     var = s ** 2 + tau ** 2
     marginal = dist.MultivariateNormal(torch.zeros(8, dtype=torch.float64),
                                        torch.diag_embed(var) + 25.0)
-    log_w = marginal.log_prob(y) + dist.HalfCauchy(torch.tensor(5.0, dtype=torch.float64)).log_prob(tau[:, 0])
+    prior = dist.HalfCauchy(torch.tensor(5.0, dtype=torch.float64))
+    log_w = marginal.log_prob(y) + prior.log_prob(tau[:, 0])
     w = torch.softmax(log_w, 0)[:, None]
     v_mu = 1 / (1 / 25.0 + (1 / var).sum(-1, keepdim=True))
     m_mu = v_mu * (y / var).sum(-1, keepdim=True)

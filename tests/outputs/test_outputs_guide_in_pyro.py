@@ -27,8 +27,8 @@ def test_predictive_with_guide(fitted, parallel):
     assert samples["mu"].reshape(20, -1).shape == (20, 1)
     assert samples["theta"].reshape(20, -1).shape == (20, J)
     assert samples["y"].shape == (20, J, I)
-    q_mean = fitted.guide.distributions()["mu"].mean
-    assert abs(samples["mu"].mean() - q_mean) < 5 * fitted.guide.distributions()["mu"].stddev / 20 ** 0.5
+    q = fitted.guide.distributions()["mu"]
+    assert abs(samples["mu"].mean() - q.mean) < 5 * q.stddev / 20 ** 0.5
 
 
 def test_trace_of_guide_has_latent_sites_only(fitted):

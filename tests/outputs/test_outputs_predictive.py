@@ -30,7 +30,8 @@ def exact_predictive(train, test):
     v = 1 / precision
     m = v * train.double().sum() / NOISE_SD ** 2
     cov = NOISE_SD ** 2 * torch.eye(len(test), dtype=torch.float64) + v
-    return dist.MultivariateNormal(m * torch.ones(len(test), dtype=torch.float64), cov).log_prob(test.double())
+    loc = m * torch.ones(len(test), dtype=torch.float64)
+    return dist.MultivariateNormal(loc, cov).log_prob(test.double())
 
 
 def test_predictive_log_likelihood_matches_exact_posterior_predictive():
