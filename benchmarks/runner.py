@@ -6,10 +6,13 @@ for the device); evaluation runs between them and is excluded.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
+
+import torch
 
 import pyro
 
@@ -18,6 +21,7 @@ from .methods import MethodConfig, build
 from .models import Data
 
 FAILURES = (ValueError, RuntimeError, FloatingPointError)
+EVAL_SEED_OFFSET = 1_000_003
 
 
 @dataclass
@@ -40,7 +44,7 @@ class Settings:
 
     steps: int = 300
     svi_steps: int = 1500
-    num_evals: int = 25
+    num_evals: int = 20
     num_draws: int = 100
     elbo_particles: int = 200
     eval_K: int = 30
@@ -72,9 +76,30 @@ class Curve:
         return self.time[-1] / self.step[-1] if self.step else math.nan
 
 
+def evaluation_steps(steps: int, num_evals: int) -> List[int]:
+    """About ``num_evals`` steps, spaced geometrically from 1 to ``steps``: early
+    progress (and so the time to a target) is resolved finely."""
+    ratio = steps ** (1.0 / max(1, num_evals - 1))
+    return sorted({min(steps, max(1, round(ratio ** i))) for i in range(num_evals)} | {steps})
+
+
+@contextlib.contextmanager
+def common_random_numbers(seed: int):
+    """Evaluate with the same random numbers every time, without touching training's
+    RNG stream: metric curves are then smooth, and comparable across methods."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def evaluate(fit, task: Task, settings: Settings, log_p_hat) -> Dict[str, float]:
-    """Every metric of ``fit``'s current posterior."""
-    posterior = fit.posterior()
+    """Every metric of ``fit``'s current posterior (with common random numbers)."""
+    with common_random_numbers(settings.seed + EVAL_SEED_OFFSET):
+        return _metrics(fit.posterior(), task, settings, log_p_hat)
+
+
+def _metrics(posterior, task: Task, settings: Settings, log_p_hat) -> Dict[str, float]:
     errors = metrics.moment_errors(posterior, task.reference)
     return {
         "pred_ll": metrics.predictive_loglik(task.model, task.test, posterior, task.nesting,
@@ -103,7 +128,7 @@ def run(config: MethodConfig, task: Task, settings: Settings) -> Curve:
     fit = build(task.model, task.groups, config)
     log_p_hat = metrics.LogPHat(task.model, task.train, task.groups, settings.eval_K)
     steps = settings.steps_for(config.method)
-    every = max(1, steps // settings.num_evals)
+    at = set(evaluation_steps(steps, settings.num_evals))
     elapsed = 0.0
     for step in range(1, steps + 1):
         try:
@@ -113,7 +138,7 @@ def run(config: MethodConfig, task: Task, settings: Settings) -> Curve:
             curve.losses.append(loss)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss}")
-            if step % every == 0 or step == steps:
+            if step in at:
                 record(curve, step, elapsed, evaluate(fit, task, settings, log_p_hat))
         except FAILURES as error:
             curve.failed = f"step {step}: {type(error).__name__}: {str(error)[:120]}"

@@ -49,6 +49,18 @@ def as_tensors(arrays: Dict[str, np.ndarray], device: str) -> Data:
     return {k: torch.as_tensor(np.asarray(v, dtype=np.float32), device=device) for k, v in arrays.items()}
 
 
+def linear(features: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """``(features * coef).sum(-1)`` as one batched matmul.
+
+    ``coef`` (event dim last) is constant along the innermost plate, so where it has
+    batch dims its size there is 1; dropping that dim aligns its remaining batch dims
+    (particle dims, outer plates) with those of ``features``.
+    """
+    if coef.dim() >= 2:
+        coef = coef.squeeze(-2)
+    return torch.matmul(features, coef.unsqueeze(-1)).squeeze(-1)
+
+
 def std_normal(like: torch.Tensor, shape: Sequence[int] = ()) -> dist.Normal:
     """Normal(0, 1) with batch shape ``shape`` on ``like``'s device and dtype."""
     zeros = like.new_zeros(tuple(shape))

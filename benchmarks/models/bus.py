@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Tuple
 
-import torch
-
 import pyro
 import pyro.distributions as dist
 
-from .base import BenchmarkModel, Data, as_tensors, bundled, std_normal
+from .base import BenchmarkModel, Data, as_tensors, bundled, linear, std_normal
 
 SPLIT = 0
 
@@ -29,7 +27,7 @@ def model(data: Data, c: float = 1.0) -> None:
         with pyro.plate("borough", boroughs, dim=-2):
             alpha = pyro.sample("alpha", dist.Normal(beta / c, sigma_alpha.exp() / c))
             with pyro.plate("id", ids, dim=-1):
-                logits = c * alpha + (company * phi).sum(-1) + (run_type * psi).sum(-1)
+                logits = c * alpha + linear(company, phi) + linear(run_type, psi)
                 pyro.sample("delay", dist.Bernoulli(logits=logits), obs=delay)
 
 
