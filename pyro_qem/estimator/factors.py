@@ -110,6 +110,7 @@ def pack(record: SiteRecord, factor: torch.Tensor, structure: ModelStructure,
         elif factor.shape[pos] == 1:
             drop.append(pos)
         else:
+            _check_unplated_dim(record, pos, factor.shape[pos], structure)
             # An observed site's batch dims outside any plate are independent terms.
             summed.append(pos)
     if summed:
@@ -118,6 +119,20 @@ def pack(record: SiteRecord, factor: torch.Tensor, structure: ModelStructure,
         factor = factor.squeeze(tuple(drop + summed))
     ordinal = frozenset(symbols.plate[f.name] for f in record.frames)
     return LogFactor(record.name, factor, "".join(dims), ordinal)
+
+
+def _check_unplated_dim(record: SiteRecord, pos: int, size: int, structure: ModelStructure) -> None:
+    batch = structure.observed.get(record.name)
+    if batch is not None and len(batch) >= -pos and batch[pos] == size:
+        return
+    raise ValueError(
+        f"Site '{record.name}': its log density has a dim of size {size} at position {pos} "
+        "that is neither one of its plates nor a particle dim. Particle dims moved there: "
+        "the model reduced or reshaped a plated or particle-carrying tensor (e.g. "
+        "theta.sum(-1) over a plate, or plain indexing where Vindex is needed), or a "
+        "variable outside a plate depends on one inside it. Keep plate dims in place "
+        "(use pyro.ops.indexing.Vindex) or restructure the model."
+    )
 
 
 def _check_dependency(record: SiteRecord, group, structure: ModelStructure) -> None:

@@ -83,7 +83,7 @@ def discover(
     cannot handle (each error names the site and says what to do)."""
     trace, chunked = prototype.trace, set(prototype.indices)
     sites: Dict[str, SiteInfo] = {}
-    observed: List[str] = []
+    observed: Dict[str, torch.Size] = {}
     plates: Dict[str, PlateInfo] = {}
     needed = 0
     for name, node in trace.nodes.items():
@@ -98,7 +98,7 @@ def discover(
         if node["is_observed"]:
             if not site_is_factor(node) and not node["infer"].get("_deterministic"):
                 _check_finite(name, node["value"])
-            observed.append(name)
+            observed[name] = batch_shape
             continue
         _check_batch_dims_are_plates(name, batch_shape, frames)
         sites[name] = SiteInfo(
@@ -117,7 +117,7 @@ def discover(
         sites=sites,
         groups=group_sites(sites, groups, nesting),
         plates=plates,
-        observed=tuple(observed),
+        observed=observed,
     )
 
 

@@ -53,7 +53,7 @@ class ModelStructure:
     sites: Dict[str, SiteInfo]
     groups: Tuple[GroupInfo, ...]
     plates: Dict[str, PlateInfo]
-    observed: Tuple[str, ...]
+    observed: Dict[str, torch.Size]  # observed site -> its batch shape at set-up
 
     def __post_init__(self) -> None:
         site_to_group = {name: g.index for g in self.groups for name in g.sites}
