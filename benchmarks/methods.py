@@ -19,7 +19,7 @@ from pyro.infer.autoguide import AutoNormal
 from pyro_qem import AutoQEM, Inference
 
 from .models import Data
-from .posterior import Posterior, autonormal_posterior
+from .posterior import Posterior, autonormal_posterior, gradient_normal_posterior
 
 GRADIENT_ENGINE_METHODS = {"MP-VI": "MPVI", "MP-RWS": "MPRWS"}
 
@@ -68,18 +68,18 @@ class QEMFit:
 
 
 class EngineGradientFit:
-    """MP-VI or MP-RWS from ``pyro_qem.infer`` on an AutoQEM guide, with Adam."""
+    """MP-VI or MP-RWS from ``pyro_qem.infer`` on an AutoGradientNormal guide, with Adam."""
 
     def __init__(self, model: Callable, groups: Sequence[Sequence[str]], config: MethodConfig) -> None:
         cls = getattr(pyro_qem.infer, GRADIENT_ENGINE_METHODS[config.method])
-        self.guide = AutoQEM(model, groups=groups)
+        self.guide = pyro_qem.AutoGradientNormal(model, groups=groups)
         self.inference = cls(model, self.guide, K=config.K, optim=pyro.optim.Adam({"lr": config.lr}))
 
     def step(self, data: Data) -> float:
         return self.inference.step(data)
 
     def posterior(self) -> Posterior:
-        return self.guide.distributions()
+        return gradient_normal_posterior(self.guide)
 
 
 class SVIFit:

@@ -47,6 +47,18 @@ def autonormal_posterior(guide: AutoNormal) -> Posterior:
     return posterior
 
 
+def gradient_normal_posterior(guide) -> Posterior:
+    """The q's of a fitted :class:`pyro_qem.AutoGradientNormal` (MP-VI / MP-RWS), from its
+    documented params ``<prefix>.loc.<site>`` and ``<prefix>.scale.<site>``."""
+    posterior: Posterior = {}
+    with torch.no_grad():
+        for name, site in guide.structure.sites.items():
+            loc, scale = (pyro.param(f"{guide.state.prefix}.{key}.{name}").detach().clone()
+                          for key in ("loc", "scale"))
+            posterior[name] = dist.Normal(loc, scale).to_event(len(site.event_shape))
+    return posterior
+
+
 def moments(posterior: Posterior) -> Dict[str, Dict[str, torch.Tensor]]:
     """Posterior mean and sd of every site."""
     return {name: {"mean": q.mean, "sd": q.stddev} for name, q in posterior.items()}

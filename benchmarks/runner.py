@@ -42,11 +42,11 @@ class Settings:
     """How long to train and how to evaluate. QEM and the engine's gradient methods
     take ``steps`` steps; Pyro SVI, whose steps are cheaper, takes ``svi_steps``."""
 
-    steps: int = 300
-    svi_steps: int = 1500
-    num_evals: int = 20
+    steps: int = 200
+    svi_steps: int = 1000
+    num_evals: int = 12
     num_draws: int = 100
-    elbo_particles: int = 200
+    elbo_particles: int = 100
     eval_K: int = 30
     seed: int = 0
 
