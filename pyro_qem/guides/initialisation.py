@@ -3,8 +3,9 @@
 Each site's family is matched to draws of the site's prior given its parents at the
 values of the set-up run (``init_loc_fn``, default Pyro's ``init_to_median``), with
 statistics robust to heavy tails (:meth:`~pyro_qem.families.Family.init_moments`).
-``init_loc_fn`` also sets the location of location families, ``init_scale`` their
-scale. Subsampled plates are assembled from the set-up runs' chunks.
+An explicit ``init_loc_fn`` also moves each q's location (or, for families without one,
+its mean) to the strategy's value (:func:`~pyro_qem.families.location.relocate`);
+``init_scale`` sets the scale of families that have one. Subsampled plates are assembled from the set-up runs' chunks.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Callable, List, Mapping, Optional, Sequence, Union
 import torch
 
 from ..families import Family
+from ..families.location import relocate
 from .discovery import Prototype
 from .state import scatter_
 from .structure import SiteInfo
@@ -25,7 +27,7 @@ NUM_INIT_DRAWS = 2000
 
 @dataclass
 class InitOptions:
-    """How q starts: ``init_loc_fn`` given explicitly moves locations to its values;
+    """How q starts: ``init_loc_fn`` given explicitly moves q's centre to its values;
     ``init_scale`` (float or ``{site: float}``) sets scales."""
 
     init_loc_fn: Optional[Callable] = None
@@ -70,20 +72,19 @@ def initial_moments(site: SiteInfo, family: Family, node, options: InitOptions):
     """Moments for one set-up run's elements of the site."""
     draws = node["fn"].sample((NUM_INIT_DRAWS,))
     moments = family.init_moments(draws, site.event_shape)
-    overrides = {"loc": node["value"] if options.init_loc_fn is not None else None,
-                 "scale": options.scale_of(site.name)}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if not overrides:
+    relocate_to = node["value"] if options.init_loc_fn is not None else None
+    scale = options.scale_of(site.name)
+    if relocate_to is None and scale is None:
         return moments
     params = dict(family.params_from_moments(moments, site.event_shape))
-    for key, value in overrides.items():
-        if key not in params:
-            if key == "loc":
-                continue  # init_loc_fn only moves families that have a location
+    if relocate_to is not None:
+        params = relocate(family, params, relocate_to)
+    if scale is not None:
+        if "scale" not in params:
             raise ValueError(
                 f"Site '{site.name}': init_scale was given but its family {family.name} "
                 "has no 'scale' parameter. Give init_scale as a dict that leaves this "
                 "site out."
             )
-        params[key] = torch.as_tensor(value, dtype=torch.float64).expand_as(params[key])
+        params["scale"] = torch.as_tensor(scale, dtype=torch.float64).expand_as(params["scale"])
     return family.moments_from_params(params, site.event_shape)

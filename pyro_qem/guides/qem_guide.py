@@ -28,6 +28,7 @@ from pyro.poutine.util import prune_subsample_sites
 from pyro.poutine.util import site_is_subsample
 
 from ..families import Family
+from ..families.quantiles import quantiles as family_quantiles
 from ..handlers import ParamCollector
 from .discovery import Prototype, discover, prototype_traces, rng_preserved
 from .initialisation import InitOptions, default_init_loc, initial_state
@@ -302,6 +303,20 @@ class QEMGuide(Messenger):
         if self.structure is None:
             raise RuntimeError("The guide has no distributions before its first step.")
         return {name: self.proposal(self.structure.sites[name], (), averaged) for name in self.families}
+
+    @torch.no_grad()
+    def quantiles(self, quantiles: Sequence[float], *args, **kwargs) -> Dict[str, torch.Tensor]:
+        """Marginal quantiles of each moment-matched site's q, as Pyro's AutoGuides give
+        them: ``{site: tensor of shape (len(quantiles),) + site shape}``. Pass the
+        model's arguments if the guide has not been set up yet."""
+        if self.structure is None:
+            self.setup(*args, **kwargs)
+        return {name: family_quantiles(q, quantiles) for name, q in self.distributions().items()}
+
+    @torch.no_grad()
+    def median(self, *args, **kwargs) -> Dict[str, torch.Tensor]:
+        """The median of each moment-matched site's q (per coordinate)."""
+        return {name: value[0] for name, value in self.quantiles([0.5], *args, **kwargs).items()}
 
     def update(self, records, subsamples: Mapping[str, torch.Tensor],
                weights: Mapping[int, torch.Tensor], lr: float, average: bool = False) -> None:
