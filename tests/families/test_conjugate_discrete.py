@@ -3,15 +3,17 @@ Categorical q, drawn K times like any other site (no enumeration), against the e
 posterior by enumeration.
 
 Each model holds independent problems in a plate whose data are built so that the
-exact posterior probabilities span 0.1-0.9 (the data's noise, centred, changes with the
-seed; the posterior depends on the data only through its mean). Every category's
+exact posterior probabilities lie in 0.2-0.8 (the data's noise, centred, changes with
+the seed; the posterior depends on the data only through its mean). Every outcome's
 indicator is compared: q's probability within 0.05 posterior sds sqrt(p (1 - p)) and
 q's sd within 5%.
 
-Tolerances. As in test_conjugate_posteriors.py, K = 30 with iterates averaged over the
-last 200 of 300 steps is worth ~6000 posterior draws: a probability is off by ~0.013
-posterior sd; its sd sqrt(p (1 - p)) by (1 - 2p) / (2 sqrt(p (1 - p))) times that,
-at most 1.7% for p >= 0.1. The bounds are 3+ standard errors.
+Tolerances. K = 30 with iterates averaged over the last 400 of 500 steps is worth
+~30 * 400 = 12000 posterior draws: a probability is off by ~0.009 posterior sd (with
+200 averaged steps the measured rms was 0.015, and the worst of 40 problems 0.042); its
+sd sqrt(p (1 - p)) by (1 - 2p) / (2 sqrt(p (1 - p))) times that, at most 0.75x at
+p >= 0.2 (1.3x at p = 0.1, which is why the probabilities stay above 0.2). The bounds
+are 4+ standard errors.
 """
 
 import pyro
@@ -22,7 +24,7 @@ import torch
 from pyro_qem import AutoQEM, Inference
 
 SEEDS = [0, 1]
-STEPS, AVERAGE_FROM = 300, 100
+STEPS, AVERAGE_FROM = 500, 100
 MEAN_TOL, SD_TOL = 0.05, 0.05
 
 
@@ -47,7 +49,8 @@ def assert_close(name, q_mean, q_sd, mean, sd):
 def assert_probs_close(name, q_probs, probs):
     """Each outcome's indicator: mean ``probs``, sd ``sqrt(probs (1 - probs))``."""
     q_probs = q_probs.double()
-    assert_close(name, q_probs, (q_probs * (1 - q_probs)).sqrt(), probs, (probs * (1 - probs)).sqrt())
+    q_sd, sd = (q_probs * (1 - q_probs)).sqrt(), (probs * (1 - probs)).sqrt()
+    assert_close(name, q_probs, q_sd, probs, sd)
 
 
 def data_with_means(seed, means, num_obs, noise_sd):
@@ -63,8 +66,8 @@ PRIOR_H1 = 0.5
 EFFECT, MU_SD, NOISE_SD = 2.0, 0.5, 1.0
 N_OBS = 4
 # With a known level 0 the posterior log odds of h = 1 are N_OBS (2 ybar - 2) = 8 ybar - 8:
-# these means give probabilities 0.12 to 0.88.
-KNOWN_LEVEL_MEANS = torch.tensor([0.75, 0.9, 1.0, 1.1, 1.25], dtype=torch.float64)
+# these means give probabilities 0.22 to 0.78.
+KNOWN_LEVEL_MEANS = torch.tensor([0.84, 0.92, 1.0, 1.08, 1.16], dtype=torch.float64)
 
 
 def two_hypotheses_known_level(y):
@@ -83,7 +86,7 @@ def test_two_hypotheses_bernoulli_latent(seed):
         for h, prior in ((0.0, 1 - PRIOR_H1), (1.0, PRIOR_H1))
     ])
     p_h1 = log_joint.softmax(0)[1]
-    assert 0.1 < p_h1.min() and p_h1.max() < 0.9
+    assert 0.2 < p_h1.min() and p_h1.max() < 0.8
     pyro.set_rng_seed(seed)
     q = fit(two_hypotheses_known_level, y.float())["h"]
     assert isinstance(q, dist.Bernoulli)
@@ -91,8 +94,8 @@ def test_two_hypotheses_bernoulli_latent(seed):
 
 
 # ybar | h ~ Normal(h * EFFECT, MU_SD^2 + NOISE_SD^2 / N_OBS = 0.5), so the posterior log
-# odds of h = 1 are 4 ybar - 4: these means give probabilities 0.12 to 0.88.
-HYPOTHESIS_MEANS = torch.tensor([0.5, 0.8, 1.0, 1.2, 1.5], dtype=torch.float64)
+# odds of h = 1 are 4 ybar - 4: these means give probabilities 0.22 to 0.78.
+HYPOTHESIS_MEANS = torch.tensor([0.68, 0.84, 1.0, 1.16, 1.32], dtype=torch.float64)
 
 
 def two_hypotheses(y):
@@ -137,14 +140,14 @@ def test_two_hypotheses_with_unknown_level(seed):
 
     h and mu are strongly dependent (mu + EFFECT h is what the data pin down) while q is
     mean-field, so the weights are less even than with h alone: measured at 300 steps,
-    the rms error of P(h = 1) was 0.020 posterior sd (0.015 with the level known). 800
-    steps, averaged from step 100, bring it to ~0.011.
+    the rms error of P(h = 1) was 0.020 posterior sd (0.015 with the level known), so
+    this fit runs twice as long as the others: ~0.009.
     """
     y = data_with_means(seed, HYPOTHESIS_MEANS, N_OBS, NOISE_SD)
     p_h1, mu_mean, mu_sd = two_hypotheses_posterior(y)
-    assert 0.1 < p_h1.min() and p_h1.max() < 0.9
+    assert 0.2 < p_h1.min() and p_h1.max() < 0.8
     pyro.set_rng_seed(seed)
-    q = fit(two_hypotheses, y.float(), steps=800)
+    q = fit(two_hypotheses, y.float(), steps=2 * STEPS)
     assert isinstance(q["h"], dist.Bernoulli) and isinstance(q["mu"], dist.Normal)
     assert_probs_close("h", q["h"].probs, p_h1)
     assert_close("mu", q["mu"].mean, q["mu"].stddev, mu_mean, mu_sd)
@@ -152,11 +155,11 @@ def test_two_hypotheses_with_unknown_level(seed):
 
 # ------------------------------------------------------------- Categorical latent
 
-CLASS_PRIOR = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+CLASS_PRIOR = torch.tensor([0.3, 0.3, 0.4], dtype=torch.float64)
 CLASS_LOCS = torch.tensor([-1.5, 0.0, 1.5], dtype=torch.float64)
-CLASS_SD, N_CLASS_OBS = 2.0, 2
-# Posterior class probabilities between 0.099 and 0.53.
-CLASS_MEANS = torch.tensor([-1.5, -0.5, 0.0, 0.5], dtype=torch.float64)
+CLASS_SD, N_CLASS_OBS = 2.5, 2
+# Posterior class probabilities between 0.20 and 0.43.
+CLASS_MEANS = torch.tensor([-1.0, -0.5, 0.0, 0.5], dtype=torch.float64)
 
 
 def mixture_membership(y):
@@ -176,7 +179,7 @@ def membership_posterior(y):
 def test_categorical_latent(seed):
     y = data_with_means(seed, CLASS_MEANS, N_CLASS_OBS, CLASS_SD)
     probs = membership_posterior(y)
-    assert probs.min() > 0.09
+    assert probs.min() > 0.2
     pyro.set_rng_seed(seed)
     q = fit(mixture_membership, y.float())["c"]
     assert isinstance(q, dist.Categorical)

@@ -168,11 +168,11 @@ def test_gamma_poisson_decaying_step(seed):
 # Out-of-family overrides are checked on well-informed posteriors (shape a > 30). A
 # LogNormal's or InverseGamma's left tail is lighter than a Gamma's (z^(a - 1) near 0),
 # so the importance weights p/q have infinite variance and self-normalised estimates are
-# biased by O(1/K) times a factor that grows as a falls: measured at a = 3-9 (rate 0.5
-# below), the LogNormal's sd of log z came out 1-6% low and the InverseGamma's E[1/z]
+# biased by O(1/K) times a factor that grows as a falls. Measured at a = 3-9 (rate 0.5
+# above): the LogNormal's sd of log z came out 1-6% low, the InverseGamma's E[1/z]
 # 0.04-0.07 sd low at K = 30 (0.02-0.04 at K = 300); at a = 18-35 the InverseGamma's
-# spread still had outliers of -4% (rms 1.3%), at a = 40-60 rms 1.2%, worst 3.3%. That is importance sampling with a
-# light-tailed proposal, not a fault of the families.
+# spread still had outliers of -4% (rms 1.3%); at a = 40-60 rms 1.2%, worst 3.3%. That
+# is importance sampling with a light-tailed proposal, not a fault of the families.
 OVERRIDE_RATES = regimes(5.0, 20.0)
 
 
@@ -356,7 +356,8 @@ NUM_MVN = 6
 def linear_gaussian(y):
     dim = DESIGN.shape[1]
     with pyro.plate("problems", y.shape[0]):
-        z = pyro.sample("z", dist.MultivariateNormal(torch.zeros(dim), PRIOR_SD ** 2 * torch.eye(dim)))
+        prior = dist.MultivariateNormal(torch.zeros(dim), PRIOR_SD ** 2 * torch.eye(dim))
+        z = pyro.sample("z", prior)
         pyro.sample("y", dist.Normal(z @ DESIGN.T.float(), NOISE_SD.float()).to_event(1), obs=y)
 
 
