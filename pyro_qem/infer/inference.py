@@ -55,7 +55,8 @@ class Inference:
     :param average_from: from this update count on, the guide also keeps the running
         average of its iterates, which :meth:`QEMGuide.distributions` then reports.
         Averaging (or a decaying ``lr``) removes the Monte Carlo noise that a fixed
-        ``lr`` leaves in the fitted q.
+        ``lr`` leaves in the fitted q. Start it once the loss has levelled off (e.g. half
+        way): iterates still far from the posterior widen the average.
     :param optim: a :class:`pyro.optim.PyroOptim` (e.g. ``pyro.optim.Adam({"lr":
         0.01})``) for the ``pyro.param`` s of the model and of gradient-fitted guide
         sites; they step on ``-log P_hat`` within the same :meth:`step`.
