@@ -43,7 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--quick", action="store_true", help="a few configurations and steps")
     parser.add_argument("--no-rescaled", action="store_true", help="skip the invariance runs")
-    parser.add_argument("--out", type=Path, default=reference.DEFAULT_RESULTS)
+    parser.add_argument("--out", type=Path, default=reference.DEFAULT_RESULTS,
+                        help="where tables, curves and plots go (NUTS references are always "
+                             "cached in benchmarks/results)")
     args = parser.parse_args(argv)
     unknown = set(args.models.split(",")) - set(MODELS)
     if unknown:
@@ -89,7 +91,7 @@ def make_task(bm: BenchmarkModel, c: float, device: str, reference_moments) -> T
 
 def run_model(bm: BenchmarkModel, args, settings: Settings) -> Dict:
     """All configurations on one model, then (unless skipped) the rescaled variant."""
-    moments = reference.load_or_run(bm, args.out, run=not args.quick)
+    moments = reference.load_or_run(bm, run=not args.quick)
     if moments is not None and args.device != "cpu":
         moments = {s: {k: v.to(args.device) for k, v in m.items()} for s, m in moments.items()}
     task = make_task(bm, 1.0, args.device, moments)

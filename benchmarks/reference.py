@@ -26,7 +26,7 @@ Moments = Dict[str, Dict[str, np.ndarray]]
 DEFAULT_RESULTS = Path(__file__).parent / "results"
 # (warmup, samples) per model: enough for Monte Carlo errors of the mean well under
 # 0.1 reference sd (min ESS is recorded in the JSON next to each cache).
-DRAWS = {"bus": (800, 1000), "radon": (500, 1000), "movielens": (400, 800)}
+DRAWS = {"bus": (800, 1000), "radon": (500, 1000), "movielens": (300, 500)}
 # NUTS samples these sites non-centred (their posteriors are funnels); the centred
 # values are recovered as deterministic sites.
 NON_CENTRED = {"bus": (), "radon": (), "movielens": ("z",)}
