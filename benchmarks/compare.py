@@ -2,7 +2,7 @@
 
 Example::
 
-    python -m benchmarks.compare                      # the full table (~25 min, 2 cores)
+    python -m benchmarks.compare                      # the full table
     python -m benchmarks.compare --quick --models radon
     python -m benchmarks.compare --device cuda
 
@@ -40,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--models", default="bus,radon,movielens")
     parser.add_argument("--steps", type=int, default=None, help="QEM / MP-* steps (200)")
     parser.add_argument("--svi-steps", type=int, default=None, help="Pyro SVI steps (1000)")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="training-time cap per run (30 s; 0 for none)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--quick", action="store_true", help="a few configurations and steps")
     parser.add_argument("--no-rescaled", action="store_true", help="skip the invariance runs")
@@ -57,12 +59,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_settings(args: argparse.Namespace) -> Settings:
     """Full or ``--quick`` settings; ``--steps`` / ``--svi-steps`` override either."""
-    settings = Settings(steps=30, svi_steps=60, num_evals=5, elbo_particles=50) \
-        if args.quick else Settings()
+    settings = Settings(steps=30, svi_steps=60, max_seconds=10.0, num_evals=5,
+                        elbo_particles=50) if args.quick else Settings()
     if args.steps is not None:
         settings.steps = args.steps
     if args.svi_steps is not None:
         settings.svi_steps = args.svi_steps
+    if args.max_seconds is not None:
+        settings.max_seconds = args.max_seconds or None
     return settings
 
 

@@ -40,11 +40,13 @@ class Task:
 @dataclass
 class Settings:
     """How long to train and how to evaluate. QEM and the engine's gradient methods
-    take ``steps`` steps; Pyro SVI, whose steps are cheaper, takes ``svi_steps``."""
+    take ``steps`` steps; Pyro SVI, whose steps are cheaper, takes ``svi_steps``; every
+    run stops early once its training time passes ``max_seconds`` (None: no cap)."""
 
     steps: int = 200
     svi_steps: int = 1000
-    num_evals: int = 12
+    max_seconds: Optional[float] = 30.0
+    num_evals: int = 10
     num_draws: int = 100
     elbo_particles: int = 100
     eval_K: int = 30
@@ -70,6 +72,7 @@ class Curve:
     sd_err: List[float] = field(default_factory=list)
     losses: List[float] = field(default_factory=list)
     failed: Optional[str] = None
+    capped: bool = False
 
     @property
     def time_per_step(self) -> float:
@@ -138,8 +141,12 @@ def run(config: MethodConfig, task: Task, settings: Settings) -> Curve:
             curve.losses.append(loss)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss}")
-            if step in at:
+            capped = settings.max_seconds is not None and elapsed > settings.max_seconds
+            if step in at or capped:
                 record(curve, step, elapsed, evaluate(fit, task, settings, log_p_hat))
+            if capped:
+                curve.capped = True
+                break
         except FAILURES as error:
             curve.failed = f"step {step}: {type(error).__name__}: {str(error)[:120]}"
             break

@@ -70,7 +70,7 @@ def rows(curves: Sequence[Curve]) -> List[Row]:
         pred_ll=final(c.pred_ll), mean_err=final(c.mean_err), sd_err=final(c.sd_err),
         elbo=final(c.elbo), log_p_hat=final(c.log_p_hat),
         t_pred=time_to(c, "pred_ll", goal["pred_ll"]), t_elbo=time_to(c, "elbo", goal["elbo"]),
-        status=c.failed or "ok",
+        status=c.failed or (f"time cap at step {c.step[-1]}" if c.capped else "ok"),
     ) for c in curves]
 
 
