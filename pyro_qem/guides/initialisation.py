@@ -18,6 +18,7 @@ import torch
 from ..families import Family
 from ..families.location import relocate
 from .discovery import Prototype
+from .particles import selection_of
 from .state import scatter_
 from .structure import SiteInfo
 
@@ -52,8 +53,6 @@ def default_init_loc(site) -> torch.Tensor:
 def initial_state(site: SiteInfo, family: Family, prototypes: Sequence[Prototype],
                   options: InitOptions) -> List[torch.Tensor]:
     """The site's initial mean parameters at full plate sizes (float64)."""
-    from .qem_guide import selection_of
-
     state: List[torch.Tensor] = []
     batch_ndim = len(site.batch_shape)
     for prototype in prototypes:

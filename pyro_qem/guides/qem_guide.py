@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import abstractmethod
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -24,14 +24,14 @@ from pyro.distributions.util import broadcast_shape
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_messenger import TraceMessenger
 from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import prune_subsample_sites
-from pyro.poutine.util import site_is_subsample
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from ..families import Family
 from ..families.quantiles import quantiles as family_quantiles
 from ..handlers import ParamCollector
 from .discovery import Prototype, discover, prototype_traces, rng_preserved
 from .initialisation import InitOptions, default_init_loc, initial_state
+from .particles import enumerated_support, in_dim, is_observed, selection_of, weighted_statistics
 from .state import MomentState, Selection, gather
 from .structure import ModelStructure, SiteInfo
 
@@ -167,7 +167,7 @@ class QEMGuide(Messenger):
         self.setup(*args, **kwargs)
         self._draws = dict.fromkeys(self.structure.sites)
         tracer = TraceMessenger()
-        with poutine.block(hide_fn=_is_observed), tracer, self:
+        with poutine.block(hide_fn=is_observed), tracer, self:
             self.model(*args, **kwargs)
         self._last_trace = tracer.trace
         return {name: value for name, value in self._draws.items() if value is not None}
@@ -211,13 +211,13 @@ class QEMGuide(Messenger):
     def _draw_particles(self, site: SiteInfo, msg) -> None:
         dim = self.structure.group_of(site.name).dim
         if site.enumerated:
-            value = _enumerated(msg["fn"], dim)
+            value = enumerated_support(msg["fn"], dim)
             msg["infer"]["qem_enumerated"] = True
             log_q = msg["fn"].log_prob(value).new_zeros(())
         else:
             q = self._q(site, msg, differentiable=False)
             draw = q.rsample if self._reparameterized and q.has_rsample else q.sample
-            value = _in_dim(draw((self._num_particles,)), q, dim)
+            value = in_dim(draw((self._num_particles,)), q, dim)
             log_q = q.log_prob(value)
         msg["infer"]["qem_log_q"] = log_q
         msg["infer"]["qem_group"] = self.structure.group_of(site.name).index
@@ -333,55 +333,3 @@ class QEMGuide(Messenger):
             self.state.update(site.name, family.stat_names, estimates, lr, selection,
                               len(site.batch_shape), average)
         self.state.count_update()
-
-
-def weighted_statistics(family: Family, value: torch.Tensor, weight: torch.Tensor,
-                        site: SiteInfo) -> List[torch.Tensor]:
-    """``sum_k w_k T(z_k)`` per plate element, in float64.
-
-    ``value`` holds the site's particles in dim 0 of its batch part (the site's own
-    particle dim is the leftmost of its value), ``weight`` the group's normalised
-    weights in the same layout.
-    """
-    value = value.double() if value.is_floating_point() else value
-    weight = weight.double()
-    batch_ndim = value.dim() - len(site.event_shape)
-    out = []
-    for stat in family.statistics(value, site.event_shape):
-        trailing = stat.dim() - batch_ndim
-        moment = (weight.reshape(weight.shape + (1,) * trailing) * stat.double()).sum(0)
-        out.append(moment.reshape(moment.shape[moment.dim() - trailing - len(site.batch_shape):]))
-    return out
-
-
-def _is_observed(msg) -> bool:
-    return msg["type"] == "sample" and msg["is_observed"]
-
-
-def selection_of(frames, subsamples: Mapping[str, torch.Tensor]) -> Selection:
-    """(dim, indices) of each subsampled plate among ``frames``, outermost dim first."""
-    selection = []
-    for frame in frames:
-        if frame.full_size not in (None, frame.size):
-            if frame.name not in subsamples:
-                raise RuntimeError(
-                    f"Plate '{frame.name}' is subsampled but its indices were not seen; the "
-                    "guide must be entered before the plate is created."
-                )
-            selection.append((frame.dim, subsamples[frame.name]))
-    return sorted(selection, key=lambda s: s[0])
-
-
-def _in_dim(draws: torch.Tensor, q: dist.Distribution, dim: int) -> torch.Tensor:
-    """Move the leading draw dim of ``draws`` (from ``q.sample((K,))``) to tensor dim
-    ``dim`` (counted from the right of the batch part)."""
-    batch = tuple(q.batch_shape)
-    shape = draws.shape[:1] + (1,) * (-dim - 1 - len(batch)) + batch + tuple(q.event_shape)
-    return draws.reshape(shape)
-
-
-def _enumerated(prior: dist.Distribution, dim: int) -> torch.Tensor:
-    """The prior's support in tensor dim ``dim``: exact enumeration replaces particles."""
-    support = prior.enumerate_support(expand=False)
-    size, event = support.shape[0], tuple(prior.event_shape)
-    return support.reshape((size,) + (1,) * (-dim - 1) + event)

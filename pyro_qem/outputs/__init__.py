@@ -31,4 +31,5 @@ __all__ = [
     "sample_guide",
     "sample_posterior",
     "to_inference_data",
+    "weight_ess",
 ]

@@ -13,7 +13,6 @@ from pyro_qem import AutoQEM, Inference
 from pyro_qem.estimator import (
     Symbols,
     log_factors,
-    log_marginal,
     log_marginal_and_weights,
     make_sources,
     subsample_scales,
