@@ -24,9 +24,11 @@ from .models import MODELS, BenchmarkModel
 
 Moments = Dict[str, Dict[str, np.ndarray]]
 DEFAULT_RESULTS = Path(__file__).parent / "results"
-# (warmup, samples) per model: enough for Monte Carlo errors of the mean well under
-# 0.1 reference sd (min ESS is recorded in the JSON next to each cache).
-DRAWS = {"bus": (800, 1000), "radon": (500, 1000), "movielens": (300, 500)}
+# (warmup, samples) per model, limited by NUTS's cost on 2 cores (bus: ~1 s per draw,
+# its alpha/phi/psi trade-off needs long trajectories). The JSON next to each cache
+# records the time and the minimum ESS over all coordinates: the Monte Carlo error of
+# a reference mean is about 1/sqrt(ESS) reference sds.
+DRAWS = {"bus": (250, 350), "radon": (500, 1000), "movielens": (250, 350)}
 # NUTS samples these sites non-centred (their posteriors are funnels); the centred
 # values are recovered as deterministic sites.
 NON_CENTRED = {"bus": (), "radon": (), "movielens": ("z",)}
