@@ -89,7 +89,10 @@ class LogPHat:
             stats = family.moments_from_params(params, q.event_shape)
             for stat, value in zip(family.stat_names, stats):
                 store[self.guide.state.name(stat, name)] = value.detach()
-        return -self.inference.evaluate_loss(self.train)
+        try:
+            return -self.inference.evaluate_loss(self.train)
+        except FloatingPointError:
+            return -math.inf  # no particle combination has finite density
 
 
 def moment_errors(posterior: Posterior, reference: Optional[Mapping[str, Mapping]]) -> Dict[str, float]:

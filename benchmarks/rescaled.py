@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .methods import MethodConfig
 from .runner import Curve, Settings, Task, run
-from .summary import best, final
+from .summary import final, select
 
 ABSOLUTE_TOLERANCE = 2.0
 RELATIVE_TOLERANCE = 0.002
@@ -30,16 +30,9 @@ def plateau_step(curve: Curve, key: str = "log_p_hat") -> float:
 
 
 def best_configs(curves: Sequence[Curve], methods: Sequence[str]) -> List[MethodConfig]:
-    """The best configuration (by final predictive log-lik) of each method; QEM at K = 30
-    when it was run."""
-    chosen = []
-    for method in methods:
-        pool = [c for c in curves if c.config["method"] == method]
-        at_30 = [c for c in pool if c.config["K"] == 30]
-        top = best(at_30 or pool, method)
-        if top is not None:
-            chosen.append(MethodConfig(**top.config))
-    return chosen
+    """The selected configuration of each method (:func:`~benchmarks.summary.select`)."""
+    chosen = [select(curves, method) for method in methods]
+    return [MethodConfig(**c.config) for c in chosen if c is not None]
 
 
 def run_rescaled(configs: Sequence[MethodConfig], task: Task, settings: Settings) -> List[Curve]:

@@ -34,6 +34,15 @@ def best(curves: Sequence[Curve], method: str, key: str = "pred_ll") -> Optional
     return max(mine, key=lambda c: _or_minus_inf(final(getattr(c, key))))
 
 
+def select(curves: Sequence[Curve], method: str) -> Optional[Curve]:
+    """The configuration a user of ``method`` would pick without test data or NUTS: the
+    best final value of its own objective (the standard ELBO for SVI, log P_hat for the
+    methods on the massively parallel estimator). QEM at K = 30 when it was run."""
+    pool = [c for c in curves if c.config["method"] == method]
+    at_30 = [c for c in pool if c.config["K"] == 30]
+    return best(at_30 or pool, method, "elbo" if method == "SVI" else "log_p_hat")
+
+
 def _or_minus_inf(value: float) -> float:
     return value if math.isfinite(value) else -math.inf
 
@@ -55,10 +64,11 @@ class Row:
 
 
 def targets(curves: Sequence[Curve]) -> Dict[str, float]:
-    """The common targets: the final predictive log-lik and ELBO of the best SVI."""
-    pred, elbo = best(curves, "SVI", "pred_ll"), best(curves, "SVI", "elbo")
-    return {"pred_ll": final(pred.pred_ll) if pred else math.nan,
-            "elbo": final(elbo.elbo) if elbo else math.nan}
+    """The common targets: the final predictive log-lik and ELBO of the selected SVI
+    configuration (see :func:`select`)."""
+    svi = select(curves, "SVI")
+    return {"pred_ll": final(svi.pred_ll) if svi else math.nan,
+            "elbo": final(svi.elbo) if svi else math.nan}
 
 
 def rows(curves: Sequence[Curve]) -> List[Row]:
@@ -83,20 +93,21 @@ def fastest(curves: Sequence[Curve], method: str, key: str, target: float) -> fl
 def checks(curves: Sequence[Curve]) -> List[str]:
     """The issue's targets for one model, each stated with its numbers."""
     goal = targets(curves)["pred_ll"]
-    svi = best(curves, "SVI")
+    svi = select(curves, "SVI")
     t_qem = fastest(curves, "QEM", "pred_ll", goal)
     t_svi = time_to(svi, "pred_ll", goal) if svi else math.nan
-    lines = [f"time to pred-ll {goal:.1f} (best SVI's final): QEM {t_qem:.2f} s vs best SVI "
+    lines = [f"time to pred-ll {goal:.1f} (selected SVI's final): QEM {t_qem:.2f} s vs SVI "
              f"{t_svi:.2f} s (target: ratio <= 0.33): {_ratio_verdict(t_qem, t_svi, 1 / 3)}"]
     if best(curves, "MP-VI"):
         mpvi = fastest(curves, "MP-VI", "pred_ll", goal)
         lines.append(f"same target: QEM {t_qem:.2f} s vs fastest MP-VI {mpvi:.2f} s "
                      f"(target: ratio <= 0.2): {_ratio_verdict(t_qem, mpvi, 0.2)}")
     lines += _step_cost_checks(curves)
-    qem, svi_sd = best(curves, "QEM"), best(curves, "SVI")
-    if qem and svi_sd and math.isfinite(final(qem.sd_err)):
-        a, b = final(qem.sd_err), final(svi_sd.sd_err)
-        lines.append(f"sd error vs NUTS: QEM {a:.3f} vs SVI {b:.3f}: {_verdict(a < b)}")
+    qem = select(curves, "QEM")
+    if qem and svi and math.isfinite(final(qem.sd_err)):
+        a, b = final(qem.sd_err), final(svi.sd_err)
+        lines.append(f"sd error vs NUTS ({qem.label} vs {svi.label}): {a:.3f} vs {b:.3f}: "
+                     f"{_verdict(a < b)}")
     return lines
 
 
