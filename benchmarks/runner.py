@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
@@ -73,10 +74,7 @@ class Curve:
     losses: List[float] = field(default_factory=list)
     failed: Optional[str] = None
     capped: bool = False
-
-    @property
-    def time_per_step(self) -> float:
-        return self.time[-1] / self.step[-1] if self.step else math.nan
+    time_per_step: float = math.nan
 
 
 def evaluation_steps(steps: int, num_evals: int) -> List[int]:
@@ -132,12 +130,13 @@ def run(config: MethodConfig, task: Task, settings: Settings) -> Curve:
     log_p_hat = metrics.LogPHat(task.model, task.train, task.groups, settings.eval_K)
     steps = settings.steps_for(config.method)
     at = set(evaluation_steps(steps, settings.num_evals))
-    elapsed = 0.0
+    elapsed, durations = 0.0, []
     for step in range(1, steps + 1):
         try:
             start = time.perf_counter()
             loss = fit.step(task.train)
-            elapsed += time.perf_counter() - start
+            durations.append(time.perf_counter() - start)
+            elapsed += durations[-1]
             curve.losses.append(loss)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss}")
@@ -150,4 +149,5 @@ def run(config: MethodConfig, task: Task, settings: Settings) -> Curve:
         except FAILURES as error:
             curve.failed = f"step {step}: {type(error).__name__}: {str(error)[:120]}"
             break
+    curve.time_per_step = statistics.median(durations[1:] or durations or [math.nan])
     return curve

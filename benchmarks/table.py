@@ -7,7 +7,7 @@ from typing import List, Sequence
 
 from .summary import Row
 
-HEADER = ("| method | ms/step | pred-ll | mean err | sd err | ELBO | log P_hat K=30 "
+HEADER = ("| method | ms/step (median) | pred-ll | mean err | sd err | ELBO | log P_hat K=30 "
           "| t to pred target (s) | t to ELBO target (s) | status |")
 RULE = "|" + "---|" * 10
 
