@@ -7,8 +7,9 @@ Example::
     python -m benchmarks.compare --device cuda
 
 Prints one Markdown table per model (and the issue's checks), then the invariance
-experiment on the rescaled variants; writes ``table.md``, ``results.json`` (raw curves)
-and ``curves_<model>.png`` under ``--out``.
+experiment on the rescaled variants, then the headline table (each method's selected
+configuration); writes ``table.md``, ``headline.md``, ``results.json`` (raw curves) and
+``curves_<model>.png`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Dict, List
 
 import torch
 
-from . import plots, reference, rescaled, summary, table
+from . import headline, plots, reference, rescaled, summary, table
 from .methods import MethodConfig, available
 from .models import MODELS, BenchmarkModel
 from .runner import Curve, Settings, Task, run
@@ -150,6 +151,9 @@ def save(results: Dict[str, Dict], text: str, args, settings: Settings) -> None:
             "rescaled_curves": [asdict(c) for c in result.get("rescaled_curves", [])],
         }
     (args.out / "results.json").write_text(json.dumps(payload, default=_jsonable) + "\n")
+    summary_text = headline.markdown(payload["models"], payload["machine"])
+    (args.out / "headline.md").write_text(summary_text)
+    print(summary_text)
 
 
 def _jsonable(value):

@@ -21,6 +21,7 @@ from pyro_qem import AutoQEM, Inference
 from .models import Data
 from .posterior import Posterior, autonormal_posterior, gradient_normal_posterior
 
+Groups = Sequence[Sequence[str]]
 GRADIENT_ENGINE_METHODS = {"MP-VI": "MPVI", "MP-RWS": "MPRWS"}
 
 
@@ -55,7 +56,7 @@ def available(method: str) -> bool:
 class QEMFit:
     """QEM on an AutoQEM guide."""
 
-    def __init__(self, model: Callable, groups: Sequence[Sequence[str]], config: MethodConfig) -> None:
+    def __init__(self, model: Callable, groups: Groups, config: MethodConfig) -> None:
         self.guide = AutoQEM(model, groups=groups)
         self.inference = Inference(model, self.guide, K=config.K, lr=config.lr,
                                    average_from=config.average_from)
@@ -70,10 +71,11 @@ class QEMFit:
 class EngineGradientFit:
     """MP-VI or MP-RWS from ``pyro_qem.infer`` on an AutoGradientNormal guide, with Adam."""
 
-    def __init__(self, model: Callable, groups: Sequence[Sequence[str]], config: MethodConfig) -> None:
+    def __init__(self, model: Callable, groups: Groups, config: MethodConfig) -> None:
         cls = getattr(pyro_qem.infer, GRADIENT_ENGINE_METHODS[config.method])
         self.guide = pyro_qem.AutoGradientNormal(model, groups=groups)
-        self.inference = cls(model, self.guide, K=config.K, optim=pyro.optim.Adam({"lr": config.lr}))
+        optim = pyro.optim.Adam({"lr": config.lr})
+        self.inference = cls(model, self.guide, K=config.K, optim=optim)
 
     def step(self, data: Data) -> float:
         return self.inference.step(data)
@@ -85,7 +87,7 @@ class EngineGradientFit:
 class SVIFit:
     """Pyro SVI: AutoNormal, Trace_ELBO, Adam."""
 
-    def __init__(self, model: Callable, groups: Sequence[Sequence[str]], config: MethodConfig) -> None:
+    def __init__(self, model: Callable, groups: Groups, config: MethodConfig) -> None:
         self.guide = AutoNormal(model)
         self.svi = SVI(model, self.guide, pyro.optim.Adam({"lr": config.lr}), Trace_ELBO())
 

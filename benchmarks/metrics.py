@@ -95,7 +95,8 @@ class LogPHat:
             return -math.inf  # no particle combination has finite density
 
 
-def moment_errors(posterior: Posterior, reference: Optional[Mapping[str, Mapping]]) -> Dict[str, float]:
+def moment_errors(posterior: Posterior,
+                  reference: Optional[Mapping[str, Mapping]]) -> Dict[str, float]:
     """RMS over all latent coordinates of the mean error in reference sds, and of the
     relative sd error ``sd_q / sd_ref - 1``. Empty without a reference."""
     if not reference:

@@ -43,7 +43,8 @@ def nuts_model(bm: BenchmarkModel):
     return pyro.poutine.reparam(bm.model, config=config) if config else bm.model
 
 
-def centred_draws(bm: BenchmarkModel, model, samples: Dict[str, torch.Tensor], train) -> Dict[str, torch.Tensor]:
+def centred_draws(bm: BenchmarkModel, model, samples: Dict[str, torch.Tensor],
+                  train) -> Dict[str, torch.Tensor]:
     """Draws of every latent site of ``bm.model`` from NUTS draws of ``model``."""
     names = [n for n, site in pyro.poutine.trace(bm.model).get_trace(train).nodes.items()
              if site["type"] == "sample" and not site["is_observed"]]
@@ -95,7 +96,8 @@ def load(name: str, out: Path) -> Optional[Moments]:
     return moments
 
 
-def load_or_run(bm: BenchmarkModel, out: Path = DEFAULT_RESULTS, run: bool = True) -> Optional[Moments]:
+def load_or_run(bm: BenchmarkModel, out: Path = DEFAULT_RESULTS,
+                run: bool = True) -> Optional[Moments]:
     """The cached reference of ``bm``; computed (and cached) first if missing and ``run``."""
     cached = load(bm.name, out)
     if cached is not None or not run:

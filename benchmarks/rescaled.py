@@ -75,6 +75,7 @@ def markdown(model: str, records: Sequence[Dict], c: float) -> str:
     for r in records:
         lines.append(
             f"| {r['label']} | {r['steps_to_plateau']:.0f} | {r['steps_to_plateau_rescaled']:.0f} "
-            f"| {r['ratio']:.2f} | {r['final_log_p_hat']:.1f} | {r['final_log_p_hat_rescaled']:.1f} "
+            f"| {r['ratio']:.2f} | {r['final_log_p_hat']:.1f} "
+            f"| {r['final_log_p_hat_rescaled']:.1f} "
             f"| {r['max_abs_diff_log_p_hat']:.3g} | {r['status']} |")
     return "\n".join(lines) + "\n"

@@ -114,13 +114,17 @@ def checks(curves: Sequence[Curve]) -> List[str]:
 def _step_cost_checks(curves: Sequence[Curve]) -> List[str]:
     lines = []
     for K in sorted({c.config["K"] for c in curves if c.config["K"]}):
-        qem = [c.time_per_step for c in curves if c.config["method"] == "QEM" and c.config["K"] == K]
-        vi = [c.time_per_step for c in curves if c.config["method"] == "MP-VI" and c.config["K"] == K]
+        qem = _step_times(curves, "QEM", K)
+        vi = _step_times(curves, "MP-VI", K)
         if qem and vi:
             ratio = min(qem) / min(vi)
             lines.append(f"QEM step / MP-VI step at K={K}: {ratio:.2f} (target <= 1.2): "
                          f"{_verdict(ratio <= 1.2)}")
     return lines
+
+
+def _step_times(curves: Sequence[Curve], method: str, K: int) -> List[float]:
+    return [c.time_per_step for c in curves if c.config["method"] == method and c.config["K"] == K]
 
 
 def _verdict(ok: bool) -> str:

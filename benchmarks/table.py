@@ -12,7 +12,8 @@ HEADER = ("| method | ms/step (median) | pred-ll | mean err | sd err | ELBO | lo
 RULE = "|" + "---|" * 10
 
 
-def _num(value: float, digits: int = 1) -> str:
+def number(value: float, digits: int = 1) -> str:
+    """``value`` for a table cell ("never" for inf, "-" for NaN)."""
     if math.isinf(value):
         return "never"
     if math.isnan(value):
@@ -26,9 +27,10 @@ def markdown(model: str, rows: Sequence[Row], target_lines: Sequence[str]) -> st
     ordered = sorted(rows, key=lambda r: -r.pred_ll if math.isfinite(r.pred_ll) else math.inf)
     for r in ordered:
         lines.append(
-            f"| {r.label} | {_num(r.ms_per_step)} | {_num(r.pred_ll)} | {_num(r.mean_err, 3)} "
-            f"| {_num(r.sd_err, 3)} | {_num(r.elbo)} | {_num(r.log_p_hat)} | {_num(r.t_pred, 2)} "
-            f"| {_num(r.t_elbo, 2)} | {r.status} |"
+            f"| {r.label} | {number(r.ms_per_step)} | {number(r.pred_ll)} "
+            f"| {number(r.mean_err, 3)} | {number(r.sd_err, 3)} | {number(r.elbo)} "
+            f"| {number(r.log_p_hat)} | {number(r.t_pred, 2)} "
+            f"| {number(r.t_elbo, 2)} | {r.status} |"
         )
     lines.append("")
     lines += [f"- {line}" for line in target_lines]

@@ -46,7 +46,8 @@ def bundled(name: str) -> Dict[str, np.ndarray]:
 
 def as_tensors(arrays: Dict[str, np.ndarray], device: str) -> Data:
     """float32 tensors on ``device``."""
-    return {k: torch.as_tensor(np.asarray(v, dtype=np.float32), device=device) for k, v in arrays.items()}
+    return {k: torch.as_tensor(np.asarray(v, dtype=np.float32), device=device)
+            for k, v in arrays.items()}
 
 
 def linear(features: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
