@@ -49,11 +49,15 @@ def log_likelihoods(model: Callable, data: Data, draws: Dict[str, torch.Tensor],
 
 
 def predictive_loglik(model: Callable, test: Data, posterior: Posterior, nesting: int,
-                      num_draws: int = 100) -> float:
-    """Held-out ``log mean_n p(x_test | draw n)`` over ``num_draws`` posterior draws."""
+                      num_draws: int = 100, draws: Optional[Dict[str, torch.Tensor]] = None) -> float:
+    """Held-out ``log mean_n p(x_test | draw n)`` over ``num_draws`` posterior draws:
+    ``draws`` when given (QEM's joint importance-resampled draws), else independent
+    draws of each site's q."""
     event_dims = {name: len(q.event_shape) for name, q in posterior.items()}
-    log_p = log_likelihoods(model, test, draw(posterior, num_draws), event_dims, nesting)
-    return (torch.logsumexp(log_p, 0) - math.log(num_draws)).item()
+    if draws is None:
+        draws = draw(posterior, num_draws)
+    log_p = log_likelihoods(model, test, draws, event_dims, nesting)
+    return (torch.logsumexp(log_p, 0) - math.log(log_p.shape[0])).item()
 
 
 def standard_elbo(model: Callable, train: Data, posterior: Posterior, nesting: int,
