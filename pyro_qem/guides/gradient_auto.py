@@ -8,7 +8,7 @@ location and a positive scale per plate element).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Dict, Sequence
 
 from pyro.distributions import constraints
 
@@ -63,6 +63,18 @@ class AutoGradientNormal(QEMGuide):
         trailing = len(site.event_shape)
         loc, scale = gather(loc, self.selection, trailing), gather(scale, self.selection, trailing)
         return dist.Normal(loc, scale).to_event(trailing)
+
+    def distributions(self, averaged: bool = True) -> Dict[str, dist.Distribution]:
+        """Site name -> the fitted ``Normal(loc, scale)`` (full plate sizes; there is no
+        iterate average for gradient fits, so ``averaged`` is ignored)."""
+        if self.structure is None:
+            raise RuntimeError("The guide has no distributions before its first step.")
+        store = pyro.get_param_store()
+        return {
+            name: dist.Normal(store[self._name("loc", name)].detach(),
+                              store[self._name("scale", name)].detach()).to_event(len(site.event_shape))
+            for name, site in self.structure.sites.items()
+        }
 
     def _name(self, key: str, site: str) -> str:
         return f"{self.state.prefix}.{key}.{site}"

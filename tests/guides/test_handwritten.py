@@ -100,6 +100,9 @@ def test_mprws_finds_the_posterior():
     assert abs(pyro.param("AutoGradientNormal.loc.mu").item() - m_mu) < 0.3 * s_mu
     assert abs(pyro.param("AutoGradientNormal.scale.mu").item() / s_mu - 1) < 0.25
     assert pyro.param("AutoGradientNormal.loc.theta").shape == (N,)
+    q = inference.guide.distributions()
+    assert q["theta"].batch_shape == (N,)
+    assert q["mu"].mean.item() == pyro.param("AutoGradientNormal.loc.mu").item()
 
 
 def test_mpvi_gradient_equals_finite_differences(monkeypatch):
