@@ -117,12 +117,11 @@ class QEMGuide(Messenger):
                     for name, site in structure.sites.items() if not site.enumerated}
         families = {name: family for name, family in families.items() if family is not None}
         with rng_preserved():
-            for name, site in structure.sites.items():
-                if name not in families:
-                    continue
+            for name, family in families.items():
+                site = structure.sites[name]
                 self.state.initialise(
-                    name, families[name].stat_names,
-                    lambda: initial_state(site, families[name], prototypes, self.init),
+                    name, family.stat_names,
+                    lambda: initial_state(site, family, prototypes, self.init),
                 )
             self.structure, self.families = structure, families
             self.init_gradient_sites(prototypes)
