@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def make_settings(args: argparse.Namespace) -> Settings:
     """Full or ``--quick`` settings; ``--steps`` / ``--svi-steps`` override either."""
     settings = Settings(steps=30, svi_steps=60, max_seconds=10.0, num_evals=5,
-                        elbo_particles=50) if args.quick else Settings()
+                        elbo_particles=50, num_draws=100) if args.quick else Settings()
     if args.steps is not None:
         settings.steps = args.steps
     if args.svi_steps is not None:

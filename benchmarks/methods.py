@@ -70,10 +70,12 @@ class QEMFit:
         return self.guide.distributions()
 
     def posterior_draws(self, data: Data, num: int) -> Dict[str, torch.Tensor]:
-        """QEM's posterior: joint draws by resampling particle indices (10 draws per
-        fresh particle set), which keep the coupling between sites that independent
-        draws of the mean-field q lose."""
-        draws = self.inference.sample_posterior(data, num_samples=num, draws_per_run=10)
+        """QEM's posterior: joint draws by resampling particle indices (from 40 fresh
+        particle sets), which keep the coupling between sites that independent draws of
+        the mean-field q lose."""
+        per_run = max(1, num // 40)
+        draws = self.inference.sample_posterior(data, num_samples=num - num % per_run,
+                                                draws_per_run=per_run)
         return {name: value for name, value in draws.items() if name in self.guide.families}
 
 
