@@ -18,7 +18,7 @@ import torch
 from opt_einsum import get_symbol
 
 from ..guides.structure import ModelStructure
-from ..handlers import SiteRecord
+from ..handlers import SiteRecord, is_subsampled
 
 
 @dataclass
@@ -45,7 +45,7 @@ def plate_user_scale(record: SiteRecord):
     """The site's scale without the ``N / B`` factors of its subsampled plates."""
     scale = record.scale
     for frame in record.frames:
-        if frame.full_size is not None and frame.full_size != frame.size:
+        if is_subsampled(frame):
             scale = scale * frame.size / frame.full_size
     return scale
 
@@ -153,6 +153,6 @@ def subsample_scales(records: Sequence[SiteRecord], symbols: Symbols) -> Dict[st
     scales: Dict[str, float] = {}
     for record in records:
         for frame in record.frames:
-            if frame.full_size is not None and frame.full_size != frame.size:
+            if is_subsampled(frame):
                 scales[symbols.plate[frame.name]] = frame.full_size / frame.size
     return scales

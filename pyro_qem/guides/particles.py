@@ -10,6 +10,7 @@ import torch
 import pyro.distributions as dist
 
 from ..families import Family
+from ..handlers import is_subsampled
 from .state import Selection
 from .structure import SiteInfo
 
@@ -41,7 +42,7 @@ def selection_of(frames, subsamples: Mapping[str, torch.Tensor]) -> Selection:
     """(dim, indices) of each subsampled plate among ``frames``, outermost dim first."""
     selection = []
     for frame in frames:
-        if frame.full_size not in (None, frame.size):
+        if is_subsampled(frame):
             if frame.name not in subsamples:
                 raise RuntimeError(
                     f"Plate '{frame.name}' is subsampled but its indices were not seen; the "

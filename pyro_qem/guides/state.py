@@ -75,9 +75,6 @@ class MomentState:
             stats = [f"avg_{s}" for s in stats]
         return tuple(self._leaf(self.name(s, site)).detach() for s in stats)
 
-    def has_average(self, site: str) -> bool:
-        return self.name("avg_count", site) in pyro.get_param_store()
-
     @torch.no_grad()
     def update(
         self,

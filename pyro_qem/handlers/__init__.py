@@ -6,6 +6,6 @@ each latent site's value by K particles.
 
 from .params import ParamCollector
 from .plate_chunks import PlateChunkMessenger
-from .record import SiteRecord, SiteRecorder
+from .record import SiteRecord, SiteRecorder, is_subsampled
 
-__all__ = ["ParamCollector", "PlateChunkMessenger", "SiteRecord", "SiteRecorder"]
+__all__ = ["ParamCollector", "PlateChunkMessenger", "SiteRecord", "SiteRecorder", "is_subsampled"]

@@ -13,6 +13,11 @@ from pyro.poutine.util import site_is_subsample
 from .params import ParamCollector
 
 
+def is_subsampled(frame: CondIndepStackFrame) -> bool:
+    """Whether a plate frame holds a minibatch (``subsample_size`` smaller than its size)."""
+    return frame.full_size is not None and frame.full_size != frame.size
+
+
 @dataclass
 class SiteRecord:
     """One sample site of one model run: what the estimator needs and nothing more."""

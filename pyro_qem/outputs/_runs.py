@@ -14,7 +14,7 @@ import torch
 from ..estimator import LogFactor, Source, Symbols, log_factors, log_marginal_and_weights
 from ..estimator import make_sources
 from ..guides.structure import ModelStructure, SiteInfo
-from ..handlers import SiteRecord
+from ..handlers import SiteRecord, is_subsampled
 
 if TYPE_CHECKING:
     from ..infer.inference import Inference
@@ -74,7 +74,7 @@ def weighted_run(inference: "Inference", args: tuple, kwargs: dict, what: str,
 def _check_full_plates(records: Sequence[SiteRecord], what: str) -> None:
     for record in records:
         for frame in record.frames:
-            if frame.full_size is not None and frame.full_size != frame.size:
+            if is_subsampled(frame):
                 raise ValueError(
                     f"{what}: pyro.plate('{frame.name}') is subsampled ({frame.size} of "
                     f"{frame.full_size} elements). Posterior outputs need every plate "
