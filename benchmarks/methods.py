@@ -10,9 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence
-
-import torch
+from typing import Callable, Optional, Sequence
 
 import pyro
 import pyro_qem
@@ -68,15 +66,6 @@ class QEMFit:
 
     def posterior(self) -> Posterior:
         return self.guide.distributions()
-
-    def posterior_draws(self, data: Data, num: int) -> Dict[str, torch.Tensor]:
-        """QEM's posterior: joint draws by resampling particle indices (from 40 fresh
-        particle sets), which keep the coupling between sites that independent draws of
-        the mean-field q lose."""
-        per_run = max(1, num // 40)
-        draws = self.inference.sample_posterior(data, num_samples=num - num % per_run,
-                                                draws_per_run=per_run)
-        return {name: value for name, value in draws.items() if name in self.guide.families}
 
 
 class EngineGradientFit:

@@ -49,13 +49,11 @@ def log_likelihoods(model: Callable, data: Data, draws: Dict[str, torch.Tensor],
 
 
 def predictive_loglik(model: Callable, test: Data, posterior: Posterior, nesting: int,
-                      num_draws: int = 100, draws: Optional[Dict[str, torch.Tensor]] = None) -> float:
-    """Held-out ``log mean_n p(x_test | draw n)`` over ``num_draws`` posterior draws:
-    ``draws`` when given (QEM's joint importance-resampled draws), else independent
-    draws of each site's q."""
+                      num_draws: int = 100) -> float:
+    """Held-out ``log mean_n p(x_test | draw n)`` over ``num_draws`` independent draws
+    of each site's q: the same estimator for every method."""
     event_dims = {name: len(q.event_shape) for name, q in posterior.items()}
-    if draws is None:
-        draws = draw(posterior, num_draws)
+    draws = draw(posterior, num_draws)
     log_p = log_likelihoods(model, test, draws, event_dims, nesting)
     return (torch.logsumexp(log_p, 0) - math.log(log_p.shape[0])).item()
 

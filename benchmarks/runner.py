@@ -97,17 +97,14 @@ def common_random_numbers(seed: int):
 def evaluate(fit, task: Task, settings: Settings, log_p_hat) -> Dict[str, float]:
     """Every metric of ``fit``'s current posterior (with common random numbers)."""
     with common_random_numbers(settings.seed + EVAL_SEED_OFFSET):
-        draws = None
-        if hasattr(fit, "posterior_draws"):
-            draws = fit.posterior_draws(task.train, settings.num_draws)
-        return _metrics(fit.posterior(), task, settings, log_p_hat, draws)
+        return _metrics(fit.posterior(), task, settings, log_p_hat)
 
 
-def _metrics(posterior, task: Task, settings: Settings, log_p_hat, draws=None) -> Dict[str, float]:
+def _metrics(posterior, task: Task, settings: Settings, log_p_hat) -> Dict[str, float]:
     errors = metrics.moment_errors(posterior, task.reference)
     return {
         "pred_ll": metrics.predictive_loglik(task.model, task.test, posterior, task.nesting,
-                                             settings.num_draws, draws),
+                                             settings.num_draws),
         "elbo": metrics.standard_elbo(task.model, task.train, posterior, task.nesting,
                                       settings.elbo_particles),
         "log_p_hat": log_p_hat(posterior),
