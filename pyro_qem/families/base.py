@@ -12,7 +12,7 @@ guide casts to the model's dtype only when it builds the distribution it samples
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Dict, Tuple
+from typing import ClassVar, Dict, Optional, Tuple
 
 import torch
 from torch.distributions import constraints
@@ -87,6 +87,22 @@ class Family(ABC):
         clipped = torch.minimum(torch.maximum(draws, lo), hi)
         stats = self.statistics(clipped, event_shape)
         return tuple(s.mean(0) for s in stats)
+
+    def noise_compensation(self, moments: Moments, event_shape: torch.Size) -> Optional[Moments]:
+        """What to add to the estimated statistics, per unit of ``lr * sum_k w_k^2``, so
+        that smoothing keeps q's spread on average when the weights carry no
+        information about the site; None (the default) for no compensation.
+
+        Why: with weights independent of the particles, ``m_hat`` is unbiased for q's
+        mean parameters, but each update moves them by a random step of variance
+        ``lr^2 sum_k w_k^2 Cov_q(T)``, and a spread that is a concave function of the
+        mean parameters (``Var z = E z^2 - (E z)^2``) loses that much on average: a
+        factor ``1 - lr^2 sum_k w_k^2`` per step, a collapse when a large group keeps an
+        effective sample size near 1. As the weights' ESS grows the term vanishes.
+
+        :param moments: q's current mean parameters (float64).
+        """
+        return None
 
     def supports_event_shape(self, event_shape: torch.Size) -> bool:
         """Whether this family can model a site with ``event_shape``."""

@@ -56,6 +56,13 @@ class Gamma(Family):
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
         return dist.Gamma(params["concentration"], params["rate"]).to_event(len(event_shape))
 
+    def noise_compensation(self, moments: Moments, event_shape: torch.Size) -> Moments:
+        mean, mean_log = moments
+        shape = _shape_and_rate(mean, mean_log)["concentration"]
+        # The shape follows log E z - E log z; a random step in E z lowers E[log E z]
+        # by Var(step) / (2 (E z)^2) = lr^2 sum w^2 / (2 shape) (delta method).
+        return torch.zeros_like(mean), -0.5 / shape
+
 
 class InverseGamma(Family):
     """q(z) = InverseGamma(concentration, rate): ``1/z`` is Gamma(concentration, rate).
@@ -86,6 +93,12 @@ class InverseGamma(Family):
     def moments_from_params(self, params: Params, event_shape: torch.Size) -> Moments:
         a, b = params["concentration"], params["rate"]
         return a / b, b.log() - torch.digamma(a)
+
+    def noise_compensation(self, moments: Moments, event_shape: torch.Size) -> Moments:
+        mean_inv, mean_log = moments
+        # Gamma's on 1/z, whose log is -log z.
+        shape = _shape_and_rate(mean_inv, -mean_log.double())["concentration"]
+        return torch.zeros_like(mean_inv), 0.5 / shape
 
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
         q = dist.InverseGamma(params["concentration"], params["rate"])

@@ -46,6 +46,11 @@ class LogNormal(Family):
         loc, scale = params["loc"], params["scale"]
         return loc, loc.square() + scale.square()
 
+    def noise_compensation(self, moments: Moments, event_shape: torch.Size) -> Moments:
+        first, second = moments
+        # Normal's, on log z.
+        return torch.zeros_like(first), (second - first.square()).clamp_min(LOG_VARIANCE_FLOOR)
+
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
         return dist.LogNormal(params["loc"], params["scale"]).to_event(len(event_shape))
 

@@ -73,6 +73,11 @@ class MultivariateNormal(Family):
         scale_tril = torch.linalg.cholesky(cov).to(first.dtype)
         return {"loc": first, "scale_tril": scale_tril}
 
+    def noise_compensation(self, moments: Moments, event_shape: torch.Size) -> Moments:
+        first, second = moments
+        # Normal's, for the whole covariance: E[m m^T] grows by Cov(step).
+        return torch.zeros_like(first), regularised_covariance(first.double(), second.double())
+
     def moments_from_params(self, params: Params, event_shape: torch.Size) -> Moments:
         loc, tril = params["loc"], params["scale_tril"]
         cov = tril @ tril.transpose(-1, -2)

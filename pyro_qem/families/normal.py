@@ -49,6 +49,11 @@ class Normal(Family):
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
         return dist.Normal(params["loc"], params["scale"]).to_event(len(event_shape))
 
+    def noise_compensation(self, moments: Moments, event_shape: torch.Size) -> Moments:
+        first, second = moments
+        # E[(E z)^2] grows by Var(step), so E z^2 gets the same: Var z is kept.
+        return torch.zeros_like(first), floored_variance(first, second)
+
     def init_moments(self, draws: torch.Tensor, event_shape: torch.Size) -> Moments:
         """Median and interquartile range of the draws: finite for Cauchy-like priors."""
         draws = draws.double()

@@ -3,7 +3,7 @@ which plate elements a minibatch selects, and the weighted moments of the E-step
 
 from __future__ import annotations
 
-from typing import List, Mapping
+from typing import List, Mapping, Sequence
 
 import torch
 
@@ -31,6 +31,25 @@ def weighted_statistics(family: Family, value: torch.Tensor, weight: torch.Tenso
         trailing = stat.dim() - batch_ndim
         moment = (weight.reshape(weight.shape + (1,) * trailing) * stat.double()).sum(0)
         out.append(moment.reshape(moment.shape[moment.dim() - trailing - len(site.batch_shape):]))
+    return out
+
+
+def noise_compensated(family: Family, estimates: Sequence[torch.Tensor], current: Sequence[torch.Tensor],
+                      weight: torch.Tensor, lr: float, site: SiteInfo) -> List[torch.Tensor]:
+    """``estimates + lr * sum_k w_k^2 * compensation``: the family's correction for the
+    shrinkage that noisy weights cause under smoothing, scaled by how noisy they are
+    (``sum_k w_k^2`` is 1 / ESS of the site's group, per plate element)."""
+    compensation = family.noise_compensation(current, site.event_shape)
+    if compensation is None:
+        return list(estimates)
+    weight = weight.double()
+    squares = (weight * weight).sum(0)
+    batch_ndim = len(site.batch_shape)
+    squares = squares.reshape(squares.shape[squares.dim() - batch_ndim:])
+    out = []
+    for estimate, term in zip(estimates, compensation):
+        trailing = estimate.dim() - batch_ndim
+        out.append(estimate + lr * squares.reshape(squares.shape + (1,) * trailing) * term.to(estimate))
     return out
 
 

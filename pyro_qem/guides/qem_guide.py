@@ -31,7 +31,8 @@ from ..families.quantiles import quantiles as family_quantiles
 from ..handlers import ParamCollector
 from .discovery import Prototype, discover, prototype_traces, rng_preserved
 from .initialisation import InitOptions, default_init_loc, initial_state
-from .particles import enumerated_support, in_dim, is_observed, selection_of, weighted_statistics
+from .particles import (enumerated_support, in_dim, is_observed, noise_compensated, selection_of,
+                        weighted_statistics)
 from .state import MomentState, Selection, gather
 from .structure import ModelStructure, SiteInfo
 
@@ -283,12 +284,12 @@ class QEMGuide(Messenger):
             methods (e.g. SVI) see and fit it.
         """
         family = self.families[site.name]
+        batch_ndim = len(site.batch_shape)
         if differentiable:
             moments = tuple(pyro.param(self.state.name(s, site.name)) for s in family.stat_names)
+            moments = tuple(gather(m, selection, m.dim() - batch_ndim) for m in moments)
         else:
-            moments = self.state.moments(site.name, family.stat_names, averaged)
-        batch_ndim = len(site.batch_shape)
-        moments = tuple(gather(m, selection, m.dim() - batch_ndim) for m in moments)
+            moments = self.state.selected(site.name, family.stat_names, selection, batch_ndim, averaged)
         params = family.params_from_moments(moments, site.event_shape)
         dtype = site.dtype if site.dtype.is_floating_point else torch.get_default_dtype()
         params = {k: v.to(dtype=dtype, device=site.device) for k, v in params.items()}
@@ -318,17 +319,27 @@ class QEMGuide(Messenger):
         return {name: value[0] for name, value in self.quantiles([0.5], *args, **kwargs).items()}
 
     def update(self, records, subsamples: Mapping[str, torch.Tensor],
-               weights: Mapping[int, torch.Tensor], lr: float, average: bool = False) -> None:
+               weights: Mapping[int, torch.Tensor], lr: float, average: bool = False,
+               compensate: bool = True) -> None:
         """QEM's E- and M-step bookkeeping: posterior moments of each site's statistics
-        from its group's particle weights, smoothed into the state with step ``lr``."""
+        from its group's particle weights, smoothed into the state with step ``lr``.
+
+        :param compensate: add each family's noise compensation (see
+            :meth:`~pyro_qem.families.Family.noise_compensation`), so that the noise of
+            low-ESS weights does not shrink q.
+        """
         for record in records:
             if record.is_observed or record.name not in self.families:
                 continue
             site = self.structure.sites[record.name]
             family = self.families[site.name]
-            group = self.structure.group_of(site.name)
-            estimates = weighted_statistics(family, record.value, weights[group.index], site)
+            weight = weights[self.structure.group_of(site.name).index]
+            estimates = weighted_statistics(family, record.value, weight, site)
             selection = selection_of(record.frames, subsamples)
+            if compensate:
+                current = self.state.selected(site.name, family.stat_names, selection,
+                                              len(site.batch_shape))
+                estimates = noise_compensated(family, estimates, current, weight, lr, site)
             self.state.update(site.name, family.stat_names, estimates, lr, selection,
                               len(site.batch_shape), average)
         self.state.count_update()

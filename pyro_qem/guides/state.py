@@ -75,6 +75,12 @@ class MomentState:
             stats = [f"avg_{s}" for s in stats]
         return tuple(self._leaf(self.name(s, site)).detach() for s in stats)
 
+    def selected(self, site: str, stats: Sequence[str], selection: Selection, batch_ndim: int,
+                 averaged: bool = False) -> Tuple[torch.Tensor, ...]:
+        """The site's mean parameters on the plate elements ``selection`` picks."""
+        moments = self.moments(site, stats, averaged)
+        return tuple(gather(m, selection, m.dim() - batch_ndim) for m in moments)
+
     @torch.no_grad()
     def update(
         self,

@@ -63,6 +63,16 @@ class Inference:
     :param objective: the gradient rule for guide parameters: ``"vi"`` (MP-VI, the
         gradient of ``log P_hat`` through reparameterised particles) or ``"rws"``
         (MP-RWS, the wake-phi gradient with the particle weights held fixed).
+    :param noise_compensation: keep q's spread from shrinking under noisy weights (the
+        default). Smoothing mean parameters with a fixed ``lr`` shrinks a Normal q's
+        variance by a factor ``1 - lr^2 / ESS`` per step on average even where the
+        weights carry no information, which collapses large groups at high ``lr``; the
+        compensation adds that variance back (see
+        :meth:`~pyro_qem.families.Family.noise_compensation`). On the bus benchmark
+        (69-dim global group, K = 30, lr = 0.3, 300 steps) ``-log P_hat`` rose from 463
+        to 690 and the global sds fell to 0.002-0.03 of NUTS's without it; with it the
+        loss stayed near 419 and the sds were 0.3-0.8 of NUTS's. ``False`` gives the
+        original algorithm.
     """
 
     def __init__(
@@ -75,6 +85,7 @@ class Inference:
         average_from: Optional[int] = None,
         optim=None,
         objective: str = "vi",
+        noise_compensation: bool = True,
     ) -> None:
         if not isinstance(guide, QEMGuide):
             raise TypeError(
@@ -97,6 +108,7 @@ class Inference:
         self.average_from = average_from
         self.optim = optim
         self.objective = check_objective(objective)
+        self.noise_compensation = noise_compensation
         self._symbols: Optional[Symbols] = None
         self._warned_plates: set = set()
 
@@ -130,7 +142,7 @@ class Inference:
         count = self.guide.state.num_updates()
         lr = check_lr(self.lr(count), "lr schedule value")
         average = self.average_from is not None and count >= self.average_from
-        self.guide.update(run.sites, run.subsamples, weights, lr, average)
+        self.guide.update(run.sites, run.subsamples, weights, lr, average, self.noise_compensation)
         return -log_p_hat.item()
 
     @torch.no_grad()
