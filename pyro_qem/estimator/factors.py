@@ -19,6 +19,7 @@ from opt_einsum import get_symbol
 
 from ..guides.structure import ModelStructure
 from ..handlers import SiteRecord, is_subsampled
+from .log_prob import log_prob
 
 
 @dataclass
@@ -59,7 +60,7 @@ def log_factors(records: Sequence[SiteRecord], structure: ModelStructure, symbol
     for record in records:
         if record.is_deterministic:
             continue
-        log_density = record.fn.log_prob(record.value)
+        log_density = log_prob(record.fn, record.value)
         scale = plate_user_scale(record)
         if not (isinstance(scale, float) and scale == 1.0):
             log_density = log_density * scale

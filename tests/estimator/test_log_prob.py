@@ -1,0 +1,57 @@
+"""The contracted Normal log density equals ``fn.log_prob`` (values and gradients)."""
+
+import pytest
+import torch
+
+import pyro.distributions as dist
+from pyro_qem.estimator import log_prob as lp
+
+
+@pytest.mark.parametrize("value_shape,loc_shape,scale_shape", [
+    ((30, 1, 300, 1, 18), (1, 30, 1, 1, 18), (1, 30, 1, 1, 18)),   # movielens' z prior
+    ((10, 1, 7, 5), (1, 10, 7, 5), (1, 10, 1, 5)),                 # a shared plate dim
+    ((10, 1, 1, 4), (12, 1, 4), (4,)),                             # fewer param dims
+    ((1, 6, 3), (8, 1, 3), (8, 1, 3)),                             # the value the small side
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_log_prob(value_shape, loc_shape, scale_shape, dtype):
+    torch.manual_seed(0)
+    raw = [3.0 + torch.randn(value_shape, dtype=torch.float64),
+           3.0 + torch.randn(loc_shape, dtype=torch.float64),
+           0.5 + torch.rand(scale_shape, dtype=torch.float64)]
+    ours = [t.to(dtype).requires_grad_() for t in raw]
+    exact = [t.clone().requires_grad_() for t in raw]  # float64 log_prob: the reference
+    got = lp.log_prob(dist.Normal(ours[1], ours[2]).to_event(1), ours[0])
+    want = dist.Normal(exact[1], exact[2]).to_event(1).log_prob(exact[0])
+    assert got.shape == want.shape and got.dtype == dtype
+    # float32: the inputs' own rounding (values ~3, 18 terms) moves log p by ~1e-5.
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(got.double(), want, **tol)
+    weights = torch.rand(want.shape, dtype=torch.float64)
+    grads = torch.autograd.grad((got.double() * weights).sum(), ours)
+    expected = torch.autograd.grad((want * weights).sum(), exact)
+    # Gradients sum up to 9000 such terms, with cancellation: scale the float32 slack.
+    grad_tol = dict(rtol=1e-4, atol=2e-3) if dtype == torch.float32 else tol
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g.double(), e, **grad_tol)
+
+
+def test_far_from_the_centre_is_declined():
+    # Per-user locations 1e5 scales apart: expanding the square would lose precision,
+    # so the shortcut declines and log_prob falls back to the distribution's own.
+    offsets = torch.arange(4.0, dtype=torch.float64).unsqueeze(-1) * 1e5
+    value = torch.randn(30, 1, 4, 3, dtype=torch.float64) + offsets
+    loc, scale = offsets.expand(30, 4, 3), torch.ones(30, 4, 3, dtype=torch.float64)
+    assert lp._expanded(value, loc, scale, torch.Size([30, 30, 4])) is None
+    fn = dist.Normal(loc, scale).to_event(1)
+    torch.testing.assert_close(lp.log_prob(fn, value), fn.log_prob(value))
+
+
+@pytest.mark.parametrize("fn", [
+    dist.Normal(torch.zeros(30, 1, 18), torch.ones(30, 1, 18)),                  # no event dim
+    dist.StudentT(3.0, torch.zeros(30, 1, 18), torch.ones(30, 1, 18)).to_event(1),
+    dist.Normal(torch.zeros(30, 1, 18), torch.ones(30, 1, 18)).mask(False).to_event(1),
+])
+def test_other_distributions_use_their_own_log_prob(fn):
+    value = torch.randn(20, 1, 1, 18)
+    torch.testing.assert_close(lp.log_prob(fn, value), fn.log_prob(value))
