@@ -101,8 +101,10 @@ def run_model(bm: BenchmarkModel, args, settings: Settings) -> Dict:
         moments = {s: {k: v.to(args.device) for k, v in m.items()} for s, m in moments.items()}
     task = make_task(bm, 1.0, args.device, moments)
     curves = [_run_logged(config, task, settings) for config in method_grid(args.quick)]
-    result = {"curves": curves, "rows": summary.rows(curves), "checks": summary.checks(curves),
-              "targets": summary.targets(curves)}
+    nuts = reference.info_of(bm.name) if moments is not None else {}
+    result = {"curves": curves, "rows": summary.rows(curves),
+              "checks": summary.checks(curves) + summary.reference_lines(nuts),
+              "targets": summary.targets(curves), "reference": nuts}
     if not args.no_rescaled:
         methods = ["QEM", "MP-VI", "MP-RWS", "SVI"]
         scaled = make_task(bm, bm.rescale, args.device, None)
@@ -147,7 +149,7 @@ def save(results: Dict[str, Dict], text: str, args, settings: Settings) -> None:
         payload["models"][name] = {
             "targets": result["targets"], "checks": result["checks"],
             "curves": [asdict(c) for c in result["curves"]],
-            "rescaled": result.get("rescaled", []),
+            "rescaled": result.get("rescaled", []), "reference": result.get("reference", {}),
             "rescaled_curves": [asdict(c) for c in result.get("rescaled_curves", [])],
         }
     (args.out / "results.json").write_text(json.dumps(payload, default=_jsonable) + "\n")

@@ -17,8 +17,8 @@ from .summary import rows, select
 from .table import number
 
 METHODS = ("QEM", "MP-VI", "MP-RWS", "SVI")
-HEADER = ("| model | method (selected) | ms/step | pred-ll | mean err | sd err | ELBO "
-          "| log P_hat K=30 | t to pred target (s) | t to ELBO target (s) |")
+HEADER = ("| model | method (selected) | ms/step | pred-ll | joint pred-ll | mean err | sd err "
+          "| ELBO | log P_hat K=30 | t to pred target (s) | t to ELBO target (s) |")
 
 
 def curves_of(model: Dict) -> List[Curve]:
@@ -29,7 +29,7 @@ def curves_of(model: Dict) -> List[Curve]:
 
 def markdown(models: Dict[str, Dict], machine: str) -> str:
     """One row per (model, method): the selected configuration's figures."""
-    lines: List[str] = [f"Machine: {machine}.", "", HEADER, "|" + "---|" * 10]
+    lines: List[str] = [f"Machine: {machine}.", "", HEADER, "|" + "---|" * 11]
     for name, model in models.items():
         curves = curves_of(model)
         by_label = {r.label: r for r in rows(curves)}
@@ -37,12 +37,17 @@ def markdown(models: Dict[str, Dict], machine: str) -> str:
             chosen = select(curves, method)
             if chosen is not None:
                 lines.append(_line(name, by_label[chosen.label]))
+        nuts = model.get("reference", {})
+        if {"pred_ll", "pred_ll_joint"} <= set(nuts):
+            lines.append(f"| {name} | NUTS reference ({nuts['samples']} draws) | - "
+                         f"| {number(nuts['pred_ll'])} | {number(nuts['pred_ll_joint'])} "
+                         "| - | - | - | - | - | - |")
     return "\n".join(lines) + "\n"
 
 
 def _line(model: str, r) -> str:
     return (f"| {model} | {r.label} | {number(r.ms_per_step)} | {number(r.pred_ll)} "
-            f"| {number(r.mean_err, 3)} | {number(r.sd_err, 3)} | {number(r.elbo)} "
+            f"| {number(r.pred_ll_joint)} | {number(r.mean_err, 3)} | {number(r.sd_err, 3)} | {number(r.elbo)} "
             f"| {number(r.log_p_hat)} | {number(r.t_pred, 2)} | {number(r.t_elbo, 2)} |")
 
 

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from .runner import Curve
 
-PANELS = (("pred_ll", "held-out predictive log-lik"), ("elbo", "standard ELBO"),
+PANELS = (("pred_ll", "held-out log pointwise predictive density"), ("elbo", "standard ELBO"),
           ("log_p_hat", "log P_hat (K=30)"), ("sd_err", "sd error vs NUTS"))
 
 

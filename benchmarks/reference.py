@@ -20,6 +20,7 @@ from pyro.infer import MCMC, NUTS, Predictive
 from pyro.infer.reparam import LocScaleReparam
 from pyro.ops.stats import effective_sample_size
 
+from . import metrics
 from .models import MODELS, BenchmarkModel
 
 Moments = Dict[str, Dict[str, np.ndarray]]
@@ -67,12 +68,30 @@ def run_nuts(bm: BenchmarkModel, warmup: int, samples: int, seed: int = 0) -> Tu
     draws = centred_draws(bm, model, mcmc.get_samples(), train)
     moments = {k: {"mean": v.mean(0).numpy(), "sd": v.std(0).numpy()} for k, v in draws.items()}
     info = {
+        **predictive_loglik(bm, draws),
         "model": bm.name, "warmup": warmup, "samples": samples, "seed": seed,
         "seconds": round(seconds, 1),
         "divergences": int(sum(len(v) for v in mcmc.diagnostics()["divergences"].values())),
         "min_ess": float(min(effective_sample_size(v.unsqueeze(0)).min() for v in draws.values())),
     }
     return moments, info
+
+
+def predictive_loglik(bm: BenchmarkModel, draws: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    """Both held-out scores (:func:`~benchmarks.metrics.predictive_scores`) of the joint
+    NUTS draws: what the methods' figures would be with the exact posterior."""
+    train, test = bm.load("cpu")
+    trace = pyro.poutine.trace(bm.model).get_trace(train)
+    event_dims = {name: trace.nodes[name]["fn"].event_dim for name in draws}
+    floats = {name: value.float() for name, value in draws.items()}
+    log_p = metrics.log_likelihoods(bm.model, test, floats, event_dims, bm.max_plate_nesting)
+    return metrics.predictive_scores(log_p)
+
+
+def info_of(name: str, out: Path = DEFAULT_RESULTS) -> Dict:
+    """The JSON record next to a cached reference (empty if there is none)."""
+    path = out / f"reference_{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def save(moments: Moments, info: Dict, out: Path) -> None:

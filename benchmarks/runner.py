@@ -67,6 +67,7 @@ class Curve:
     step: List[int] = field(default_factory=list)
     time: List[float] = field(default_factory=list)
     pred_ll: List[float] = field(default_factory=list)
+    pred_ll_joint: List[float] = field(default_factory=list)
     elbo: List[float] = field(default_factory=list)
     log_p_hat: List[float] = field(default_factory=list)
     mean_err: List[float] = field(default_factory=list)
@@ -78,10 +79,13 @@ class Curve:
 
 
 def evaluation_steps(steps: int, num_evals: int) -> List[int]:
-    """About ``num_evals`` steps, spaced geometrically from 1 to ``steps``: early
-    progress (and so the time to a target) is resolved finely."""
+    """About ``num_evals`` steps, spaced geometrically from 1 to ``steps`` (early
+    progress, and so the time to a target, is resolved finely), plus two in the last
+    fifth: the "final" figures (the mean of the last three) are then of the finished fit,
+    not of evaluations half way through it."""
     ratio = steps ** (1.0 / max(1, num_evals - 1))
-    return sorted({min(steps, max(1, round(ratio ** i))) for i in range(num_evals)} | {steps})
+    geometric = {min(steps, max(1, round(ratio ** i))) for i in range(num_evals)}
+    return sorted(geometric | {max(1, round(0.8 * steps)), max(1, round(0.9 * steps)), steps})
 
 
 @contextlib.contextmanager
@@ -103,8 +107,8 @@ def evaluate(fit, task: Task, settings: Settings, log_p_hat) -> Dict[str, float]
 def _metrics(posterior, task: Task, settings: Settings, log_p_hat) -> Dict[str, float]:
     errors = metrics.moment_errors(posterior, task.reference)
     return {
-        "pred_ll": metrics.predictive_loglik(task.model, task.test, posterior, task.nesting,
-                                             settings.num_draws),
+        **metrics.predictive_loglik(task.model, task.test, posterior, task.nesting,
+                                    settings.num_draws),
         "elbo": metrics.standard_elbo(task.model, task.train, posterior, task.nesting,
                                       settings.elbo_particles),
         "log_p_hat": log_p_hat(posterior),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from .runner import Curve
 
@@ -54,6 +54,7 @@ class Row:
     label: str
     ms_per_step: float
     pred_ll: float
+    pred_ll_joint: float
     mean_err: float
     sd_err: float
     elbo: float
@@ -77,7 +78,7 @@ def rows(curves: Sequence[Curve]) -> List[Row]:
     return [Row(
         label=c.label,
         ms_per_step=1e3 * c.time_per_step,
-        pred_ll=final(c.pred_ll), mean_err=final(c.mean_err), sd_err=final(c.sd_err),
+        pred_ll=final(c.pred_ll), pred_ll_joint=final(c.pred_ll_joint), mean_err=final(c.mean_err), sd_err=final(c.sd_err),
         elbo=final(c.elbo), log_p_hat=final(c.log_p_hat),
         t_pred=time_to(c, "pred_ll", goal["pred_ll"]), t_elbo=time_to(c, "elbo", goal["elbo"]),
         status=c.failed or (f"time cap at step {c.step[-1]}" if c.capped else "ok"),
@@ -109,6 +110,15 @@ def checks(curves: Sequence[Curve]) -> List[str]:
         lines.append(f"sd error vs NUTS ({qem.label} vs {svi.label}): {a:.3f} vs {b:.3f}: "
                      f"{_verdict(a < b)}")
     return lines
+
+
+def reference_lines(info: Mapping) -> List[str]:
+    """What the exact posterior scores: the held-out predictive log-likelihood of the
+    joint NUTS draws (absent from caches made before it was recorded)."""
+    if not {"pred_ll", "pred_ll_joint"} <= set(info):
+        return []
+    return [f"NUTS reference ({info['samples']} draws): pred-ll {info['pred_ll']:.1f}, "
+            f"joint pred-ll {info['pred_ll_joint']:.1f}"]
 
 
 def _step_cost_checks(curves: Sequence[Curve]) -> List[str]:

@@ -28,7 +28,7 @@ def markdown(model: str, rows: Sequence[Row], target_lines: Sequence[str]) -> st
     for r in ordered:
         lines.append(
             f"| {r.label} | {number(r.ms_per_step)} | {number(r.pred_ll)} "
-            f"| {number(r.mean_err, 3)} | {number(r.sd_err, 3)} | {number(r.elbo)} "
+            f"| {number(r.pred_ll_joint)} | {number(r.mean_err, 3)} | {number(r.sd_err, 3)} | {number(r.elbo)} "
             f"| {number(r.log_p_hat)} | {number(r.t_pred, 2)} "
             f"| {number(r.t_elbo, 2)} | {r.status} |"
         )

@@ -76,7 +76,16 @@ def test_predictive_loglik_of_a_near_point_mass_is_the_test_likelihood():
     exact = poutine.trace(poutine.condition(bm.model, values)).get_trace(test)
     expected = exact.nodes["log_radon"]["fn"].log_prob(test["log_radon"]).sum().item()
     got = metrics.predictive_loglik(bm.model, test, posterior, bm.max_plate_nesting, 10)
-    assert got == pytest.approx(expected, abs=1e-2)
+    assert got["pred_ll"] == pytest.approx(expected, abs=1e-2)
+    assert got["pred_ll_joint"] == pytest.approx(expected, abs=1e-2)
+
+
+def test_pointwise_and_joint_predictive_scores():
+    # Two draws, two observations: p = (0.5, 0.1) under draw 1 and (0.1, 0.5) under draw 2.
+    p = torch.tensor([[0.5, 0.1], [0.1, 0.5]], dtype=torch.float64)
+    scores = metrics.predictive_scores(p.log())
+    assert scores["pred_ll"] == pytest.approx(2 * math.log(0.3))
+    assert scores["pred_ll_joint"] == pytest.approx(math.log(0.05))
 
 
 def test_log_p_hat_of_a_qem_posterior_matches_the_engine():

@@ -161,7 +161,8 @@ def per_draw(tensor: torch.Tensor, num: int, site: dict, nesting: int,
 
 
 def predictive_log_likelihood(model: Callable, draws: Draws, *args,
-                              new_plates: Sequence[str] = (), **kwargs) -> float:
+                              new_plates: Sequence[str] = (), pointwise: bool = False,
+                              **kwargs) -> float:
     """Held-out ``log mean_n p(x_test | draw n)`` over the posterior draws, the QEM
     paper's protocol: latent sites of new plate elements are drawn from the model once
     per draw, given the draw's shared latents.
@@ -175,13 +176,22 @@ def predictive_log_likelihood(model: Callable, draws: Draws, *args,
     :param draws: posterior draws ``{site: (num_draws,) + batch + event}``.
     :param args: the model's arguments with the held-out data.
     :param new_plates: plates whose elements in ``args`` are new (not in training).
+    :param pointwise: return ``sum_i log mean_n p(x_i | draw n)`` over the observed
+        elements instead, the log pointwise predictive density that ArviZ's ``loo`` and
+        ``waic`` build on. The joint figure averages over draws a product over every
+        held-out observation; with many observations a few draws dominate it and it
+        favours narrow posteriors (on the movielens-shaped benchmark the exact NUTS
+        posterior scores far below every approximation on it).
     :param kwargs: the model's keyword arguments.
     """
     log_lik = log_likelihood(model, draws, *args, new_plates=new_plates, **kwargs)
     if not log_lik:
         raise ValueError("The model has no observed sites with these arguments.")
-    total = sum(value.reshape(value.shape[0], -1).sum(-1).double() for value in log_lik.values())
-    return (torch.logsumexp(total, 0) - math.log(total.shape[0])).item()
+    elements = torch.cat([value.reshape(value.shape[0], -1).double() for value in log_lik.values()], -1)
+    log_n = math.log(elements.shape[0])
+    if pointwise:
+        return (torch.logsumexp(elements, 0) - log_n).sum().item()
+    return (torch.logsumexp(elements.sum(-1), 0) - log_n).item()
 
 
 def posterior_predictive(model: Callable, draws: Draws, *args, new_plates: Sequence[str] = (),

@@ -49,6 +49,12 @@ def test_predictive_log_likelihood_matches_exact_posterior_predictive():
     guide = predictive_log_likelihood(normal_mean, sample_guide(fitted.guide, 1000), test)
     assert abs(joint - exact) < 0.1, (joint, exact)
     assert abs(guide - exact) < 0.1, (guide, exact)
+    # Pointwise: each test point's own predictive N(m, noise^2 + v), summed.
+    precision = 1 / PRIOR_SD ** 2 + len(train) / NOISE_SD ** 2
+    m = train.double().sum() / NOISE_SD ** 2 / precision
+    exact_pointwise = dist.Normal(m, (NOISE_SD ** 2 + 1 / precision) ** 0.5).log_prob(test.double()).sum()
+    pointwise = predictive_log_likelihood(normal_mean, draws, test, pointwise=True)
+    assert abs(pointwise - exact_pointwise.item()) < 0.1, (pointwise, exact_pointwise)
 
 
 def test_new_plate_elements_are_drawn_from_the_model():
