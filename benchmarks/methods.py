@@ -43,7 +43,8 @@ class MethodConfig:
     @property
     def label(self) -> str:
         k = f" K={self.K}" if self.K is not None else ""
-        return f"{self.method}{k} lr={self.lr:g}"
+        average = f" avg>{self.average_from}" if self.average_from is not None else ""
+        return f"{self.method}{k} lr={self.lr:g}{average}"
 
 
 def available(method: str) -> bool:

@@ -47,7 +47,7 @@ class Settings:
     steps: int = 200
     svi_steps: int = 1000
     max_seconds: Optional[float] = 30.0
-    num_evals: int = 10
+    num_evals: int = 20
     num_draws: int = 1000
     elbo_particles: int = 100
     eval_K: int = 30

@@ -7,9 +7,9 @@ from typing import List, Sequence
 
 from .summary import Row
 
-HEADER = ("| method | ms/step (median) | pred-ll | mean err | sd err | ELBO | log P_hat K=30 "
-          "| t to pred target (s) | t to ELBO target (s) | status |")
-RULE = "|" + "---|" * 10
+HEADER = ("| method | ms/step (median) | pred-ll | joint pred-ll | mean err | sd err | ELBO "
+          "| log P_hat K=30 | t to pred target (s) | t to ELBO target (s) | status |")
+RULE = "|" + "---|" * 11
 
 
 def number(value: float, digits: int = 1) -> str:

@@ -25,7 +25,7 @@ def test_compare_command_runs_on_a_tiny_setting(tmp_path):
     curves = results["models"]["radon"]["curves"]
     assert {c["config"]["method"] for c in curves} >= {"QEM", "SVI"}
     assert all(c["failed"] is None and len(c["pred_ll"]) > 0 for c in curves)
-    assert (tmp_path / "table.md").read_text().count("| QEM K=10 lr=0.1 |") == 2
+    assert (tmp_path / "table.md").read_text().count("| QEM K=10 lr=0.1 avg>2 |") == 2
     assert (tmp_path / "curves_radon.png").exists()
 
 
