@@ -10,15 +10,18 @@ Subsampled plates need one change that ``einsum`` cannot express: the plate-redu
 term (the sum over the B elements of their per-element logsumexp) is multiplied by
 N / B. :class:`PlateScaledLogRing` does exactly that in the ring's ``product``.
 
-The same ring also skips the log-space einsum where nothing is summed across operands
-(a permutation, or a product of factors with no shared particle dim to eliminate):
-Pyro's log einsum exponentiates and takes logs of its whole operand even then, which
-was a third of a bus step (a 30 x 30 x 900 likelihood factor only being transposed).
+The same ring skips the log-space einsum where it does not pay: where nothing is summed
+across operands (a permutation, or a product of factors with no particle dim to
+eliminate; Pyro's log einsum exponentiates and takes logs of the whole operand even
+then, a third of a bus step for a 30 x 30 x 900 factor only being transposed), and where
+the whole product is small enough to build (below ``DIRECT_LIMIT`` entries), when one
+broadcast sum and a logsumexp beat the einsum's planning and exp/log round trips.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Sequence, Tuple
@@ -33,6 +36,10 @@ from ..handlers import SiteRecord
 from .factors import LogFactor, Symbols
 
 
+# Products with at most this many entries are built whole (see the module docstring).
+DIRECT_LIMIT = 1 << 16
+
+
 class PlateScaledLogRing(LogRing):
     """:class:`~pyro.ops.rings.LogRing` whose product over a subsampled plate is
     scaled by ``N / B`` after the sum over the minibatch elements."""
@@ -44,22 +51,17 @@ class PlateScaledLogRing(LogRing):
     def sumproduct(self, terms, dims):
         inputs = [term._pyro_dims for term in terms]
         present = set("".join(inputs))
-        summed = present & set(dims)
-        if summed and len(terms) > 1:
+        summed = sorted(present & set(dims))
+        sizes = {d: n for term, names in zip(terms, inputs) for d, n in zip(names, term.shape)}
+        if summed and len(terms) > 1 and math.prod(sizes.values()) > DIRECT_LIMIT:
             return super().sumproduct(terms, dims)
-        output = "".join(sorted(present - summed))
+        # Small enough to build the whole product: a broadcast sum in log space, then one
+        # logsumexp, without the einsum's planning and exp/log round trips.
+        output = "".join(sorted(present - set(summed)))
+        full = output + "".join(summed)
+        result = functools.reduce(torch.add, (_aligned(t, d, full) for t, d in zip(terms, inputs)))
         if summed:
-            (term,) = terms
-            positions = [inputs[0].index(d) for d in sorted(summed)]
-            # Shift and safe_log as Pyro's log einsum does: an all -inf slice gets a
-            # zero gradient, not NaN.
-            shift = term.detach().amax(dim=positions).clamp(min=torch.finfo(term.dtype).min)
-            result = safe_log((term - shift.reshape(_kept_shape(term, positions))).exp().sum(positions)) + shift
-            remaining = "".join(d for d in inputs[0] if d not in summed)
-            result = _aligned(result, remaining, output)
-        else:
-            # A product in log space is a broadcast sum: no exp/log round trip.
-            result = functools.reduce(torch.add, (_aligned(t, d, output) for t, d in zip(terms, inputs)))
+            result = _logsumexp(result, list(range(len(output), len(full))))
         result._pyro_dims = output
         return result
 
@@ -76,8 +78,11 @@ class PlateScaledLogRing(LogRing):
         return result
 
 
-def _kept_shape(term: torch.Tensor, positions: Sequence[int]) -> List[int]:
-    return [1 if i in positions else n for i, n in enumerate(term.shape)]
+def _logsumexp(term: torch.Tensor, positions: List[int]) -> torch.Tensor:
+    # Shift and safe_log as Pyro's log einsum does: an all -inf slice gets a zero
+    # gradient, not NaN.
+    shift = term.detach().amax(dim=positions, keepdim=True).clamp(min=torch.finfo(term.dtype).min)
+    return safe_log((term - shift).exp().sum(positions)) + shift.squeeze(tuple(positions))
 
 
 def _aligned(term: torch.Tensor, dims: str, output: str) -> torch.Tensor:

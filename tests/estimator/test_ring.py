@@ -1,10 +1,11 @@
-"""The ring's shortcuts (no log-space einsum where nothing is summed across operands)
-agree with Pyro's LogRing, values and gradients."""
+"""The ring's shortcuts (no log-space einsum where nothing is summed across operands, or
+where the whole product is small) agree with Pyro's LogRing, values and gradients."""
 
 import pytest
 import torch
 from pyro.ops.rings import LogRing
 
+from pyro_qem.estimator import contraction
 from pyro_qem.estimator.contraction import PlateScaledLogRing
 
 
@@ -23,9 +24,13 @@ def _named(tensor: torch.Tensor, dims: str) -> torch.Tensor:
     (["cab"], "a"),
     (["cab"], "ac"),
     (["ab", "bc"], "b"),
+    (["ab", "bc", "ca"], "b"),
+    (["ab", "bc"], "abc"),
     (["ab"], "z"),
 ])
-def test_sumproduct_matches_logring(case):
+@pytest.mark.parametrize("limit", [0, 1 << 16], ids=["einsum", "direct"])
+def test_sumproduct_matches_logring(case, limit, monkeypatch):
+    monkeypatch.setattr(contraction, "DIRECT_LIMIT", limit)
     inputs, summed = case
     sizes = {"a": 3, "b": 4, "c": 2, "d": 5}
     torch.manual_seed(0)
