@@ -143,3 +143,32 @@ def test_float32_priors_with_float64_data():
     y = torch.randn(5, dtype=torch.float64)
     inference = Inference(model, AutoQEM(model), K=10)
     assert torch.isfinite(torch.tensor(inference.step(y)))
+
+
+def normal_mean(y):
+    z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", y.shape[0]):
+        pyro.sample("y", dist.Normal(z, 1.0), obs=y)
+
+
+def one_step_state(compensate: bool, lr: float):
+    """The (z, z2) state after one step from the same start and random numbers."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(3)
+    y = torch.tensor([0.3, 1.2, 0.8, -0.1, 0.9])
+    guide = AutoQEM(normal_mean)
+    guide.setup(y)
+    first, second = guide.state.moments("z", ("z", "z2"))
+    variance = (second - first ** 2).item()
+    Inference(normal_mean, guide, K=10, lr=lr, noise_compensation=compensate).step(y)
+    return guide.state.moments("z", ("z", "z2")), variance
+
+
+def test_noise_compensation_adds_lr_squared_sum_of_squared_weights_times_variance():
+    lr = 0.5
+    (z_plain, z2_plain), variance = one_step_state(False, lr)
+    (z_comp, z2_comp), _ = one_step_state(True, lr)
+    assert torch.equal(z_plain, z_comp)  # the mean's update is untouched
+    # E z^2 gains lr * (lr * sum_k w_k^2 * Var_q z), with 1/K <= sum_k w_k^2 <= 1.
+    added = (z2_comp - z2_plain).item()
+    assert lr ** 2 * variance / 10 <= added <= lr ** 2 * variance
