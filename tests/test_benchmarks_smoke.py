@@ -102,3 +102,14 @@ def test_log_p_hat_of_a_qem_posterior_matches_the_engine():
     engine = -inference.evaluate_loss(train)
     assert ours == pytest.approx(engine, abs=1e-3)
     assert torch.isfinite(torch.tensor(ours))
+
+
+def test_seeds_command_runs_on_a_tiny_setting(tmp_path):
+    from benchmarks import seeds
+
+    compare.main(["--quick", "--models", "radon", "--steps", "4", "--svi-steps", "4",
+                  "--no-rescaled", "--out", str(tmp_path)])
+    text = seeds.main(["--seeds", "2", "--models", "radon", "--steps", "4", "--svi-steps", "4",
+                       "--results", str(tmp_path / "results.json")])
+    assert text.count("| SVI | SVI lr=0.03 |") == 2 and "median time ratio" in text
+    assert (tmp_path / "seeds.md").read_text() == text

@@ -1,0 +1,106 @@
+"""Time to SVI's held-out score over several seeds: how much of the single-run ratio in
+the comparison table is luck.
+
+For each model, the configurations that the comparison (``results.json``) picked are
+rerun with seeds 0..N-1: the selected SVI configuration, whose final pred-ll on that
+seed is the target, and the QEM configurations that were selected or fastest there.
+Configurations are not re-chosen per seed, which if anything favours SVI's target.
+
+Run ``python -m benchmarks.seeds [--seeds 5] [--models bus,radon,movielens]``; writes
+``seeds.md`` next to ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from dataclasses import replace
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from . import reference, summary
+from .compare import make_task
+from .headline import curves_of
+from .methods import MethodConfig
+from .models import MODELS
+from .runner import Curve, Settings, run
+
+
+def chosen_configs(curves: Sequence[Curve]) -> Dict[str, MethodConfig]:
+    """The selected SVI configuration and the selected and fastest QEM ones."""
+    svi = summary.select(curves, "SVI")
+    goal = summary.targets(curves)["pred_ll"]
+    qem = [c for c in curves if c.config["method"] == "QEM"]
+    fastest = min(qem, key=lambda c: summary.time_to(c, "pred_ll", goal))
+    selected = summary.select(curves, "QEM")
+    picked = {"SVI": svi, "QEM (selected)": selected}
+    if fastest.label != selected.label:
+        picked["QEM (fastest)"] = fastest
+    return {role: MethodConfig(**c.config) for role, c in picked.items()}
+
+
+def seed_rows(name: str, configs: Dict[str, MethodConfig], seeds: int, device: str,
+              base: Settings) -> List[tuple]:
+    """(role, config, seed, target, final pred-ll, time to target, ratio to SVI's) for
+    every configuration and seed of model ``name``."""
+    task = make_task(MODELS[name], 1.0, device, None)
+    rows = []
+    for seed in range(seeds):
+        settings = replace(base, seed=seed)
+        svi = run(configs["SVI"], task, settings)
+        goal = summary.final(svi.pred_ll)
+        t_svi = summary.time_to(svi, "pred_ll", goal)
+        for role, config in configs.items():
+            curve = svi if role == "SVI" else run(config, task, settings)
+            t = summary.time_to(curve, "pred_ll", goal)
+            rows.append((role, config, seed, goal, summary.final(curve.pred_ll), t, t / t_svi))
+    return rows
+
+
+def markdown(name: str, rows) -> str:
+    lines = [f"### {name}", "", "| role | configuration | seed | target pred-ll | final pred-ll "
+             "| t to target (s) | / SVI's |", "|" + "---|" * 7]
+    for role, config, seed, goal, final, t, ratio in rows:
+        lines.append(f"| {role} | {config.label} | {seed} | {goal:.1f} | {final:.1f} "
+                     f"| {_num(t)} | {_num(ratio)} |")
+    lines.append("")
+    for role in dict.fromkeys(r[0] for r in rows if r[0] != "SVI"):
+        ratios = [r[6] for r in rows if r[0] == role]
+        reached = [x for x in ratios if math.isfinite(x)]
+        median = statistics.median(ratios) if ratios else math.nan
+        lines.append(f"- {role}: median time ratio {_num(median)} over {len(ratios)} seeds "
+                     f"(reached the target in {len(reached)}; range "
+                     f"{_num(min(ratios))}-{_num(max(ratios))}; target <= 0.33)")
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: float) -> str:
+    return "never" if math.isinf(value) else f"{value:.2f}"
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--models", default="bus,radon,movielens")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--results", type=Path, default=reference.DEFAULT_RESULTS / "results.json")
+    parser.add_argument("--steps", type=int, default=Settings.steps, help="QEM steps")
+    parser.add_argument("--svi-steps", type=int, default=Settings.svi_steps)
+    args = parser.parse_args(argv)
+    base = Settings(steps=args.steps, svi_steps=args.svi_steps)
+    payload = json.loads(args.results.read_text())
+    parts = []
+    for name in args.models.split(","):
+        configs = chosen_configs(curves_of(payload["models"][name]))
+        part = markdown(name, seed_rows(name, configs, args.seeds, args.device, base))
+        print(part, flush=True)
+        parts.append(part)
+    text = "\n".join(parts)
+    (args.results.parent / "seeds.md").write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
