@@ -96,7 +96,8 @@ def _broadcast_inner(a: torch.Tensor, b: torch.Tensor, batch: torch.Size) -> tor
     inner = get_symbol(len(batch))
     equation = f"{''.join(a_dims)}{inner},{''.join(b_dims)}{inner}->{out}"
     result = torch.einsum(equation, _squeezed(a, squeeze_a), _squeezed(b, squeeze_b))
-    return result.reshape([n if n > 1 else 1 for n in _sizes(a, b, batch)])
+    # Dims of size 1 on both sides are left out of the einsum: put them back.
+    return result.reshape(_sizes(a, b, batch))
 
 
 def _left_padded(t: torch.Tensor, batch_dims: int) -> torch.Tensor:
