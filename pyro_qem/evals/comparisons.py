@@ -148,15 +148,8 @@ def difference_interval(
         >>> difference_interval(df, "a", "b").round(3).tolist()
         [0.349, -0.196, 0.773, 0.897]
     """
-    alpha = check_alpha(alpha)
-    pa, pb, table = _pair(df, model_a, model_b, prior, paired)
-    probs = (0.5, alpha / 2, 1 - alpha / 2)
-    if paired:
-        values = [_paired.difference_quantile(table, p) for p in probs]
-        better = _paired.prob_a_better(table)
-    else:
-        values = [_beta.difference_quantile(p, pa, pb) for p in probs]
-        better = _beta.prob_greater(pa, pb)
+    values, better = _contrast(df, model_a, model_b, alpha, paired, prior,
+                               _paired.difference_quantile, _beta.difference_quantile)
     return pd.Series(values + [better], index=_SUMMARY, name="difference")
 
 
@@ -184,16 +177,20 @@ def odds_ratio_interval(
         >>> float(odds_ratio_interval(df, "a", "b")["median"]) > 1
         True
     """
+    logs, better = _contrast(df, model_a, model_b, alpha, paired, prior,
+                             _paired.log_odds_ratio_quantile, _beta.log_odds_ratio_quantile)
+    return pd.Series(list(np.exp(logs)) + [better], index=_SUMMARY, name="odds_ratio")
+
+
+def _contrast(df, model_a, model_b, alpha, paired, prior, paired_quantile, beta_quantile):
+    """The median and interval quantiles of one contrast of two accuracies (from the
+    paired table or the two Beta posteriors), and ``P(theta_A > theta_B)``."""
     alpha = check_alpha(alpha)
     pa, pb, table = _pair(df, model_a, model_b, prior, paired)
     probs = (0.5, alpha / 2, 1 - alpha / 2)
     if paired:
-        logs = [_paired.log_odds_ratio_quantile(table, p) for p in probs]
-        better = _paired.prob_a_better(table)
-    else:
-        logs = [_beta.log_odds_ratio_quantile(p, pa, pb) for p in probs]
-        better = _beta.prob_greater(pa, pb)
-    return pd.Series(list(np.exp(logs)) + [better], index=_SUMMARY, name="odds_ratio")
+        return [paired_quantile(table, p) for p in probs], _paired.prob_a_better(table)
+    return [beta_quantile(p, pa, pb) for p in probs], _beta.prob_greater(pa, pb)
 
 
 def prob_best(
