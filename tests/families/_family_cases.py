@@ -33,6 +33,11 @@ N = 200
 Case = Tuple[Family, torch.Size, Dict[str, torch.Tensor]]
 
 
+def float64(*values: float) -> torch.Tensor:
+    """A float64 tensor of ``values``: the dtype every family's M-step works in."""
+    return torch.tensor(values, dtype=torch.float64)
+
+
 def _gen() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
 

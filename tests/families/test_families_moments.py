@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import pyro.distributions as dist
+from _family_cases import float64
 from pyro_qem.families import (
     Bernoulli,
     Beta,
@@ -22,32 +23,28 @@ from pyro_qem.families import (
 )
 
 
-def _t(*values):
-    return torch.tensor(values, dtype=torch.float64)
-
-
 MODERATE = [
-    (Normal(), torch.Size(), {"loc": _t(-1.0, 3.0), "scale": _t(0.5, 2.0)}),
+    (Normal(), torch.Size(), {"loc": float64(-1.0, 3.0), "scale": float64(0.5, 2.0)}),
     (
         MultivariateNormal(),
         torch.Size([2]),
         {
-            "loc": _t(1.0, -2.0),
+            "loc": float64(1.0, -2.0),
             "scale_tril": torch.tensor([[1.0, 0.0], [0.6, 0.5]], dtype=torch.float64),
         },
     ),
-    (LogNormal(), torch.Size(), {"loc": _t(0.0, 2.0), "scale": _t(0.3, 1.0)}),
-    (Gamma(), torch.Size(), {"concentration": _t(0.5, 3.0, 50.0), "rate": _t(2.0, 0.5, 10.0)}),
-    (InverseGamma(), torch.Size(), {"concentration": _t(0.5, 3.0), "rate": _t(2.0, 0.5)}),
-    (Exponential(), torch.Size(), {"rate": _t(0.1, 3.0)}),
-    (HalfNormal(), torch.Size(), {"scale": _t(0.1, 3.0)}),
-    (Beta(), torch.Size(), {"concentration1": _t(0.7, 5.0), "concentration0": _t(2.0, 0.9)}),
-    (Dirichlet(), torch.Size([3]), {"concentration": _t(0.8, 2.0, 6.0)}),
-    (Bernoulli(), torch.Size(), {"logits": _t(-2.0, 0.5)}),
-    (Categorical(3), torch.Size(), {"logits": _t(0.0, 1.0, -1.0)}),
-    (Binomial(8), torch.Size(), {"logits": _t(-1.0, 0.7)}),
-    (Multinomial(6), torch.Size([3]), {"logits": _t(0.0, 1.0, -1.0)}),
-    (Poisson(), torch.Size(), {"rate": _t(0.3, 12.0)}),
+    (LogNormal(), torch.Size(), {"loc": float64(0.0, 2.0), "scale": float64(0.3, 1.0)}),
+    (Gamma(), torch.Size(), {"concentration": float64(0.5, 3.0, 50.0), "rate": float64(2.0, 0.5, 10.0)}),
+    (InverseGamma(), torch.Size(), {"concentration": float64(0.5, 3.0), "rate": float64(2.0, 0.5)}),
+    (Exponential(), torch.Size(), {"rate": float64(0.1, 3.0)}),
+    (HalfNormal(), torch.Size(), {"scale": float64(0.1, 3.0)}),
+    (Beta(), torch.Size(), {"concentration1": float64(0.7, 5.0), "concentration0": float64(2.0, 0.9)}),
+    (Dirichlet(), torch.Size([3]), {"concentration": float64(0.8, 2.0, 6.0)}),
+    (Bernoulli(), torch.Size(), {"logits": float64(-2.0, 0.5)}),
+    (Categorical(3), torch.Size(), {"logits": float64(0.0, 1.0, -1.0)}),
+    (Binomial(8), torch.Size(), {"logits": float64(-1.0, 0.7)}),
+    (Multinomial(6), torch.Size([3]), {"logits": float64(0.0, 1.0, -1.0)}),
+    (Poisson(), torch.Size(), {"rate": float64(0.3, 12.0)}),
 ]
 
 
@@ -62,14 +59,14 @@ def test_moments_match_monte_carlo(family, event_shape, params):
 
 
 def test_gamma_mean_log_is_digamma_minus_log_rate():
-    a, b = _t(1e-3, 0.5, 1e4), _t(1e3, 2.0, 1e-3)
+    a, b = float64(1e-3, 0.5, 1e4), float64(1e3, 2.0, 1e-3)
     mean, mean_log = Gamma().moments_from_params({"concentration": a, "rate": b}, torch.Size())
     torch.testing.assert_close(mean, a / b)
     torch.testing.assert_close(mean_log, torch.digamma(a) - torch.log(b))
 
 
 def test_dirichlet_mean_log_closed_form():
-    a = _t(0.5, 2.0, 7.0)
+    a = float64(0.5, 2.0, 7.0)
     (mean_log,) = Dirichlet().moments_from_params({"concentration": a}, torch.Size([3]))
     torch.testing.assert_close(mean_log, torch.digamma(a) - torch.digamma(a.sum()))
 
