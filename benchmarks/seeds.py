@@ -26,6 +26,7 @@ from .headline import curves_of
 from .methods import MethodConfig
 from .models import MODELS
 from .runner import Curve, Settings, run
+from .table import number
 
 
 def chosen_configs(curves: Sequence[Curve]) -> Dict[str, MethodConfig]:
@@ -64,20 +65,16 @@ def markdown(name: str, rows) -> str:
              "| t to target (s) | / SVI's |", "|" + "---|" * 7]
     for role, config, seed, goal, final, t, ratio in rows:
         lines.append(f"| {role} | {config.label} | {seed} | {goal:.1f} | {final:.1f} "
-                     f"| {_num(t)} | {_num(ratio)} |")
+                     f"| {number(t, 2)} | {number(ratio, 2)} |")
     lines.append("")
     for role in dict.fromkeys(r[0] for r in rows if r[0] != "SVI"):
         ratios = [r[6] for r in rows if r[0] == role]
         reached = [x for x in ratios if math.isfinite(x)]
         median = statistics.median(ratios) if ratios else math.nan
-        lines.append(f"- {role}: median time ratio {_num(median)} over {len(ratios)} seeds "
+        lines.append(f"- {role}: median time ratio {number(median, 2)} over {len(ratios)} seeds "
                      f"(reached the target in {len(reached)}; range "
-                     f"{_num(min(ratios))}-{_num(max(ratios))}; target <= 0.33)")
+                     f"{number(min(ratios), 2)}-{number(max(ratios), 2)}; target <= 0.33)")
     return "\n".join(lines) + "\n"
-
-
-def _num(value: float) -> str:
-    return "never" if math.isinf(value) else f"{value:.2f}"
 
 
 def main(argv=None) -> str:

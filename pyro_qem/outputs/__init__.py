@@ -13,7 +13,12 @@ from .diagnostics import (
 from .draws import resample_run, sample_guide, sample_posterior
 from .inference_data import to_inference_data
 from .moments import moment_runs, posterior_moments
-from .predictive import log_likelihood, posterior_predictive, predictive_log_likelihood
+from .predictive import (
+    log_likelihood,
+    log_predictive_density,
+    posterior_predictive,
+    predictive_log_likelihood,
+)
 
 __all__ = [
     "Diagnostics",
@@ -22,6 +27,7 @@ __all__ = [
     "guide_log_weights",
     "khat_threshold",
     "log_likelihood",
+    "log_predictive_density",
     "moment_runs",
     "pareto_khat",
     "posterior_moments",

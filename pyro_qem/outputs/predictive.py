@@ -188,10 +188,20 @@ def predictive_log_likelihood(model: Callable, draws: Draws, *args,
     if not log_lik:
         raise ValueError("The model has no observed sites with these arguments.")
     elements = torch.cat([value.reshape(value.shape[0], -1).double() for value in log_lik.values()], -1)
-    log_n = math.log(elements.shape[0])
+    return log_predictive_density(elements, pointwise)
+
+
+def log_predictive_density(log_lik: torch.Tensor, pointwise: bool = False) -> float:
+    """``log mean_n p(x | draw n)`` from ``log_lik[n, i] = log p(x_i | draw n)``, or with
+    ``pointwise`` ``sum_i log mean_n p(x_i | draw n)`` (see
+    :func:`predictive_log_likelihood`).
+
+    :param log_lik: log-likelihoods, shape ``(draws, observed elements)``.
+    """
+    log_n = math.log(log_lik.shape[0])
     if pointwise:
-        return (torch.logsumexp(elements, 0) - log_n).sum().item()
-    return (torch.logsumexp(elements.sum(-1), 0) - log_n).item()
+        return (torch.logsumexp(log_lik, 0) - log_n).sum().item()
+    return (torch.logsumexp(log_lik.sum(-1), 0) - log_n).item()
 
 
 def posterior_predictive(model: Callable, draws: Draws, *args, new_plates: Sequence[str] = (),
