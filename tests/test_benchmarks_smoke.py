@@ -113,3 +113,11 @@ def test_seeds_command_runs_on_a_tiny_setting(tmp_path):
                        "--results", str(tmp_path / "results.json")])
     assert text.count("| SVI | SVI lr=0.03 |") == 2 and "median time ratio" in text
     assert (tmp_path / "seeds.md").read_text() == text
+
+
+def test_evaluation_steps_put_the_final_window_in_the_last_fifth():
+    from benchmarks.runner import evaluation_steps
+    from benchmarks.summary import FINAL_WINDOW
+
+    steps = evaluation_steps(200, 20)
+    assert steps[0] == 1 and steps[-FINAL_WINDOW:] == [160, 180, 200]
