@@ -30,7 +30,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
-from pyro_qem import AutoQEM, Inference
+from pyro_qem import AutoQEM, Inference, sample_guide, sample_posterior, to_inference_data
 
 matplotlib.use("Agg")
 torch.set_num_threads(1)
@@ -66,8 +66,8 @@ for name, q in guide.distributions().items():
 `sample_posterior` draws particle indices jointly (walking the contraction in reverse), so
 `theta = mu + tau * z` keeps the coupling between `mu`, `tau` and `z` that the mean-field q
 lacks. Independent draws from q make theta too wide."""),
-    ("code", """joint = inference.sample_posterior(sigma, y, num_samples=300)
-independent = inference.sample_guide(2000)
+    ("code", """joint = sample_posterior(inference, sigma, y, num_samples=300)
+independent = sample_guide(guide, 2000)
 theta_joint = joint["mu"][:, None] + joint["tau"][:, None] * joint["z"]
 theta_indep = independent["mu"][:, None] + independent["tau"][:, None] * independent["z"]
 print("theta sd, joint draws:      ", theta_joint.std(0).numpy().round(1))
@@ -78,7 +78,7 @@ print("theta sd, independent draws:", theta_indep.std(0).numpy().round(1))"""),
 pointwise log-likelihood (so `az.loo` works), observed data and the loss history."""),
     ("code", """with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    idata = inference.to_inference_data(sigma, y, num_samples=300, history=history)
+    idata = to_inference_data(inference, sigma, y, num_samples=300, history=history)
     print(az.summary(idata, var_names=["mu", "tau"], kind="stats"))
     print(az.loo(idata))"""),
     ("markdown", """## The same model with Pyro's SVI

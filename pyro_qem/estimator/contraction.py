@@ -31,9 +31,10 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.ops.rings import LogRing
 from pyro.ops.special import safe_log
 
-from ..guides.structure import ModelStructure
+from ..model.structure import ModelStructure
 from ..handlers import SiteRecord
-from .factors import LogFactor, Symbols
+from ..model.structure import Symbols
+from .factors import LogFactor
 
 
 # Products with at most this many entries are built whole (see the module docstring).
@@ -146,7 +147,7 @@ def make_sources(records: Sequence[SiteRecord], structure: ModelStructure,
         frames = sorted(record.frames, key=lambda f: f.dim)
         for frame in frames:
             shape[len(shape) + frame.dim] = frame.size
-        log_q = record.infer["qem_log_q"]
+        log_q = record.draw.log_q
         tensor = torch.zeros(shape, dtype=log_q.dtype, device=log_q.device, requires_grad=True)
         packed = tensor.reshape([num_particles] + [f.size for f in frames])
         dims = symbols.group[group.index] + "".join(symbols.plate[f.name] for f in frames)

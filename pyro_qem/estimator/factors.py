@@ -3,8 +3,9 @@
 Latent site i contributes ``log p(z_i | pa) - log q_i(z_i) - log K`` (``-log K`` once
 per group; an enumerated site contributes ``log p(z_i | pa)`` over its support), an
 observed site ``log p(x | pa)``. Log densities are *unscaled* by
-subsampled plates: the estimator scales each plate-reduced term instead (method.md
-section 4). Each factor is packed: singleton dims squeezed away, the rest named by one
+subsampled plates: the estimator scales each plate-reduced term by N / B instead,
+after each plate element's logsumexp over its particles (scaling the densities would
+raise every particle's weight to the power N / B). Each factor is packed: singleton dims squeezed away, the rest named by one
 symbol per particle group and per plate, as :mod:`pyro.ops.contract` expects.
 """
 
@@ -15,9 +16,8 @@ from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Sequence
 
 import torch
-from opt_einsum import get_symbol
 
-from ..guides.structure import ModelStructure
+from ..model.structure import ModelStructure, Symbols
 from ..handlers import SiteRecord, is_subsampled
 from .log_prob import log_prob
 
@@ -30,16 +30,6 @@ class LogFactor:
     tensor: torch.Tensor
     dims: str
     ordinal: FrozenSet[str]
-
-
-class Symbols:
-    """One einsum symbol per particle group and per plate of a model."""
-
-    def __init__(self, structure: ModelStructure) -> None:
-        self.group = {g.index: get_symbol(g.index) for g in structure.groups}
-        offset = len(structure.groups)
-        self.plate = {name: get_symbol(offset + i) for i, name in enumerate(structure.plates)}
-        self.plate_names = {sym: name for name, sym in self.plate.items()}
 
 
 def plate_user_scale(record: SiteRecord):
@@ -67,9 +57,9 @@ def log_factors(records: Sequence[SiteRecord], structure: ModelStructure, symbol
         if record.is_observed:
             factor = _masked(log_density, record.mask)
         else:
-            factor = _masked(log_density - record.infer["qem_log_q"], record.mask)
+            factor = _masked(log_density - record.draw.log_q, record.mask)
             group = structure.group_of(record.name)
-            if group.index not in groups_done and not record.infer.get("qem_enumerated"):
+            if group.index not in groups_done and not record.draw.enumerated:
                 groups_done.add(group.index)
                 factor = factor - log_k
         factors.append(pack(record, factor, structure, symbols))

@@ -48,7 +48,11 @@ def binary_matrix(df: Any, exclude: Sequence[Any] = (), name: str = "df") -> tup
 
 
 def _binary_column(column: pd.Series, label: Any, name: str) -> np.ndarray:
-    """Check that one column holds only 0/1 (or booleans) and no missing values."""
+    """Check that one column holds only 0/1 (or booleans) and no missing values.
+
+    Columns of object (or string/categorical) dtype are accepted when every entry is a 0/1
+    score: an integer, a float 0.0/1.0, a boolean, or the string "0"/"1".
+    """
     missing = column.isna().to_numpy()
     if missing.any():
         rows = column.index[missing].tolist()[:5]
@@ -56,13 +60,10 @@ def _binary_column(column: pd.Series, label: Any, name: str) -> np.ndarray:
             f"Column {label!r} of `{name}` has {int(missing.sum())} missing value(s) "
             f"(rows {rows}...). Expected 0/1 for every question; drop or fill those rows."
         )
-    if not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)):
-        raise TypeError(
-            f"Column {label!r} of `{name}` has dtype {column.dtype}, expected 0/1 scores. "
-            "If it labels question clusters pass `cluster=` (CLI: --cluster-column); "
-            "if it names the questions, make it the index (CLI: --index-column)."
-        )
-    values = column.to_numpy(dtype=float)
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        values = column.to_numpy(dtype=float)
+    else:
+        values = _scores_from_objects(column, label, name)
     bad = ~np.isin(values, (0.0, 1.0))
     if bad.any():
         found = pd.unique(values[bad])[:5].tolist()
@@ -71,6 +72,46 @@ def _binary_column(column: pd.Series, label: Any, name: str) -> np.ndarray:
             "or 1 (right). Threshold partial-credit scores before calling."
         )
     return values.astype(np.int64)
+
+
+_SCORE_STRINGS = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0}
+
+
+def _as_score(value: Any) -> float | None:
+    """A number for one entry of a non-numeric column, or ``None`` if it is not a score."""
+    if isinstance(value, (bool, np.bool_)):
+        return float(value)
+    if isinstance(value, Real):
+        return float(value)
+    if isinstance(value, str):
+        return _SCORE_STRINGS.get(value.strip())
+    return None
+
+
+def _scores_from_objects(column: pd.Series, label: Any, name: str) -> np.ndarray:
+    """Convert a column of Python objects (or strings) to floats; raise naming bad entries.
+
+    ``label`` is the column's name in ``name``, or ``None`` when ``name`` is itself a vector.
+    """
+    entries = column.to_numpy(dtype=object)
+    scores = [_as_score(value) for value in entries]
+    offending = [value for value, score in zip(entries, scores) if score is None]
+    if offending:
+        examples = list(dict.fromkeys(map(repr, offending)))[:5]
+        subject = f"`{name}`" if label is None else f"Column {label!r} of `{name}`"
+        advice = (
+            "Map its values to 0/1 first."
+            if label is None
+            else "If it labels question clusters pass `cluster=` (CLI: --cluster-column); "
+            "if it names the questions, make it the index (CLI: --index-column); "
+            "otherwise map its values to 0/1 or drop the column."
+        )
+        raise TypeError(
+            f"{subject} has dtype {column.dtype} and {len(offending)} value(s) that are not "
+            f"0/1 scores, e.g. {', '.join(examples)}; expected 0/1 scores (integers 0/1, floats "
+            f"0.0/1.0, booleans, or the strings '0'/'1'). {advice}"
+        )
+    return np.asarray(scores, dtype=float)
 
 
 def cluster_labels(df: pd.DataFrame, cluster: Any) -> tuple[np.ndarray, list]:

@@ -1,4 +1,8 @@
-"""Accuracy intervals when questions come in clusters (evals.md setting 2).
+"""Accuracy intervals when questions come in clusters (e.g. tasks or subjects of a benchmark).
+
+Questions from the same cluster tend to be answered right or wrong together, so treating them
+as independent gives intervals that are too narrow; the model below lets each cluster have its
+own accuracy around a shared mean.
 
 Hierarchical Beta-Binomial model: ``d ~ Gamma(1, 1)``, ``theta ~ Beta(1, 1)``, per-cluster
 ``theta_t ~ Beta(d theta, d (1 - theta))`` and ``y_it ~ Bernoulli(theta_t)``. Integrating the

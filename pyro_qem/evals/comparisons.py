@@ -2,9 +2,11 @@
 
 Independent comparisons use the exact ``Beta(S + a0, N - S + b0)`` posteriors of each model
 (one-dimensional quadrature, or seeded Monte Carlo when ``num_samples`` is given). Paired
-comparisons use the correlated model of evals.md setting 4 (:mod:`pyro_qem.evals.paired`). Only the entries
-above the diagonal are computed; the others are their complements, so
-``P(A > B) + P(B > A) = 1`` holds by construction (ties have probability zero).
+comparisons use a correlated model of two models answering the same questions (a latent
+bivariate normal thresholded at zero, :mod:`pyro_qem.evals.paired`), which accounts for
+questions being easy or hard for both. Only the entries above the diagonal are computed; the
+others are their complements, so ``P(A > B) + P(B > A) = 1`` holds by construction (ties have
+probability zero).
 """
 
 from typing import Any

@@ -16,7 +16,14 @@ import numpy as np
 import pandas as pd
 from scipy.special import betaincinv
 
-from ._data import SeedLike, as_generator, check_alpha, check_num_samples, check_prior
+from ._data import (
+    SeedLike,
+    _scores_from_objects,
+    as_generator,
+    check_alpha,
+    check_num_samples,
+    check_prior,
+)
 
 CELLS = ("tp", "fp", "fn", "tn")
 _METRICS = ("f1", "precision", "recall", "accuracy", "specificity")
@@ -42,7 +49,7 @@ def _binary_vector(values: Any, name: str) -> np.ndarray:
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"`{name}` must be a non-empty 1-D sequence of 0/1, found shape {arr.shape}.")
     if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
-        raise TypeError(f"`{name}` must hold 0/1 values, found dtype {arr.dtype}.")
+        arr = _scores_from_objects(pd.Series(arr, dtype=object), None, name)
     if not np.isin(arr, (0, 1)).all():
         bad = pd.unique(arr[~np.isin(arr, (0, 1))])[:5].tolist()
         raise ValueError(f"`{name}` has values {bad}; expected only 0 and 1.")

@@ -1,4 +1,4 @@
-"""Posterior of the paired (correlated) two-model model of evals.md setting 4.
+"""Posterior of the paired model: two models scored on the same questions, with correlated errors.
 
 Two models answer the same N questions. With ``theta_A, theta_B ~ Beta(1, 1)`` and
 ``rho = 2 Beta(4, 2) - 1``, a latent bivariate normal with means ``(Phi^-1(theta_A),

@@ -1,4 +1,5 @@
-"""Newton solvers for the M-steps that have no closed form, and the shared floors.
+"""Newton solvers for the M-steps that have no closed form, the shared floors, and a
+bridge to scipy's special functions for the families' inverse CDFs.
 
 Everything here runs in float64 on whatever device its inputs live on, with a fixed
 number of iterations so that no step needs a host synchronisation.
@@ -6,6 +7,9 @@ number of iterations so that no step needs a host synchronisation.
 
 from __future__ import annotations
 
+from typing import Callable
+
+import numpy as np
 import torch
 
 # Shapes/concentrations are dimensionless, so their bounds are absolute. Below 1e-4
@@ -19,6 +23,9 @@ SHAPE_MAX = 1e10
 ABSOLUTE_SCALE_FLOOR = 1e-15
 # Probabilities stay in [PROB_FLOOR, 1 - PROB_FLOOR]: logits stay within +-23.
 PROB_FLOOR = 1e-10
+# A centre given by init_loc_fn may sit on the edge of a bounded support (a probability
+# of 0 or 1, a rate of 0); relocation keeps it this far inside, so q stays proper.
+CENTRE_MARGIN = 1e-6
 
 _EULER_GAMMA = 0.5772156649015329
 # Relative change below which the Dirichlet Newton iteration has converged.
@@ -156,3 +163,15 @@ def normalised_log_probs(probs: torch.Tensor) -> torch.Tensor:
     probs = probs / probs.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
     probs = probs.clamp_min(PROB_FLOOR)
     return (probs / probs.sum(-1, keepdim=True)).log()
+
+
+def scipy_elementwise(fn: Callable, *args: torch.Tensor) -> torch.Tensor:
+    """``fn`` (a scipy ufunc) on float64 copies of ``args`` broadcast together.
+
+    Torch has no inverse incomplete gamma or beta function, so these inverse CDFs go
+    through scipy on the host.
+
+    :returns: a float64 tensor on the device of the last argument.
+    """
+    arrays = np.broadcast_arrays(*(a.detach().double().cpu().numpy() for a in args))
+    return torch.as_tensor(fn(*arrays), dtype=torch.float64, device=args[-1].device)

@@ -12,13 +12,18 @@ guide casts to the model's dtype only when it builds the distribution it samples
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Dict, Optional, Tuple
+from typing import ClassVar, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.distributions import constraints
 
 Params = Dict[str, torch.Tensor]
 Moments = Tuple[torch.Tensor, ...]
+Probs = Union[torch.Tensor, Sequence[float]]
+
+#: The class attributes every family must set; :func:`~pyro_qem.families.resolve_family`
+#: checks them on a user's own family.
+REQUIRED_CLASS_ATTRIBUTES = ("name", "support", "stat_names")
 
 
 class Family(ABC):
@@ -34,6 +39,9 @@ class Family(ABC):
     :cvar stat_names: one short name per sufficient statistic; used in param-store names.
     :cvar event_dims: the event dims the family handles: ``(0,)`` scalar sites only,
         ``(1,)`` vector sites only, ``(0, 1)`` both.
+    :cvar default_for: the support kinds (as :func:`~pyro_qem.families.support_kind`
+        names them: ``"real"``, ``"positive"``, ...) for which this family is the
+        default; read from the built-in families only, and at most one may claim a kind.
 
     Example::
 
@@ -47,6 +55,19 @@ class Family(ABC):
     support: ClassVar[constraints.Constraint]
     stat_names: ClassVar[Tuple[str, ...]]
     event_dims: ClassVar[Tuple[int, ...]] = (0,)
+    default_for: ClassVar[Tuple[str, ...]] = ()
+
+    @classmethod
+    def preferred_for(cls, prior: Optional[torch.distributions.Distribution]) -> bool:
+        """Whether this family should replace its support kind's default for a site
+        with this prior (e.g. Binomial for a Binomial prior, whose support alone would
+        give a Categorical).
+
+        :param prior: the site's prior, possibly wrapped (``Independent``, ``expand``,
+            ``mask``), or None.
+        :returns: False unless a family overrides it.
+        """
+        return False
 
     @abstractmethod
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
@@ -103,6 +124,78 @@ class Family(ABC):
         :param moments: q's current mean parameters (float64).
         """
         return None
+
+    def relocate(self, params: Params, value: torch.Tensor) -> Params:
+        """``params`` with q's location (location families) or mean (the others) moved
+        to ``value``, keeping the spread where the family can.
+
+        An explicit ``init_loc_fn`` (e.g. ``init_to_value(values=...)``) moves q's
+        centre to the strategy's value this way.
+
+        :param params: the current parameters (float64); not modified.
+        :param value: the new centre, broadcastable to the site's ``batch + event``.
+        :returns: a new parameter dict.
+        :raises NotImplementedError: unless the family implements it.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement relocate(params, value), which is "
+            f"needed when an explicit init_loc_fn moves q's centre to the strategy's "
+            f"value. Implement {type(self).__name__}.relocate, or leave init_loc_fn unset."
+        )
+
+    def quantiles(self, params: Params, probs: Probs, event_shape: torch.Size) -> torch.Tensor:
+        """Marginal quantiles of q per coordinate, for ``guide.quantiles()`` and
+        ``guide.median()``.
+
+        Families implement :meth:`inverse_cdf`; this checks ``probs`` once for all of
+        them and shapes them to broadcast against q's ``batch + event`` shape.
+
+        :param params: q's parameters.
+        :param probs: probabilities in (0, 1), a sequence or a 1-d tensor.
+        :param event_shape: the site's event shape.
+        :returns: float64 tensor of shape ``(len(probs),) + batch + event``.
+        :raises ValueError: when ``probs`` is empty or leaves (0, 1).
+        :raises NotImplementedError: when the family has no :meth:`inverse_cdf`.
+        """
+        p = self.check_probs(probs)
+        q = self.distribution(params, event_shape)
+        ndim = len(q.batch_shape) + len(q.event_shape)
+        device = next(iter(params.values())).device
+        return self.inverse_cdf(params, p.to(device).reshape((-1,) + (1,) * ndim), event_shape)
+
+    @staticmethod
+    def check_probs(probs: Probs) -> torch.Tensor:
+        """``probs`` as a 1-d float64 tensor, checked to lie in (0, 1).
+
+        :param probs: a sequence of probabilities or a tensor of them.
+        :returns: float64 tensor of shape ``(len(probs),)``.
+        :raises ValueError: when ``probs`` is empty or has a value outside (0, 1) or NaN.
+        """
+        p = torch.as_tensor(probs, dtype=torch.float64).reshape(-1)
+        # Written as "not inside" so that NaN is rejected too.
+        if p.numel() == 0 or not bool(((p > 0) & (p < 1)).all()):
+            raise ValueError(f"quantiles: probabilities must lie in (0, 1), got {p.tolist()}.")
+        return p
+
+    def inverse_cdf(
+        self, params: Params, probs: torch.Tensor, event_shape: torch.Size
+    ) -> torch.Tensor:
+        """q's marginal inverse CDF per coordinate; discrete families give the smallest
+        support value whose CDF reaches the probability.
+
+        :param params: q's parameters.
+        :param probs: checked float64 probabilities of shape ``(n,) + (1,) * k``, where
+            ``k`` is the number of q's batch and event dims.
+        :param event_shape: the site's event shape.
+        :returns: float64 tensor of shape ``(n,) + batch + event``.
+        :raises NotImplementedError: unless the family implements it.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement inverse_cdf(params, probs, "
+            f"event_shape), which guide.quantiles() and guide.median() need. Implement "
+            f"{type(self).__name__}.inverse_cdf, or read q's quantiles from "
+            f"guide.distributions() instead."
+        )
 
     def supports_event_shape(self, event_shape: torch.Size) -> bool:
         """Whether this family can model a site with ``event_shape``."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import scipy.stats
 import torch
 from torch.distributions import constraints
 
 import pyro.distributions as dist
 
-from ._special import probs_to_logits
+from ._special import CENTRE_MARGIN, probs_to_logits, scipy_elementwise
 from .base import Family, Moments, Params
 from .support import integer_interval_bounds, unwrap_prior
 
@@ -21,6 +22,13 @@ def _smoothed_mean(stat: torch.Tensor) -> torch.Tensor:
     """
     stat = stat.double()
     return (stat.sum(0) + 0.5) / (stat.shape[0] + 1.0)
+
+
+def _logits_with_probability(params: Params, prob: torch.Tensor) -> Params:
+    """``params`` with the success probability moved to ``prob``."""
+    # A centre of exactly 0 or 1 would give infinite logits and a q that never moves.
+    prob = prob.clamp(CENTRE_MARGIN, 1 - CENTRE_MARGIN)
+    return {**params, "logits": (prob.log() - (-prob).log1p()).expand_as(params["logits"])}
 
 
 class Bernoulli(Family):
@@ -38,6 +46,7 @@ class Bernoulli(Family):
     support = constraints.boolean
     stat_names = ("z",)
     event_dims = (0, 1)
+    default_for = ("boolean",)
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         return (value.to(torch.promote_types(value.dtype, torch.get_default_dtype())),)
@@ -53,6 +62,16 @@ class Bernoulli(Family):
 
     def init_moments(self, draws: torch.Tensor, event_shape: torch.Size) -> Moments:
         return (_smoothed_mean(draws),)
+
+    def relocate(self, params: Params, value: torch.Tensor) -> Params:
+        """``params`` with the mean ``sigmoid(logits)`` at ``value``."""
+        return _logits_with_probability(params, value.detach().double())
+
+    def inverse_cdf(
+        self, params: Params, probs: torch.Tensor, event_shape: torch.Size
+    ) -> torch.Tensor:
+        # P(z = 0) = 1 - sigmoid(logits): 1 is the quantile exactly when p exceeds it.
+        return (probs > 1 - torch.sigmoid(params["logits"].double())).double()
 
 
 class Binomial(Family):
@@ -81,6 +100,11 @@ class Binomial(Family):
         self.total_count = total
         # Instances carry their own upper bound; matching only looks at the type.
         self.support = constraints.integer_interval(0, total_count)
+
+    @classmethod
+    def preferred_for(cls, prior: Optional[torch.distributions.Distribution]) -> bool:
+        """True for a Binomial prior: its support ``{0..n}`` alone would give a Categorical."""
+        return isinstance(unwrap_prior(prior), torch.distributions.Binomial)
 
     @classmethod
     def from_site(
@@ -143,6 +167,18 @@ class Binomial(Family):
     def init_moments(self, draws: torch.Tensor, event_shape: torch.Size) -> Moments:
         total = self._total(draws.double())
         return (total * _smoothed_mean(draws / total),)
+
+    def relocate(self, params: Params, value: torch.Tensor) -> Params:
+        """``params`` with the mean ``total_count * sigmoid(logits)`` at ``value``."""
+        value = value.detach().double()
+        return _logits_with_probability(params, value / self._total(value))
+
+    def inverse_cdf(
+        self, params: Params, probs: torch.Tensor, event_shape: torch.Size
+    ) -> torch.Tensor:
+        logits = params["logits"].double()
+        total = self._total(logits)
+        return scipy_elementwise(scipy.stats.binom.ppf, probs, total, torch.sigmoid(logits))
 
     def __repr__(self) -> str:
         count = self.total_count

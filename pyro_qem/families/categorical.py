@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Optional
 
+import scipy.stats
 import torch
 import torch.nn.functional as F
 from torch.distributions import constraints
 
 import pyro.distributions as dist
 
-from ._special import normalised_log_probs
+from ._special import normalised_log_probs, scipy_elementwise
 from .base import Family, Moments, Params
 from .support import integer_interval_bounds, support_kind, unwrap_prior, unwrap_support
 
@@ -71,6 +72,7 @@ class Categorical(Family):
     support = constraints.integer_interval(0, 1)
     stat_names = ("one_hot",)
     event_dims = (0, 1)
+    default_for = ("integer_interval",)
 
     def __init__(self, num_categories: int) -> None:
         if int(num_categories) != num_categories or num_categories < 2:
@@ -116,6 +118,21 @@ class Categorical(Family):
     def init_moments(self, draws: torch.Tensor, event_shape: torch.Size) -> Moments:
         return (_smoothed_proportions(self.statistics(draws, event_shape)[0]),)
 
+    def relocate(self, params: Params, value: torch.Tensor) -> Params:
+        """A copy of ``params``, unchanged."""
+        # Category labels are unordered, so q has no centre to move; putting all mass on
+        # the given category would stop QEM from ever proposing the others.
+        return dict(params)
+
+    def inverse_cdf(
+        self, params: Params, probs: torch.Tensor, event_shape: torch.Size
+    ) -> torch.Tensor:
+        """The smallest category whose CDF (in label order) reaches each probability."""
+        cdf = torch.softmax(params["logits"].double(), -1).cumsum(-1)
+        below = (cdf < probs.unsqueeze(-1)).sum(-1).double()
+        # Roundoff can leave the last cumulative sum just under a probability near 1.
+        return below.clamp_max(self.num_categories - 1)
+
     def __repr__(self) -> str:
         return f"Categorical({self.num_categories})"
 
@@ -138,6 +155,7 @@ class Multinomial(Family):
     support = constraints.multinomial(1)
     stat_names = ("z",)
     event_dims = (1,)
+    default_for = ("multinomial",)
 
     def __init__(self, total_count: int) -> None:
         if int(total_count) != total_count or total_count < 1:
@@ -187,6 +205,20 @@ class Multinomial(Family):
 
     def init_moments(self, draws: torch.Tensor, event_shape: torch.Size) -> Moments:
         return (self.total_count * _smoothed_proportions(draws / self.total_count),)
+
+    def relocate(self, params: Params, value: torch.Tensor) -> Params:
+        """A copy of ``params``, unchanged."""
+        # The value is one count vector: proportions taken from it give no mass to its
+        # zero counts, which QEM could then never propose again.
+        return dict(params)
+
+    def inverse_cdf(
+        self, params: Params, probs: torch.Tensor, event_shape: torch.Size
+    ) -> torch.Tensor:
+        """Each count's marginal, Binomial(total_count, probs_k)."""
+        category_probs = torch.softmax(params["logits"].double(), -1)
+        total = category_probs.new_tensor(self.total_count)
+        return scipy_elementwise(scipy.stats.binom.ppf, probs, total, category_probs)
 
     def __repr__(self) -> str:
         return f"Multinomial({self.total_count})"

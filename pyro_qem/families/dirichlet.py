@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import scipy.special
 import torch
 from torch.distributions import constraints
 
 import pyro.distributions as dist
 
-from ._special import dirichlet_concentration, safe_log
+from ._special import CENTRE_MARGIN, dirichlet_concentration, safe_log, scipy_elementwise
 from .base import Family, Moments, Params
 
 
@@ -29,6 +30,7 @@ class Dirichlet(Family):
     support = constraints.simplex
     stat_names = ("log_z",)
     event_dims = (1,)
+    default_for = ("simplex",)
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         return (safe_log(value),)
@@ -43,6 +45,20 @@ class Dirichlet(Family):
 
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
         return dist.Dirichlet(params["concentration"])
+
+    def relocate(self, params: Params, value: torch.Tensor) -> Params:
+        """``params`` with the mean ``a / sum(a)`` at ``value`` (renormalised); the total
+        concentration is kept."""
+        total = params["concentration"].sum(-1, keepdim=True)
+        v = value.detach().double().clamp_min(CENTRE_MARGIN)
+        return {**params, "concentration": total * v / v.sum(-1, keepdim=True)}
+
+    def inverse_cdf(
+        self, params: Params, probs: torch.Tensor, event_shape: torch.Size
+    ) -> torch.Tensor:
+        """Each coordinate's marginal, Beta(a_k, sum(a) - a_k)."""
+        a = params["concentration"].double()
+        return scipy_elementwise(scipy.special.betaincinv, a, a.sum(-1, keepdim=True) - a, probs)
 
 
 class Beta(Family):
@@ -61,6 +77,7 @@ class Beta(Family):
     support = constraints.unit_interval
     stat_names = ("log_z", "log_1mz")
     event_dims = (0, 1)
+    default_for = ("unit_interval",)
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         return safe_log(value), safe_log(1.0 - value)
@@ -78,3 +95,15 @@ class Beta(Family):
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
         q = dist.Beta(params["concentration1"], params["concentration0"])
         return q.to_event(len(event_shape))
+
+    def relocate(self, params: Params, value: torch.Tensor) -> Params:
+        """``params`` with the mean ``a / (a + b)`` at ``value``; ``a + b`` is kept."""
+        total = params["concentration1"] + params["concentration0"]
+        v = value.detach().double().clamp(CENTRE_MARGIN, 1 - CENTRE_MARGIN)
+        return {**params, "concentration1": total * v, "concentration0": total * (1 - v)}
+
+    def inverse_cdf(
+        self, params: Params, probs: torch.Tensor, event_shape: torch.Size
+    ) -> torch.Tensor:
+        a, b = params["concentration1"], params["concentration0"]
+        return scipy_elementwise(scipy.special.betaincinv, a, b, probs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.distributions import constraints
 
@@ -39,6 +41,17 @@ class Exponential(Family):
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
         return dist.Exponential(params["rate"]).to_event(len(event_shape))
 
+    def relocate(self, params: Params, value: torch.Tensor) -> Params:
+        """``params`` with the mean ``1 / rate`` at ``value``."""
+        # 1e-300 keeps the rate finite for a centre of exactly 0, the edge of the support.
+        rate = value.detach().double().clamp_min(1e-300).reciprocal()
+        return {**params, "rate": rate.expand_as(params["rate"])}
+
+    def inverse_cdf(
+        self, params: Params, probs: torch.Tensor, event_shape: torch.Size
+    ) -> torch.Tensor:
+        return -torch.log1p(-probs) / params["rate"].double()
+
 
 class HalfNormal(Family):
     """q(z) = HalfNormal(scale), independently per coordinate.
@@ -67,3 +80,14 @@ class HalfNormal(Family):
 
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
         return dist.HalfNormal(params["scale"]).to_event(len(event_shape))
+
+    def relocate(self, params: Params, value: torch.Tensor) -> Params:
+        """``params`` with the mean ``scale * sqrt(2 / pi)`` at ``value``."""
+        scale = value.detach().double() * math.sqrt(math.pi / 2)
+        return {**params, "scale": scale.expand_as(params["scale"])}
+
+    def inverse_cdf(
+        self, params: Params, probs: torch.Tensor, event_shape: torch.Size
+    ) -> torch.Tensor:
+        # |x| <= z has probability 2 Phi(z / scale) - 1.
+        return params["scale"].double() * torch.special.ndtri((1 + probs) / 2)

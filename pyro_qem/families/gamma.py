@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import scipy.special
 import torch
 from torch.distributions import constraints
 
 import pyro.distributions as dist
 
-from ._special import ABSOLUTE_SCALE_FLOOR, gamma_shape, safe_log
+from ._special import ABSOLUTE_SCALE_FLOOR, gamma_shape, safe_log, scipy_elementwise
 from .base import Family, Moments, Params
 
 
@@ -40,6 +41,7 @@ class Gamma(Family):
     support = constraints.positive
     stat_names = ("z", "log_z")
     event_dims = (0, 1)
+    default_for = ("positive",)
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         return value, safe_log(value)
@@ -55,6 +57,18 @@ class Gamma(Family):
 
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
         return dist.Gamma(params["concentration"], params["rate"]).to_event(len(event_shape))
+
+    def relocate(self, params: Params, value: torch.Tensor) -> Params:
+        """``params`` with the mean ``concentration / rate`` at ``value``; the shape is kept."""
+        # 1e-300 keeps the rate finite for a centre of exactly 0, the edge of the support.
+        rate = params["concentration"] / value.detach().double().clamp_min(1e-300)
+        return {**params, "rate": rate}
+
+    def inverse_cdf(
+        self, params: Params, probs: torch.Tensor, event_shape: torch.Size
+    ) -> torch.Tensor:
+        unit_rate = scipy_elementwise(scipy.special.gammaincinv, params["concentration"], probs)
+        return unit_rate / params["rate"].double()
 
     def noise_compensation(self, moments: Moments, event_shape: torch.Size) -> Moments:
         mean, mean_log = moments
@@ -93,6 +107,19 @@ class InverseGamma(Family):
     def moments_from_params(self, params: Params, event_shape: torch.Size) -> Moments:
         a, b = params["concentration"], params["rate"]
         return a / b, b.log() - torch.digamma(a)
+
+    def relocate(self, params: Params, value: torch.Tensor) -> Params:
+        """``params`` with the mode ``rate / (concentration + 1)`` at ``value``; the shape
+        is kept."""
+        # The mode, unlike the mean, exists for every shape.
+        return {**params, "rate": value.detach().double() * (params["concentration"] + 1)}
+
+    def inverse_cdf(
+        self, params: Params, probs: torch.Tensor, event_shape: torch.Size
+    ) -> torch.Tensor:
+        # z <= x exactly when the Gamma variable 1/z >= 1/x.
+        upper = scipy_elementwise(scipy.special.gammaincinv, params["concentration"], 1 - probs)
+        return params["rate"].double() / upper
 
     def noise_compensation(self, moments: Moments, event_shape: torch.Size) -> Moments:
         mean_inv, mean_log = moments

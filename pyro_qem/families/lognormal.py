@@ -9,7 +9,7 @@ import pyro.distributions as dist
 
 from ._special import safe_log
 from .base import Family, Moments, Params
-from .normal import Normal
+from .normal import Normal, normal_inverse_cdf
 
 # The variance of log z is the squared relative spread of z, so its floor is absolute
 # and still scale-invariant; 1e-12 matches Normal's relative variance floor.
@@ -45,6 +45,17 @@ class LogNormal(Family):
     def moments_from_params(self, params: Params, event_shape: torch.Size) -> Moments:
         loc, scale = params["loc"], params["scale"]
         return loc, loc.square() + scale.square()
+
+    def relocate(self, params: Params, value: torch.Tensor) -> Params:
+        """``params`` with the median ``exp(loc)`` at ``value``; the log-scale is kept."""
+        # 1e-300 keeps log finite for a centre of exactly 0, the edge of the support.
+        loc = value.detach().double().clamp_min(1e-300).log()
+        return {**params, "loc": loc.expand_as(params["loc"])}
+
+    def inverse_cdf(
+        self, params: Params, probs: torch.Tensor, event_shape: torch.Size
+    ) -> torch.Tensor:
+        return normal_inverse_cdf(params["loc"], params["scale"], probs).exp()
 
     def noise_compensation(self, moments: Moments, event_shape: torch.Size) -> Moments:
         first, second = moments

@@ -8,7 +8,7 @@ from torch.distributions import constraints
 import pyro.distributions as dist
 
 from .base import Family, Moments, Params
-from .normal import floored_variance
+from .normal import floored_variance, normal_inverse_cdf
 
 # Eigenvalues of the correlation matrix are floored at this times its dimension: the
 # correlation matrix is scale-free, so rescaling a coordinate leaves the floor alone,
@@ -77,6 +77,18 @@ class MultivariateNormal(Family):
         first, second = moments
         # Normal's, for the whole covariance: E[m m^T] grows by Cov(step).
         return torch.zeros_like(first), regularised_covariance(first.double(), second.double())
+
+    def relocate(self, params: Params, value: torch.Tensor) -> Params:
+        """``params`` with ``loc = value``; the covariance is kept."""
+        return {**params, "loc": value.detach().double().expand_as(params["loc"])}
+
+    def inverse_cdf(
+        self, params: Params, probs: torch.Tensor, event_shape: torch.Size
+    ) -> torch.Tensor:
+        """Each coordinate's Normal marginal, with sd the root of the covariance diagonal."""
+        # The diagonal of L L^T is the row-wise sum of squares of L.
+        sd = params["scale_tril"].double().square().sum(-1).sqrt()
+        return normal_inverse_cdf(params["loc"], sd, probs)
 
     def moments_from_params(self, params: Params, event_shape: torch.Size) -> Moments:
         loc, tril = params["loc"], params["scale_tril"]

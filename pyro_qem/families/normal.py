@@ -24,6 +24,11 @@ def floored_variance(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     return torch.maximum(second - first.square(), floor)
 
 
+def normal_inverse_cdf(loc: torch.Tensor, scale: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """The inverse CDF of Normal(loc, scale) at ``probs``, in float64."""
+    return loc.double() + scale.double() * torch.special.ndtri(probs)
+
+
 class Normal(Family):
     """q(z) = Normal(loc, scale), independently per coordinate of a vector site.
 
@@ -34,6 +39,7 @@ class Normal(Family):
     support = constraints.real
     stat_names = ("z", "z2")
     event_dims = (0, 1)
+    default_for = ("real",)
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         return value, value.square()
@@ -48,6 +54,15 @@ class Normal(Family):
 
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
         return dist.Normal(params["loc"], params["scale"]).to_event(len(event_shape))
+
+    def relocate(self, params: Params, value: torch.Tensor) -> Params:
+        """``params`` with ``loc = value``; the scale is kept."""
+        return {**params, "loc": value.detach().double().expand_as(params["loc"])}
+
+    def inverse_cdf(
+        self, params: Params, probs: torch.Tensor, event_shape: torch.Size
+    ) -> torch.Tensor:
+        return normal_inverse_cdf(params["loc"], params["scale"], probs)
 
     def noise_compensation(self, moments: Moments, event_shape: torch.Size) -> Moments:
         first, second = moments

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import scipy.stats
 import torch
 from torch.distributions import constraints
 
 import pyro.distributions as dist
 
+from ._special import CENTRE_MARGIN, scipy_elementwise
 from .base import Family, Moments, Params
 
 # A rate this small proposes nothing but zeros, yet stays finite in float32 logs.
@@ -28,6 +30,7 @@ class Poisson(Family):
     support = constraints.nonnegative_integer
     stat_names = ("z",)
     event_dims = (0, 1)
+    default_for = ("nonnegative_integer",)
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         return (value.to(torch.promote_types(value.dtype, torch.get_default_dtype())),)
@@ -40,3 +43,13 @@ class Poisson(Family):
 
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
         return dist.Poisson(params["rate"]).to_event(len(event_shape))
+
+    def relocate(self, params: Params, value: torch.Tensor) -> Params:
+        """``params`` with the mean ``rate`` at ``value``."""
+        rate = value.detach().double().clamp_min(CENTRE_MARGIN)
+        return {**params, "rate": rate.expand_as(params["rate"])}
+
+    def inverse_cdf(
+        self, params: Params, probs: torch.Tensor, event_shape: torch.Size
+    ) -> torch.Tensor:
+        return scipy_elementwise(scipy.stats.poisson.ppf, probs, params["rate"])

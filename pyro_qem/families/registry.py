@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Type, Union
+from typing import Dict, Iterable, List, Optional, Type, Union
 
 import torch
 from torch.distributions import constraints
 
-from .base import Family
+from .base import REQUIRED_CLASS_ATTRIBUTES, Family
 from .bernoulli import Bernoulli, Binomial
 from .categorical import Categorical, Multinomial
 from .dirichlet import Beta, Dirichlet
@@ -17,7 +17,7 @@ from .lognormal import LogNormal
 from .mvn import MultivariateNormal
 from .normal import Normal
 from .poisson import Poisson
-from .support import KIND_DESCRIPTIONS, support_kind, support_matches, unwrap_prior
+from .support import KIND_DESCRIPTIONS, support_kind, support_matches
 
 #: Every built-in family by the name users pass in ``families={"site": name}``.
 FAMILIES: Dict[str, Type[Family]] = {
@@ -40,17 +40,36 @@ FAMILIES: Dict[str, Type[Family]] = {
     )
 }
 
+
+def _defaults_by_kind(families: Iterable[Type[Family]]) -> Dict[str, Type[Family]]:
+    """Each support kind's default family, from the families' ``default_for``.
+
+    :raises RuntimeError: when two families claim one kind, a family claims a kind its
+        support is not, or a kind has no default; at import, so no site meets it later.
+    """
+    defaults: Dict[str, Type[Family]] = {}
+    for cls in families:
+        for kind in cls.default_for:
+            if kind in defaults:
+                raise RuntimeError(
+                    f"Both {defaults[kind].__name__} and {cls.__name__} set default_for "
+                    f"{kind!r}; remove it from one of them."
+                )
+            if kind != support_kind(cls.support):
+                raise RuntimeError(
+                    f"{cls.__name__}.default_for names {kind!r}, but its support "
+                    f"{cls.support!r} is of kind {support_kind(cls.support)!r}."
+                )
+            defaults[kind] = cls
+    missing = [kind for kind in KIND_DESCRIPTIONS if kind not in defaults]
+    if missing:
+        raise RuntimeError(f"No family sets default_for for the support kinds {missing}.")
+    # In KIND_DESCRIPTIONS' order, which error messages list the kinds in.
+    return {kind: defaults[kind] for kind in KIND_DESCRIPTIONS}
+
+
 # The family chosen for each kind of support when the user does not choose one.
-_DEFAULTS: Dict[str, Type[Family]] = {
-    "real": Normal,
-    "positive": Gamma,
-    "unit_interval": Beta,
-    "simplex": Dirichlet,
-    "boolean": Bernoulli,
-    "integer_interval": Categorical,
-    "nonnegative_integer": Poisson,
-    "multinomial": Multinomial,
-}
+_DEFAULTS: Dict[str, Type[Family]] = _defaults_by_kind(FAMILIES.values())
 
 FamilySpec = Union[None, str, Family, Type[Family]]
 
@@ -97,12 +116,19 @@ def default_family(
     kind = support_kind(support)
     if kind is None:
         raise ValueError(_unsupported_message(site_name, support, event_shape))
-    cls = _DEFAULTS[kind]
-    if kind == "integer_interval" and isinstance(unwrap_prior(prior), torch.distributions.Binomial):
-        cls = Binomial
-    family = _build(cls, site_name, support, prior)
+    family = _build(_default_class(kind, prior), site_name, support, prior)
     _check_event_shape(site_name, family, support, event_shape)
     return family
+
+
+def _default_class(
+    kind: str, prior: Optional[torch.distributions.Distribution]
+) -> Type[Family]:
+    """The first family of this kind that prefers the prior, else the kind's default."""
+    for cls in FAMILIES.values():
+        if support_kind(cls.support) == kind and cls.preferred_for(prior):
+            return cls
+    return _DEFAULTS[kind]
 
 
 def resolve_family(
@@ -124,7 +150,8 @@ def resolve_family(
     :returns: a family instance whose support and event shape fit the site.
     :raises ValueError: for an unknown name, a family whose support does not match the
         site's, or one that cannot handle the site's event shape.
-    :raises TypeError: when ``override`` is none of the accepted kinds.
+    :raises TypeError: when ``override`` is none of the accepted kinds, or a family that
+        lacks a required class attribute or abstract method.
 
     Example::
 
@@ -135,10 +162,12 @@ def resolve_family(
     if isinstance(override, str):
         override = _lookup(site_name, override)
     if isinstance(override, type) and issubclass(override, Family):
+        _check_declared(site_name, override)
         _check_support(site_name, override, support, event_shape)
         family = _build(override, site_name, support, prior)
     elif isinstance(override, Family):
         family = override
+        _check_declared(site_name, type(family))
         _check_support(site_name, family, support, event_shape)
     else:
         raise TypeError(
@@ -163,6 +192,35 @@ def _lookup(site_name: str, name: str) -> Type[Family]:
     return cls
 
 
+def _check_declared(site_name: str, cls: Type[Family]) -> None:
+    """Raise ``TypeError`` if a (user's) family class lacks a required class attribute.
+
+    Checked on the class even for an instance: the registry reads ``name`` and
+    ``support`` from classes before it builds one (instances may only refine
+    ``support``, as Binomial's does).
+    """
+    missing = [attr for attr in REQUIRED_CLASS_ATTRIBUTES if not hasattr(cls, attr)]
+    if missing:
+        raise TypeError(
+            f"Site '{site_name}': family class {cls.__name__} does not set the class "
+            f"attribute(s) {', '.join(missing)}. Set them in the class body, e.g. "
+            f"name = '{cls.__name__}' (the name shown in messages), support = "
+            f"constraints.real (the support of q) and stat_names = ('z', 'z2') (one short "
+            f"name per sufficient statistic)."
+        )
+
+
+def _check_abstract(site_name: str, cls: Type[Family]) -> None:
+    """Raise ``TypeError`` naming the abstract methods ``cls`` leaves unimplemented."""
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        raise TypeError(
+            f"Site '{site_name}': family {cls.__name__} does not implement the abstract "
+            f"method(s) {', '.join(missing)} of Family; implement them in "
+            f"{cls.__name__} (see Family's docstrings for what each returns)."
+        )
+
+
 def _build(
     cls: Type[Family],
     site_name: str,
@@ -170,6 +228,8 @@ def _build(
     prior: Optional[torch.distributions.Distribution],
 ) -> Family:
     """An instance of ``cls``: via its ``from_site`` hook if it has one, else ``cls()``."""
+    # Checked first: Python's own error would be reworded below as a missing argument.
+    _check_abstract(site_name, cls)
     from_site = getattr(cls, "from_site", None)
     if from_site is not None:
         return from_site(site_name, support, prior)

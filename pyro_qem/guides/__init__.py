@@ -3,6 +3,6 @@
 from .auto import AutoQEM
 from .gradient_auto import AutoGradientNormal
 from .qem_guide import QEMGuide
-from .structure import GroupInfo, ModelStructure, PlateInfo, SiteInfo
+from .state import MomentState, StateCollisionError
 
-__all__ = ["AutoGradientNormal", "AutoQEM", "GroupInfo", "ModelStructure", "PlateInfo", "QEMGuide", "SiteInfo"]
+__all__ = ["AutoGradientNormal", "AutoQEM", "MomentState", "QEMGuide", "StateCollisionError"]

@@ -7,8 +7,8 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 import pyro.distributions as dist
 
 from ..families import Family
+from ..model import SiteInfo
 from .qem_guide import QEMGuide
-from .structure import SiteInfo
 
 FamilySpec = Union[str, Family, type]
 

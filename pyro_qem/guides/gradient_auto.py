@@ -1,6 +1,6 @@
 """AutoGradientNormal: a mean-field Normal guide fitted by gradient on the estimator.
 
-The baseline of method.md section 5: MP-VI (``Inference(..., optim=..., objective="vi")``,
+The gradient baselines of the QEM paper: MP-VI (``Inference(..., optim=..., objective="vi")``,
 or :class:`~pyro_qem.infer.MPVI`) and MP-RWS (``objective="rws"``) on the same massively
 parallel estimator that QEM uses, with q parameterised as Pyro's AutoNormal does (a
 location and a positive scale per plate element).
@@ -16,11 +16,9 @@ import pyro
 import pyro.distributions as dist
 
 from ..families import Normal
-from .discovery import Prototype
+from ..model import Prototype, SiteInfo, gather
 from .initialisation import initial_state
 from .qem_guide import QEMGuide
-from .state import gather
-from .structure import SiteInfo
 
 
 class AutoGradientNormal(QEMGuide):

@@ -4,7 +4,7 @@ Each site's family is matched to draws of the site's prior given its parents at 
 values of the set-up run (``init_loc_fn``, default Pyro's ``init_to_median``), with
 statistics robust to heavy tails (:meth:`~pyro_qem.families.Family.init_moments`).
 An explicit ``init_loc_fn`` also moves each q's location (or, for families without one,
-its mean) to the strategy's value (:func:`~pyro_qem.families.location.relocate`);
+its mean) to the strategy's value (:meth:`~pyro_qem.families.Family.relocate`);
 ``init_scale`` sets the scale of families that have one. Subsampled plates are assembled from the set-up runs' chunks.
 """
 
@@ -16,11 +16,7 @@ from typing import Callable, List, Mapping, Optional, Sequence, Union
 import torch
 
 from ..families import Family
-from ..families.location import relocate
-from .discovery import Prototype
-from .particles import selection_of
-from .state import scatter_
-from .structure import SiteInfo
+from ..model import Prototype, SiteInfo, scatter_, selection_of
 
 # Prior draws per site; enough for quantiles to within a few percent.
 NUM_INIT_DRAWS = 2000
@@ -34,10 +30,35 @@ class InitOptions:
     init_loc_fn: Optional[Callable] = None
     init_scale: Union[None, float, Mapping[str, float]] = None
 
+    def __post_init__(self) -> None:
+        if self.init_loc_fn is not None and not callable(self.init_loc_fn):
+            raise TypeError(
+                f"init_loc_fn must be callable (e.g. pyro.infer.autoguide.init_to_median), "
+                f"got {type(self.init_loc_fn).__name__}."
+            )
+        scales = self.init_scale.items() if isinstance(self.init_scale, Mapping) else \
+            [(None, self.init_scale)] if self.init_scale is not None else []
+        for site, scale in scales:
+            _check_scale(site, scale)
+
     def scale_of(self, name: str) -> Optional[float]:
         if isinstance(self.init_scale, Mapping):
             return self.init_scale.get(name)
         return self.init_scale
+
+
+def _check_scale(site: Optional[str], scale) -> None:
+    what = "init_scale" if site is None else f"init_scale['{site}']"
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a positive float, got {scale!r}.") from None
+    if not (value > 0 and value < float("inf")):
+        raise ValueError(
+            f"{what} must be a positive, finite float (the initial scale of q), got {scale!r}. "
+            "A zero scale gives every particle the same value, so q could never move; "
+            "leave it None to take the scale from the prior."
+        )
 
 
 def default_init_loc(site) -> torch.Tensor:
@@ -77,7 +98,10 @@ def initial_moments(site: SiteInfo, family: Family, node, options: InitOptions):
         return moments
     params = dict(family.params_from_moments(moments, site.event_shape))
     if relocate_to is not None:
-        params = relocate(family, params, relocate_to)
+        try:
+            params = family.relocate(params, relocate_to.detach().double())
+        except NotImplementedError as error:
+            raise NotImplementedError(f"Site '{site.name}': {error}") from error
     if scale is not None:
         if "scale" not in params:
             raise ValueError(

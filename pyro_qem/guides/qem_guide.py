@@ -6,7 +6,9 @@ shape, which breaks once particle dims exist). Inside :meth:`QEMGuide.particles`
 draws K values of each site from its q, in the site's own dim to the left of the plate
 dims, and records log q for the estimator. The q's themselves are moment-matched
 exponential families (:mod:`pyro_qem.families`) whose smoothed mean parameters live in
-Pyro's param store (:class:`~pyro_qem.guides.state.MomentState`).
+tensors the guide owns and mirrors in Pyro's param store
+(:class:`~pyro_qem.guides.state.MomentState`). The M-step that moves them lives in
+:mod:`pyro_qem.infer.mstep`.
 """
 
 from __future__ import annotations
@@ -27,14 +29,12 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from ..families import Family
-from ..families.quantiles import quantiles as family_quantiles
-from ..handlers import ParamCollector
-from .discovery import Prototype, discover, prototype_traces, rng_preserved
+from ..handlers import ParamCollector, ParticleDraw
+from ..model import ModelStructure, Prototype, Selection, SiteInfo, discover, gather
+from ..model import prototype_traces, rng_preserved, selection_of
 from .initialisation import InitOptions, default_init_loc, initial_state
-from .particles import (enumerated_support, in_dim, is_observed, noise_compensated, selection_of,
-                        weighted_statistics)
-from .state import MomentState, Selection, gather
-from .structure import ModelStructure, SiteInfo
+from .layout import enumerated_support, in_dim, is_observed
+from .state import MomentState
 
 
 class QEMGuide(Messenger):
@@ -58,7 +58,9 @@ class QEMGuide(Messenger):
     :param max_plate_nesting: found from the model when None.
     :param init_loc_fn: optional Pyro init strategy for the location of q.
     :param init_scale: optional initial scale of q (float or per-site dict).
-    :param prefix: the prefix of this guide's names in the param store.
+    :param prefix: the prefix of this guide's names in the param store (default: the
+        class name, or ``<class name>_2``, ... when another live guide's state already
+        holds it; see :attr:`prefix`).
     """
 
     def __init__(
@@ -78,7 +80,7 @@ class QEMGuide(Messenger):
         self.groups = [list(g) for g in groups] if groups is not None else None
         self.max_plate_nesting = max_plate_nesting
         self.init = InitOptions(init_loc_fn, init_scale)
-        self.state = MomentState(prefix or type(self).__name__)
+        self.state = MomentState(prefix, type(self).__name__)
         self.structure: Optional[ModelStructure] = None
         self.families: Dict[str, Family] = {}
         self._num_particles: Optional[int] = None
@@ -86,6 +88,58 @@ class QEMGuide(Messenger):
         self.selection: Selection = []
         self._subsamples: Dict[str, torch.Tensor] = {}
         self._draws: Dict[str, Optional[torch.Tensor]] = {}
+        self.particle_draws: Dict[str, ParticleDraw] = {}
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of this guide's names in Pyro's param store."""
+        return self.state.prefix
+
+    def state_dict(self) -> Dict[str, object]:
+        """The fitted state: ``{"prefix": ..., "state": {<stat>.<site>: tensor}}``
+        (copies). :meth:`load_state_dict` on a guide of the same model restores it.
+
+        Example::
+
+            torch.save(guide.state_dict(), "fit.pt")
+            new_guide = AutoQEM(model)
+            new_guide.load_state_dict(torch.load("fit.pt"))
+        """
+        return {"prefix": self.state.prefix, "state": self.state.state_dict()}
+
+    def load_state_dict(self, state_dict: Mapping[str, object]) -> None:
+        """Restore a fit from :meth:`state_dict`: it is used from the next step on (at
+        set-up, if the guide has not been set up yet)."""
+        if not isinstance(state_dict, Mapping) or "state" not in state_dict:
+            raise TypeError(
+                "load_state_dict expects the dict returned by guide.state_dict() (with a "
+                f"'state' entry), got {type(state_dict).__name__}."
+            )
+        state = state_dict["state"]
+        if self.structure is not None:
+            self._check_state_keys(state)
+        self.state.load_state_dict(state)
+
+    def _check_state_keys(self, state: Mapping[str, torch.Tensor]) -> None:
+        for name, family in self.families.items():
+            missing = [s for s in family.stat_names if f"{s}.{name}" not in state]
+            if missing:
+                raise ValueError(
+                    f"load_state_dict: no state for site '{name}' (missing {missing}); the "
+                    "state_dict comes from a guide of another model."
+                )
+
+    def __getstate__(self) -> dict:
+        # What torch.save(guide) keeps: the model, options, structure and fitted state;
+        # not the handler's per-run scratch space.
+        state = self.__dict__.copy()
+        for key in ("_last_trace", "_subsamples", "_draws", "particle_draws"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._subsamples, self._draws, self.particle_draws = {}, {}, {}
 
     # ----------------------------------------------------------------- set-up
 
@@ -117,12 +171,15 @@ class QEMGuide(Messenger):
         families = {name: self.get_family(site, first[name]["fn"])
                     for name, site in structure.sites.items() if not site.enumerated}
         families = {name: family for name, family in families.items() if family is not None}
+        self.state.claim([f"{s}.{name}" for name, f in families.items() for s in f.stat_names]
+                         + ["num_updates"])
         with rng_preserved():
             for name, family in families.items():
                 site = structure.sites[name]
                 self.state.initialise(
                     name, family.stat_names,
                     lambda: initial_state(site, family, prototypes, self.init),
+                    site.batch_shape,
                 )
             self.structure, self.families = structure, families
             self.init_gradient_sites(prototypes)
@@ -136,17 +193,21 @@ class QEMGuide(Messenger):
     # ------------------------------------------------------------ the handler
 
     @contextlib.contextmanager
-    def particles(self, num_particles: int, reparameterized: bool = True) -> Iterator[None]:
-        """Within this context the guide draws ``num_particles`` values per site.
+    def particles(self, num_particles: int, reparameterized: bool = True
+                  ) -> Iterator[Dict[str, ParticleDraw]]:
+        """Within this context the guide draws ``num_particles`` values per site; the
+        context yields a dict that fills with a :class:`~pyro_qem.handlers.ParticleDraw`
+        per latent site as the model runs.
 
         :param reparameterized: draw gradient-fitted sites with ``rsample`` (for
             gradients through the particles, as MP-VI needs); False for RWS.
         """
         self._num_particles = num_particles
         self._reparameterized = reparameterized
+        self.particle_draws = {}
         try:
             with self:
-                yield
+                yield self.particle_draws
         finally:
             self._num_particles = None
 
@@ -209,29 +270,29 @@ class QEMGuide(Messenger):
             )
 
     def _draw_particles(self, site: SiteInfo, msg) -> None:
-        dim = self.structure.group_of(site.name).dim
+        group = self.structure.group_of(site.name)
+        params = None
         if site.enumerated:
-            value = enumerated_support(msg["fn"], dim)
-            msg["infer"]["qem_enumerated"] = True
+            value = enumerated_support(msg["fn"], group.dim)
             log_q = msg["fn"].log_prob(value).new_zeros(())
         else:
-            q = self._q(site, msg, differentiable=False)
+            q, params = self._q(site, msg, differentiable=False)
             draw = q.rsample if self._reparameterized and q.has_rsample else q.sample
-            value = in_dim(draw((self._num_particles,)), q, dim)
+            value = in_dim(draw((self._num_particles,)), q, group.dim)
             log_q = q.log_prob(value)
-        msg["infer"]["qem_log_q"] = log_q
-        msg["infer"]["qem_group"] = self.structure.group_of(site.name).index
+        self.particle_draws[site.name] = ParticleDraw(log_q, group.index, site.enumerated, params)
         msg["value"] = value
         msg["done"] = True
 
-    def _q(self, site: SiteInfo, msg, differentiable: bool) -> dist.Distribution:
+    def _q(self, site: SiteInfo, msg, differentiable: bool):
+        """q of the site on this run's plate elements, and the parameters it read
+        (None for a moment-matched site)."""
         if site.name in self.families:
-            return self.proposal(site, self._selection(msg), differentiable=differentiable)
+            return self.proposal(site, self._selection(msg), differentiable=differentiable), None
         self.selection = self._selection(msg)
         with ParamCollector() as collector:
             q = self.get_posterior(site.name, msg["fn"])
-        msg["infer"]["qem_params"] = collector.params
-        return q
+        return q, collector.params
 
     def _draw_one(self, site: SiteInfo, msg) -> None:
         # Only swap the distribution: plates entered outside the guide (e.g. the
@@ -240,7 +301,7 @@ class QEMGuide(Messenger):
         # sites are left to the model, as Pyro's guides leave them.
         if site.enumerated:
             return
-        q = self._q(site, msg, differentiable=True)
+        q, _ = self._q(site, msg, differentiable=True)
         prior = msg["fn"]
         if prior.batch_shape != q.batch_shape:
             shape = broadcast_shape(q.batch_shape, prior.batch_shape)
@@ -286,12 +347,14 @@ class QEMGuide(Messenger):
         family = self.families[site.name]
         batch_ndim = len(site.batch_shape)
         if differentiable:
+            for stat in family.stat_names:
+                self.state.leaf(f"{stat}.{site.name}")  # registered in the param store
             moments = tuple(pyro.param(self.state.name(s, site.name)) for s in family.stat_names)
             moments = tuple(gather(m, selection, m.dim() - batch_ndim) for m in moments)
         else:
             moments = self.state.selected(site.name, family.stat_names, selection, batch_ndim, averaged)
         params = family.params_from_moments(moments, site.event_shape)
-        dtype = site.dtype if site.dtype.is_floating_point else torch.get_default_dtype()
+        dtype = _float_dtype(site)
         params = {k: v.to(dtype=dtype, device=site.device) for k, v in params.items()}
         return family.distribution(params, site.event_shape)
 
@@ -311,35 +374,24 @@ class QEMGuide(Messenger):
         model's arguments if the guide has not been set up yet."""
         if self.structure is None:
             self.setup(*args, **kwargs)
-        return {name: family_quantiles(q, quantiles) for name, q in self.distributions().items()}
+        probs = torch.as_tensor(list(quantiles), dtype=torch.float64)
+        out = {}
+        for name, family in self.families.items():
+            site = self.structure.sites[name]
+            moments = self.state.moments(name, family.stat_names, averaged=True)
+            params = family.params_from_moments(moments, site.event_shape)
+            try:
+                values = family.quantiles(params, probs, site.event_shape)
+            except NotImplementedError as error:
+                raise NotImplementedError(f"Site '{name}': {error}") from error
+            out[name] = values.to(dtype=_float_dtype(site), device=site.device)
+        return out
 
     @torch.no_grad()
     def median(self, *args, **kwargs) -> Dict[str, torch.Tensor]:
         """The median of each moment-matched site's q (per coordinate)."""
         return {name: value[0] for name, value in self.quantiles([0.5], *args, **kwargs).items()}
 
-    def update(self, records, subsamples: Mapping[str, torch.Tensor],
-               weights: Mapping[int, torch.Tensor], lr: float, average: bool = False,
-               compensate: bool = True) -> None:
-        """QEM's E- and M-step bookkeeping: posterior moments of each site's statistics
-        from its group's particle weights, smoothed into the state with step ``lr``.
 
-        :param compensate: add each family's noise compensation (see
-            :meth:`~pyro_qem.families.Family.noise_compensation`), so that the noise of
-            low-ESS weights does not shrink q.
-        """
-        for record in records:
-            if record.is_observed or record.name not in self.families:
-                continue
-            site = self.structure.sites[record.name]
-            family = self.families[site.name]
-            weight = weights[self.structure.group_of(site.name).index]
-            estimates = weighted_statistics(family, record.value, weight, site)
-            selection = selection_of(record.frames, subsamples)
-            if compensate:
-                current = self.state.selected(site.name, family.stat_names, selection,
-                                              len(site.batch_shape))
-                estimates = noise_compensated(family, estimates, current, weight, lr, site)
-            self.state.update(site.name, family.stat_names, estimates, lr, selection,
-                              len(site.batch_shape), average)
-        self.state.count_update()
+def _float_dtype(site: SiteInfo) -> torch.dtype:
+    return site.dtype if site.dtype.is_floating_point else torch.get_default_dtype()

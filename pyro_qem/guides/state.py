@@ -1,79 +1,220 @@
-"""A guide's EM state, kept in Pyro's param store.
+"""A guide's EM state: tensors the guide owns, mirrored in Pyro's param store.
 
-The state is the smoothed mean parameters of every site (float64, full plate sizes),
-optionally their running average, and the number of updates taken. Keeping it in the
-param store means ``pyro.get_param_store().save/load`` round-trips a fit, and a new
-:class:`~pyro_qem.Inference` on the same guide continues where the last one stopped.
+The state is the smoothed mean parameters of every moment-matched site (float64, full
+plate sizes), optionally their running average, and the number of updates taken. The
+guide holds these tensors itself, so ``torch.save(guide)`` / ``torch.load`` and
+``guide.state_dict()`` / ``load_state_dict()`` carry a fit, and clearing the param store
+does not lose it. Each tensor is also registered in the param store under a predictable
+name (like AutoNormal's ``locs.<site>``): ``<prefix>.<stat>.<site>``, e.g.
+``AutoQEM.z2.theta`` for E[theta^2], ``<prefix>.avg_<stat>.<site>`` and
+``<prefix>.avg_count.<site>`` for the running average, and ``<prefix>.num_updates``. So
+``pyro.get_param_store().save/load`` (or ``get_state/set_state``) round-trips a fit as
+it does for Pyro's guides: a tensor the guide finds in the store that no other live guide
+owns (one loaded from a file) is adopted.
+
+Two guides never share state silently. A guide whose default prefix is in use by
+another live guide's state takes the next free one (``AutoQEM_2``, ...); an explicit
+``prefix=`` that another live guide uses is an error. A tensor left in the store by a
+guide that no longer exists is replaced by the new guide's own initial state, not
+adopted.
 """
 
 from __future__ import annotations
 
-from typing import Callable, List, Sequence, Tuple
+import itertools
+import weakref
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+from torch.distributions import constraints
 
 import pyro
 
-# (batch dim of a plate, indices of the minibatch): which plate elements a step touched.
-Selection = Sequence[Tuple[int, torch.Tensor]]
+from ..model.selection import Selection, gather, scatter_
+
+# param-store name -> (weak ref to the owning state, weak ref to the tensor it registered)
+_OWNERS: Dict[str, Tuple[weakref.ref, weakref.ref]] = {}
 
 
-def gather(tensor: torch.Tensor, selection: Selection, trailing: int) -> torch.Tensor:
-    """The elements of ``tensor`` that ``selection`` picks (``trailing`` event dims)."""
-    for dim, index in selection:
-        tensor = tensor.index_select(dim - trailing, index)
-    return tensor
+def _owner_of(name: str, tensor: torch.Tensor) -> Optional[Tuple[bool, object]]:
+    """``(alive, owner)`` if a MomentState of this process registered ``tensor`` under
+    ``name``, None if the tensor came from elsewhere (a loaded file, the user)."""
+    entry = _OWNERS.get(name)
+    if entry is None or entry[1]() is not tensor:
+        return None
+    owner = entry[0]()
+    return owner is not None, owner
 
 
-def scatter_(tensor: torch.Tensor, selection: Selection, values: torch.Tensor, trailing: int) -> None:
-    """In-place inverse of :func:`gather`."""
-    if not selection:
-        tensor.copy_(values)
-        return
-    (dim, index), rest = selection[0], selection[1:]
-    sub = tensor.index_select(dim - trailing, index)
-    scatter_(sub, rest, values, trailing)
-    tensor.index_copy_(dim - trailing, index, sub)
+class StateCollisionError(ValueError):
+    """Two guides would share the same param-store names."""
 
 
 class MomentState:
-    """Param-store access for one guide's EM state.
+    """The EM state of one guide: its own tensors, registered in the param store.
 
-    Names are predictable, like AutoNormal's ``locs.<site>``: ``<prefix>.<stat>.<site>``
-    for the smoothed mean parameters (e.g. ``AutoQEM.z2.theta`` for E[z^2]),
-    ``<prefix>.avg_<stat>.<site>`` and ``<prefix>.avg_count.<site>`` for their running
-    average, and ``<prefix>.num_updates``.
+    :param prefix: the prefix of the param-store names; None picks the guide class's
+        name, or the next free ``<name>_<n>`` when another live guide's state holds it.
+    :param default: the class name used when ``prefix`` is None.
     """
 
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
+    def __init__(self, prefix: Optional[str], default: str) -> None:
+        if prefix is not None and (not isinstance(prefix, str) or not prefix):
+            raise ValueError(f"prefix must be a non-empty str or None, got {prefix!r}.")
+        self.explicit = prefix is not None
+        self.prefix = prefix if prefix is not None else default
+        self.tensors: Dict[str, torch.Tensor] = {}  # key "<stat>.<site>" -> tensor
+
+    # ------------------------------------------------------------------ pickling
+
+    def __getstate__(self) -> dict:
+        return {"explicit": self.explicit, "prefix": self.prefix,
+                "tensors": {k: v.detach().clone() for k, v in self.tensors.items()}}
+
+    def __setstate__(self, state: dict) -> None:
+        state["tensors"] = {k: v.requires_grad_(True) for k, v in state["tensors"].items()}
+        self.__dict__.update(state)
+
+    # --------------------------------------------------------------------- names
 
     def name(self, stat: str, site: str) -> str:
         return f"{self.prefix}.{stat}.{site}"
 
-    @staticmethod
-    def _leaf(name: str) -> torch.Tensor:
-        # The param store keeps the unconstrained leaf; EM writes into it in place.
-        return pyro.get_param_store()[name].unconstrained()
+    def _full(self, key: str) -> str:
+        return f"{self.prefix}.{key}"
 
-    def has(self, site: str, stats: Sequence[str]) -> bool:
+    def claim(self, keys: Sequence[str]) -> None:
+        """Settle the prefix before creating state: move off a prefix whose names hold
+        another live guide's tensors (default prefix), or refuse (explicit prefix)."""
         store = pyro.get_param_store()
-        return all(self.name(s, site) in store for s in stats)
+        base = self.prefix
+        for n in itertools.count(2):
+            clash = self._clash(keys, store)
+            if clash is None:
+                break
+            if self.explicit:
+                raise StateCollisionError(
+                    f"prefix='{self.prefix}': the param store's '{clash}' belongs to another "
+                    "live guide, so this guide would overwrite its fit. Give each guide its "
+                    "own prefix= (e.g. prefix='model_b'), or delete the other guide first."
+                )
+            self.prefix = f"{base}_{n}"
+        self._init_counter(store)
 
-    def initialise(self, site: str, stats: Sequence[str], make: Callable[[], Sequence[torch.Tensor]]) -> None:
-        """Create the site's state from ``make()`` unless the param store already has it."""
-        if self.has(site, stats):
+    def _init_counter(self, store) -> None:
+        # The update counter exists from set-up on, so that a second guide sees that
+        # this prefix is taken even before either has stepped.
+        if "num_updates" in self.tensors:
+            self._register("num_updates", self.tensors["num_updates"])
+            return
+        adopted = self._adoptable("num_updates", store)
+        self._register("num_updates", adopted if adopted is not None
+                       else torch.zeros((), dtype=torch.float64))
+
+    def _clash(self, keys: Sequence[str], store) -> Optional[str]:
+        for key in keys:
+            name = self._full(key)
+            if name in store._params:
+                owner = _owner_of(name, store._params[name])
+                if owner is not None and owner[0] and owner[1] is not self:
+                    return name
+        return None
+
+    # -------------------------------------------------------------- creating state
+
+    def initialise(self, site: str, stats: Sequence[str], make: Callable[[], Sequence[torch.Tensor]],
+                   batch_shape: torch.Size) -> None:
+        """Give the site's statistics a tensor each: this guide's own (e.g. from
+        :meth:`load_state_dict`), else an unowned one in the param store (a restored fit),
+        else ``make()``."""
+        keys = [f"{s}.{site}" for s in stats]
+        if all(k in self.tensors for k in keys):
+            for key in keys:
+                self._register(key, self.tensors[key])
             return
         store = pyro.get_param_store()
-        for stat, value in zip(stats, make()):
-            store.setdefault(self.name(stat, site), value.detach().double().clone())
+        adopted = [self._adoptable(k, store) for k in keys]
+        if all(t is not None for t in adopted):
+            for key, tensor in zip(keys, adopted):
+                self._check_shape(key, site, tensor, batch_shape)
+                self._register(key, tensor)
+            return
+        for key, value in zip(keys, make()):
+            self._register(key, value.detach().double().clone())
+
+    def _adoptable(self, key: str, store) -> Optional[torch.Tensor]:
+        name = self._full(key)
+        if name not in store._params:
+            return None
+        tensor = store._params[name]
+        owner = _owner_of(name, tensor)
+        if owner is None or owner[1] is self:
+            return tensor
+        return None  # left by a guide that is gone: not this guide's fit
+
+    def _check_shape(self, key: str, site: str, tensor: torch.Tensor, batch_shape: torch.Size) -> None:
+        if tuple(tensor.shape[:len(batch_shape)]) != tuple(batch_shape):
+            raise StateCollisionError(
+                f"Site '{site}': the param store holds '{self._full(key)}' with shape "
+                f"{tuple(tensor.shape)}, but the site's batch shape is {tuple(batch_shape)}. "
+                "It belongs to another model's fit: pass a different prefix= to this guide, "
+                "or pyro.clear_param_store() before creating it."
+            )
+
+    def _register(self, key: str, tensor: torch.Tensor) -> None:
+        if not tensor.requires_grad:
+            # A leaf that requires grad, as Pyro's param store keeps them: SVI on the
+            # guide (Trace_ELBO) then fits the mean parameters by gradient too.
+            tensor = tensor.detach().requires_grad_(True)
+        self.tensors[key] = tensor
+        name = self._full(key)
+        store = pyro.get_param_store()
+        if store._params.get(name) is not tensor:
+            # The store keeps unconstrained leaves; EM writes into them in place.
+            store._params[name] = tensor
+            store._param_to_name[tensor] = name
+            store._constraints[name] = constraints.real
+        _OWNERS[name] = (weakref.ref(self), weakref.ref(tensor))
+
+    # ---------------------------------------------------------------- reading state
+
+    def leaf(self, key: str) -> torch.Tensor:
+        """The tensor of ``key``: the param store's if it holds one this guide may use
+        (a restored fit is adopted), else the guide's own (re-registered, e.g. after
+        ``pyro.clear_param_store()``)."""
+        store = pyro.get_param_store()
+        name = self._full(key)
+        current = store._params.get(name)
+        own = self.tensors.get(key)
+        if current is not None and current is not own:
+            owner = _owner_of(name, current)
+            if owner is not None and owner[0] and owner[1] is not self:
+                raise StateCollisionError(
+                    f"The param store's '{name}' now belongs to another guide with the same "
+                    "prefix, created after this one. Give the guides different prefix= "
+                    "values, or keep using the newer guide."
+                )
+            self._register(key, current)
+            return current
+        if own is None:
+            raise KeyError(
+                f"This guide has no state '{key}' (prefix '{self.prefix}'): it was never set "
+                "up for that site, or its state was lost. Restore it with "
+                "guide.load_state_dict(...) or pyro.get_param_store().load(...) of a saved "
+                "fit, or create a new guide."
+            )
+        if current is None:
+            self._register(key, own)
+        return own
+
+    def has(self, site: str, stats: Sequence[str]) -> bool:
+        return all(f"{s}.{site}" in self.tensors for s in stats)
 
     def moments(self, site: str, stats: Sequence[str], averaged: bool = False) -> Tuple[torch.Tensor, ...]:
         """The site's mean parameters (the running average if ``averaged`` and present)."""
-        store = pyro.get_param_store()
-        if averaged and self.name("avg_count", site) in store:
+        if averaged and f"avg_count.{site}" in self.tensors:
             stats = [f"avg_{s}" for s in stats]
-        return tuple(self._leaf(self.name(s, site)).detach() for s in stats)
+        return tuple(self.leaf(f"{s}.{site}").detach() for s in stats)
 
     def selected(self, site: str, stats: Sequence[str], selection: Selection, batch_ndim: int,
                  averaged: bool = False) -> Tuple[torch.Tensor, ...]:
@@ -81,17 +222,11 @@ class MomentState:
         moments = self.moments(site, stats, averaged)
         return tuple(gather(m, selection, m.dim() - batch_ndim) for m in moments)
 
+    # ---------------------------------------------------------------- writing state
+
     @torch.no_grad()
-    def update(
-        self,
-        site: str,
-        stats: Sequence[str],
-        estimates: Sequence[torch.Tensor],
-        lr: float,
-        selection: Selection,
-        batch_ndim: int,
-        average: bool,
-    ) -> None:
+    def update(self, site: str, stats: Sequence[str], estimates: Sequence[torch.Tensor], lr: float,
+               selection: Selection, batch_ndim: int, average: bool) -> None:
         """``m <- (1 - lr) m + lr m_hat`` on the selected plate elements; then, if
         ``average``, fold the new ``m`` into the running average of those elements.
 
@@ -100,7 +235,7 @@ class MomentState:
         """
         new: List[torch.Tensor] = []
         for stat, estimate in zip(stats, estimates):
-            leaf = self._leaf(self.name(stat, site))
+            leaf = self.leaf(f"{stat}.{site}")
             trailing = estimate.dim() - batch_ndim
             current = gather(leaf, selection, trailing)
             updated = current + lr * (estimate.to(current) - current)
@@ -110,33 +245,45 @@ class MomentState:
             self._update_average(site, stats, new, selection, batch_ndim)
 
     def _update_average(self, site, stats, new: List[torch.Tensor], selection, batch_ndim) -> None:
-        store = pyro.get_param_store()
-        count_name = self.name("avg_count", site)
-        if count_name not in store:
-            batch = self._leaf(self.name(stats[0], site)).shape[:batch_ndim]
-            store.setdefault(count_name, torch.zeros(batch, dtype=torch.float64, device=new[0].device))
+        count_key = f"avg_count.{site}"
+        if count_key not in self.tensors:
+            batch = self.leaf(f"{stats[0]}.{site}").shape[:batch_ndim]
+            self._register(count_key, torch.zeros(batch, dtype=torch.float64, device=new[0].device))
             for stat in stats:
-                store.setdefault(self.name(f"avg_{stat}", site), self._leaf(self.name(stat, site)).detach().clone())
-        count_leaf = self._leaf(count_name)
+                self._register(f"avg_{stat}.{site}", self.leaf(f"{stat}.{site}").clone())
+        count_leaf = self.leaf(count_key)
         count = gather(count_leaf, selection, 0) + 1
         scatter_(count_leaf, selection, count, 0)
         for stat, value in zip(stats, new):
-            leaf = self._leaf(self.name(f"avg_{stat}", site))
+            leaf = self.leaf(f"avg_{stat}.{site}")
             trailing = value.dim() - batch_ndim
             current = gather(leaf, selection, trailing)
             weight = count.reshape(count.shape + (1,) * trailing)
             scatter_(leaf, selection, current + (value - current) / weight, trailing)
 
     def num_updates(self) -> int:
-        store = pyro.get_param_store()
-        name = f"{self.prefix}.num_updates"
-        return int(store[name].item()) if name in store else 0
+        """The number of QEM updates taken (0 before set-up)."""
+        if "num_updates" not in self.tensors:
+            return 0
+        return int(self.leaf("num_updates").item())
 
     @torch.no_grad()
     def count_update(self) -> None:
-        store = pyro.get_param_store()
-        name = f"{self.prefix}.num_updates"
-        if name not in store:
-            store.setdefault(name, torch.zeros((), dtype=torch.float64))
-        self._leaf(name).add_(1)
+        """Add one to the update counter."""
+        self.leaf("num_updates").add_(1)
 
+    # ------------------------------------------------------------------ state dicts
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        """Copies of every state tensor, keyed ``<stat>.<site>`` (no prefix)."""
+        return {key: self.leaf(key).detach().clone() for key in self.tensors}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Replace the state by ``state`` (from :meth:`state_dict`); registered in the
+        param store under this guide's prefix."""
+        for key, value in state.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"state_dict entry '{key}' must be a tensor, got {type(value).__name__}.")
+        self.tensors = {}
+        for key, value in state.items():
+            self._register(key, value.detach().clone().double())

@@ -1,11 +1,14 @@
-"""Effect handlers that pyro_qem runs models under.
+"""Effect handlers that pyro_qem runs models under, and the records they produce.
 
-The guides themselves (:mod:`pyro_qem.guides`) are effect handlers too: they replace
-each latent site's value by K particles.
+The bottom layer of the package: these modules import only Pyro and torch. The QEM
+guides (:mod:`pyro_qem.guides`) are effect handlers too; they sit above, because they
+build q from the fitted state.
 """
 
 from .params import ParamCollector
 from .plate_chunks import PlateChunkMessenger
-from .record import SiteRecord, SiteRecorder, is_subsampled
+from .record import ParticleDraw, SiteRecord, SiteRecorder, is_subsampled
+from .uncondition import UnconditionData
 
-__all__ = ["ParamCollector", "PlateChunkMessenger", "SiteRecord", "SiteRecorder", "is_subsampled"]
+__all__ = ["ParamCollector", "ParticleDraw", "PlateChunkMessenger", "SiteRecord", "SiteRecorder",
+           "UnconditionData", "is_subsampled"]

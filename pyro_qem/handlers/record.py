@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -19,8 +19,23 @@ def is_subsampled(frame: CondIndepStackFrame) -> bool:
 
 
 @dataclass
+class ParticleDraw:
+    """What a QEM guide did at one latent site: the K particles' ``log q`` (zero for an
+    enumerated site, whose dim holds its support), the particle group whose dim holds
+    them, and the ``pyro.param`` s its q read (gradient-fitted sites only)."""
+
+    log_q: torch.Tensor
+    group: int
+    enumerated: bool = False
+    params: Optional[Dict[str, torch.Tensor]] = None
+
+
+@dataclass
 class SiteRecord:
-    """One sample site of one model run: what the estimator needs and nothing more."""
+    """One sample site of one model run: what the estimator needs and nothing more.
+
+    ``draw`` is set for latent sites whose particles a QEM guide drew, None otherwise.
+    """
 
     name: str
     fn: torch.distributions.Distribution
@@ -29,11 +44,8 @@ class SiteRecord:
     mask: Optional[torch.Tensor]
     scale: object
     frames: Tuple[CondIndepStackFrame, ...]
-    infer: Dict[str, object] = field(default_factory=dict)
-
-    @property
-    def is_deterministic(self) -> bool:
-        return bool(self.infer.get("_deterministic"))
+    is_deterministic: bool = False
+    draw: Optional[ParticleDraw] = None
 
 
 class SiteRecorder(ParamCollector):
@@ -58,16 +70,18 @@ class SiteRecorder(ParamCollector):
         if site_is_subsample(msg):
             self.subsamples[msg["name"]] = msg["value"]
             return
-        frames = tuple(f for f in msg["cond_indep_stack"] if f.vectorized)
-        self.sites.append(
-            SiteRecord(
-                name=msg["name"],
-                fn=msg["fn"],
-                value=msg["value"],
-                is_observed=msg["is_observed"],
-                mask=msg["mask"],
-                scale=msg["scale"],
-                frames=frames,
-                infer=msg["infer"] or {},
-            )
-        )
+        self.sites.append(_record(msg))
+
+
+def _record(msg) -> SiteRecord:
+    infer = msg["infer"] or {}
+    return SiteRecord(
+        name=msg["name"],
+        fn=msg["fn"],
+        value=msg["value"],
+        is_observed=msg["is_observed"],
+        mask=msg["mask"],
+        scale=msg["scale"],
+        frames=tuple(f for f in msg["cond_indep_stack"] if f.vectorized),
+        is_deterministic=bool(infer.get("_deterministic")),
+    )

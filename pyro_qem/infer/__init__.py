@@ -1,7 +1,13 @@
-"""Inference loops: QEM updates of a guide, and their step-size schedules."""
+"""Inference: the QEM step, its M-step, step-size schedules and the fit loop.
 
-from .inference import MPRWS, MPVI, Inference, ParticleRun, SubsampleWarning
+One particle pipeline (:mod:`.pipeline`) serves the step and every output in
+:mod:`pyro_qem.outputs`; the M-step lives in :mod:`.mstep`.
+"""
+
+from .fit import FitHistory, fit
+from .inference import MPRWS, MPVI, Inference, SubsampleWarning
+from .pipeline import ParticleRun, WeightedRun, run_particles, weigh
 from .schedules import Constant, RobbinsMonro
 
-__all__ = ["Constant", "Inference", "MPRWS", "MPVI", "ParticleRun", "RobbinsMonro",
-           "SubsampleWarning"]
+__all__ = ["Constant", "FitHistory", "Inference", "MPRWS", "MPVI", "ParticleRun", "RobbinsMonro",
+           "SubsampleWarning", "WeightedRun", "fit", "run_particles", "weigh"]

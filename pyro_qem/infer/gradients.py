@@ -1,5 +1,7 @@
 """Gradient updates on the same estimator: parameters of gradient-fitted guide sites
-and ``pyro.param`` s of the model (MP-VI and MP-RWS, method.md section 5).
+and ``pyro.param`` s of the model: MP-VI (the gradient of ``log P_hat`` through
+reparameterised particles) and MP-RWS (the wake-phi gradient
+``sum_k w_k grad log q(z_k)`` with the particle weights held fixed).
 
 One backward pass gives both the source-term weights (for the moment-matched sites)
 and the parameters' gradients.
@@ -38,7 +40,8 @@ def guide_params(records: Sequence[SiteRecord]) -> Dict[str, torch.Tensor]:
     """Parameters read by the guide's ``get_posterior`` (gradient-fitted sites)."""
     params: Dict[str, torch.Tensor] = {}
     for record in records:
-        params.update(record.infer.get("qem_params", {}))
+        if record.draw is not None and record.draw.params:
+            params.update(record.draw.params)
     return params
 
 
@@ -72,9 +75,9 @@ def _wake_phi_grads(sources, source_grads, records) -> Dict[str, torch.Tensor]:
     weights = normalised_weights(sources, source_grads)
     surrogate = 0.0
     for record in records:
-        if record.infer.get("qem_params"):
-            weight = weights[record.infer["qem_group"]].detach()
-            surrogate = surrogate - (weight * record.infer["qem_log_q"]).sum()
+        if record.draw is not None and record.draw.params:
+            weight = weights[record.draw.group].detach()
+            surrogate = surrogate - (weight * record.draw.log_q).sum()
     grads = torch.autograd.grad(surrogate, list(params.values()), allow_unused=True)
     return {n: g for n, g in zip(params, grads) if g is not None}
 

@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
-from ..estimator import Symbols, log_factors, log_marginal, make_sources, subsample_scales
-from ..estimator.contraction import check_finite, normalised_weights
+from ..estimator import estimate
 from ..guides.qem_guide import QEMGuide
-from ..handlers import SiteRecord, SiteRecorder
+from .fit import FitHistory, fit
 from .gradients import apply, backward, check_objective, check_params
+from .mstep import moment_update
+from .pipeline import ParticleRun, run_particles
 from .schedules import StepSize, as_schedule, check_lr
 
 
 class SubsampleWarning(UserWarning):
     """QEM's update with a subsampled plate distorts the spread of sites outside it."""
-
-
-@dataclass
-class ParticleRun:
-    """One run of the model with K particles per latent site."""
-
-    sites: List[SiteRecord]
-    subsamples: Dict[str, torch.Tensor]
-    params: Dict[str, torch.Tensor]
 
 
 class Inference:
@@ -109,56 +100,43 @@ class Inference:
         self.optim = optim
         self.objective = check_objective(objective)
         self.noise_compensation = noise_compensation
-        self._symbols: Optional[Symbols] = None
         self._warned_plates: set = set()
 
     def run_particles(self, *args, **kwargs) -> ParticleRun:
         """Run the model once with K particles per latent site, recording every site."""
-        structure = self.guide.setup(*args, **kwargs)
-        if self._symbols is None:
-            self._symbols = Symbols(structure)
-        recorder = SiteRecorder()
-        with recorder, self.guide.particles(self.K, reparameterized=self.objective == "vi"):
-            self.model(*args, **kwargs)
-        return ParticleRun(recorder.sites, recorder.subsamples, recorder.params)
+        return run_particles(self.model, self.guide, self.K, args, kwargs,
+                             reparameterized=self.objective == "vi")
 
     def step(self, *args, **kwargs) -> float:
         """One QEM update (and one gradient step on parameters, if any). Returns
         ``-log P_hat`` of the particles this update used."""
         run = self.run_particles(*args, **kwargs)
         check_params(run.params, self.optim)
-        structure = self.guide.structure
-        factors = log_factors(run.sites, structure, self._symbols, self.K)
-        sources = make_sources(run.sites, structure, self._symbols)
-        scales = subsample_scales(run.sites, self._symbols)
-        self._warn_subsampling(scales)
-        log_p_hat = log_marginal(factors + [s.factor for s in sources], scales)
-        check_finite(log_p_hat)
-        source_grads, param_grads = backward(log_p_hat, sources, run.params, run.sites,
-                                             self.objective)
+        result = estimate(run.sites, run.structure, self.K)
+        self._warn_subsampling(result.plate_scales)
+        source_grads, param_grads = backward(result.log_p_hat, result.sources, run.params,
+                                             run.sites, self.objective)
         if param_grads:
             apply(self.optim, run.params, param_grads)
-        weights = normalised_weights(sources, source_grads)
+        weights = result.weights(source_grads)
         count = self.guide.state.num_updates()
         lr = check_lr(self.lr(count), "lr schedule value")
         average = self.average_from is not None and count >= self.average_from
-        self.guide.update(run.sites, run.subsamples, weights, lr, average, self.noise_compensation)
-        return -log_p_hat.item()
+        moment_update(self.guide, run.sites, run.subsamples, weights, lr, average,
+                      self.noise_compensation)
+        return -result.log_p_hat.item()
 
     @torch.no_grad()
     def evaluate_loss(self, *args, **kwargs) -> float:
         """``-log P_hat`` for fresh particles from the current q, without updating it."""
         run = self.run_particles(*args, **kwargs)
         check_params(run.params, self.optim)
-        factors = log_factors(run.sites, self.guide.structure, self._symbols, self.K)
-        log_p_hat = log_marginal(factors, subsample_scales(run.sites, self._symbols))
-        check_finite(log_p_hat)
-        return -log_p_hat.item()
+        return -estimate(run.sites, run.structure, self.K, with_sources=False).log_p_hat.item()
 
     def _warn_subsampling(self, scales: Dict[str, float]) -> None:
         if not scales:
             return
-        names = self._symbols.plate_names
+        names = self.guide.structure.symbols.plate_names
         for symbol, scale in scales.items():
             plate = names[symbol]
             if plate in self._warned_plates:
@@ -175,51 +153,15 @@ class Inference:
                 stacklevel=3,
             )
 
-    # ---- outputs (pyro_qem.outputs) ----
-
-    def fit(self, *args, **kwargs):
+    def fit(self, *args, **kwargs) -> FitHistory:
         """:func:`pyro_qem.infer.fit.fit` on this inference: steps with a progress bar
         and optional early stopping; returns a :class:`~pyro_qem.infer.fit.FitHistory`."""
-        from .fit import fit
-
         return fit(self, *args, **kwargs)
-
-    def moments(self, *args, **kwargs):
-        """:func:`pyro_qem.outputs.posterior_moments`: importance-weighted ``E[fn(z)]``
-        per site and plate element."""
-        from ..outputs import posterior_moments
-
-        return posterior_moments(self, *args, **kwargs)
-
-    def sample_posterior(self, *args, **kwargs):
-        """:func:`pyro_qem.outputs.sample_posterior`: joint draws by resampling particle
-        indices through the contraction."""
-        from ..outputs import sample_posterior
-
-        return sample_posterior(self, *args, **kwargs)
-
-    def sample_guide(self, num_samples: int = 1000, **kwargs):
-        """:func:`pyro_qem.outputs.sample_guide`: independent draws of the fitted q."""
-        from ..outputs import sample_guide
-
-        return sample_guide(self.guide, num_samples, **kwargs)
-
-    def diagnose(self, *args, **kwargs):
-        """:func:`pyro_qem.outputs.diagnose`: weight ESS and Pareto k-hat, with warnings."""
-        from ..outputs import diagnose
-
-        return diagnose(self, *args, **kwargs)
-
-    def to_inference_data(self, *args, **kwargs):
-        """:func:`pyro_qem.outputs.to_inference_data`: ArviZ data of the fit."""
-        from ..outputs import to_inference_data
-
-        return to_inference_data(self, *args, **kwargs)
 
 
 class MPVI(Inference):
-    """MP-VI: gradient ascent on ``log P_hat`` with reparameterised particles (method.md
-    section 5), the gradient baseline on QEM's own estimator.
+    """MP-VI: gradient ascent on ``log P_hat`` with reparameterised particles, the
+    gradient baseline of the QEM paper on QEM's own estimator.
 
     :param guide: a guide with gradient-fitted sites, e.g.
         :class:`~pyro_qem.guides.AutoGradientNormal`.
@@ -236,6 +178,7 @@ class MPVI(Inference):
 
 class MPRWS(MPVI):
     """MP-RWS: the wake-phi update, the gradient of ``sum_k w_k log q(z_k)`` with the
-    particle weights held fixed (method.md section 5)."""
+    particle weights held fixed: usually much less noisy than MP-VI's gradient at
+    large K."""
 
     objective_name = "rws"

@@ -7,7 +7,8 @@ Two checks, each with a warning that names what failed:
   and resampled draws of that site are noise (q does not cover the posterior);
 - the Pareto k-hat of the importance weights ``p(x, z) / q(z)`` of joint draws from the
   fitted guide (PSIS, Vehtari et al. 2024): above ``min(1 - 1/log10(S), 0.7)`` (0.5 at
-  S = 100, 0.7 from S of about 2,200; method.md section 6) the guide as a joint
+  S = 100, 0.7 from S of about 2,200: the sample-size-aware threshold of Vehtari et
+  al.'s PSIS paper) the guide as a joint
   approximation is unreliable.
 """
 
@@ -16,17 +17,16 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
-from ._runs import to_site_shape, weighted_run
+from .sites import to_site_shape, weighted_run
 from .draws import sample_guide
 from .predictive import conditioned_trace, per_draw
 
-if TYPE_CHECKING:
-    from ..guides.qem_guide import QEMGuide
-    from ..infer.inference import Inference
+from ..guides.qem_guide import QEMGuide
+from ..infer.inference import Inference
 
 
 class QEMDiagnosticWarning(UserWarning):
@@ -82,7 +82,7 @@ def _gpd_shape(tail: torch.Tensor) -> float:
     return ((n * k_post + 10 * 0.5) / (n + 10)).item()
 
 
-def weight_ess(inference: "Inference", *args, **kwargs) -> Dict[str, torch.Tensor]:
+def weight_ess(inference: Inference, *args, **kwargs) -> Dict[str, torch.Tensor]:
     """ESS ``1 / sum_k w_k^2`` of every latent site's marginal particle weights, per
     plate element, from one particle run (between 1 and K).
 
@@ -103,7 +103,7 @@ def weight_ess(inference: "Inference", *args, **kwargs) -> Dict[str, torch.Tenso
 
 
 @torch.no_grad()
-def guide_log_weights(model: Callable, guide: "QEMGuide", *args, num_samples: int = 1000,
+def guide_log_weights(model: Callable, guide: QEMGuide, *args, num_samples: int = 1000,
                       averaged: bool = True, **kwargs) -> torch.Tensor:
     """``log p(x, z_s) - log q(z_s)`` for ``num_samples`` joint draws from the guide.
 
@@ -150,7 +150,7 @@ class Diagnostics:
                        "max": v.max().item()} for name, v in self.ess.items()}
 
 
-def diagnose(inference: "Inference", *args, num_samples: int = 1000,
+def diagnose(inference: Inference, *args, num_samples: int = 1000,
              min_ess: Optional[float] = None, warn: bool = True, **kwargs) -> Diagnostics:
     """Weight ESS of every site and Pareto k-hat of the fitted guide, with a
     :class:`QEMDiagnosticWarning` naming each site that fails.

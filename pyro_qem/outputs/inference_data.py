@@ -12,7 +12,7 @@ ArviZ 0.x gets :class:`arviz.InferenceData`; ArviZ 1.x (decided by
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,22 +21,21 @@ from .diagnostics import weight_ess
 from .draws import sample_guide, sample_posterior
 from .predictive import log_likelihood, model_trace, observed_sites, posterior_predictive
 
-if TYPE_CHECKING:
-    from ..infer.fit import FitHistory
-    from ..infer.inference import Inference
+from ..infer.fit import FitHistory
+from ..infer.inference import Inference
 
 Arrays = Dict[str, np.ndarray]
 HISTORY_DIM = "qem_step"
 
 
 def to_inference_data(
-    inference: "Inference",
+    inference: Inference,
     *args,
     num_samples: int = 500,
     draws: Optional[Mapping[str, torch.Tensor]] = None,
     method: str = "joint",
     num_chains: int = 1,
-    history: Optional["FitHistory"] = None,
+    history: Optional[FitHistory] = None,
     coords: Optional[Mapping[str, Sequence]] = None,
     **kwargs,
 ):

@@ -1,7 +1,8 @@
 """Importance-weighted posterior moments from the source-term marginals.
 
 One particle run gives every latent site's posterior weight of each of its K particles,
-per plate element (method.md section 2); a moment of any statistic ``f`` is then
+per plate element (the gradient of ``log P_hat`` with respect to a zero source term
+added to the site's factors); a moment of any statistic ``f`` is then
 ``sum_k w_k f(z_k)``. This uses all K particles of every element, so it is more
 accurate than the same moment of resampled draws; averaging over independent runs
 shrinks the Monte Carlo error further, roughly as ``1 / sqrt(num_runs)``.
@@ -9,20 +10,20 @@ shrinks the Monte Carlo error further, roughly as ``1 / sqrt(num_runs)``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 
-from ._runs import WeightedRun, resolve_fn, select_sites, to_site_shape, weighted_run
+from ..infer.pipeline import WeightedRun
+from .sites import resolve_fn, select_sites, to_site_shape, weighted_run
 
-if TYPE_CHECKING:
-    from ..infer.inference import Inference
+from ..infer.inference import Inference
 
 Statistic = Union[None, Callable[[torch.Tensor], torch.Tensor], Mapping[str, Callable]]
 
 
 def moment_runs(
-    inference: "Inference",
+    inference: Inference,
     *args,
     fn: Statistic = None,
     sites: Optional[Sequence[str]] = None,
@@ -57,7 +58,7 @@ def moment_runs(
 
 
 def posterior_moments(
-    inference: "Inference",
+    inference: Inference,
     *args,
     fn: Statistic = None,
     sites: Optional[Sequence[str]] = None,

@@ -18,6 +18,8 @@ import pyro.poutine as poutine
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 
+from ..handlers import UnconditionData
+
 Draws = Dict[str, torch.Tensor]
 
 
@@ -57,24 +59,10 @@ def conditioned_trace(model: Callable, draws: Draws, args: tuple, kwargs: dict, 
     num = _num_draws(draws)
     values = _batched(draws, prototype, nesting, set(new_plates))
     if predict:
-        model = _UnconditionData()(model)
+        model = UnconditionData()(model)
     with torch.no_grad(), poutine.block(), pyro.plate("_qem_draws", num, dim=-nesting - 1):
         trace = poutine.trace(poutine.condition(model, values)).get_trace(*args, **kwargs)
     return prune_subsample_sites(trace), prototype, nesting
-
-
-class _UnconditionData(poutine.messenger.Messenger):
-    """:func:`pyro.poutine.uncondition` for data only: ``pyro.deterministic`` sites stay
-    functions of the draws (sampling their Delta inside the plate of draws would
-    broadcast the draws against themselves)."""
-
-    def _process_message(self, msg) -> None:
-        if msg["type"] == "sample" and msg["is_observed"] and not msg["infer"].get("_deterministic"):
-            msg["is_observed"] = False
-            msg["infer"]["was_observed"] = True
-            msg["infer"]["obs"] = msg["value"]
-            msg["value"] = None
-            msg["done"] = False
 
 
 def _num_draws(draws: Draws) -> int:

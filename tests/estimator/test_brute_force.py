@@ -10,13 +10,7 @@ import pytest
 import torch
 
 from pyro_qem import AutoQEM, Inference
-from pyro_qem.estimator import (
-    Symbols,
-    log_factors,
-    log_marginal_and_weights,
-    make_sources,
-    subsample_scales,
-)
+from pyro_qem.estimator import estimate as contract
 
 K = 3
 Y = torch.tensor([0.7, -1.3], dtype=torch.float64)
@@ -32,14 +26,11 @@ def hierarchy(y):
 def estimate(model, guide, *args):
     inference = Inference(model, guide, K=K)
     run = inference.run_particles(*args)
-    structure = guide.structure
-    symbols = Symbols(structure)
-    factors = log_factors(run.sites, structure, symbols, K)
-    sources = make_sources(run.sites, structure, symbols)
-    log_p_hat, weights = log_marginal_and_weights(factors, sources, subsample_scales(run.sites, symbols))
+    result = contract(run.sites, run.structure, K)
+    weights = result.weights()
     values = {r.name: r.value for r in run.sites if not r.is_observed}
-    log_q = {r.name: r.infer["qem_log_q"] for r in run.sites if not r.is_observed}
-    return log_p_hat, weights, values, log_q
+    log_q = {r.name: r.draw.log_q for r in run.sites if not r.is_observed}
+    return result.log_p_hat.detach(), weights, values, log_q
 
 
 def brute_force_hierarchy(values, log_q, y):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pyro_qem import AutoQEM, Inference
-from pyro_qem.estimator import Symbols, log_factors, log_marginal_and_weights, make_sources
+from pyro_qem.estimator import estimate
 
 K = 4
 Y = torch.tensor(1.3, dtype=torch.float64)
@@ -25,12 +25,10 @@ def test_enumerated_site_equals_brute_force():
     guide = AutoQEM(model)
     inference = Inference(model, guide, K=K)
     run = inference.run_particles(Y)
-    symbols = Symbols(guide.structure)
-    factors = log_factors(run.sites, guide.structure, symbols, K)
-    sources = make_sources(run.sites, guide.structure, symbols)
-    log_p_hat, weights = log_marginal_and_weights(factors, sources, {})
+    result = estimate(run.sites, run.structure, K)
+    log_p_hat, weights = result.log_p_hat.detach(), result.weights()
     site = {r.name: r for r in run.sites}
-    mu, log_q = site["mu"].value.reshape(K), site["mu"].infer["qem_log_q"].reshape(K)
+    mu, log_q = site["mu"].value.reshape(K), site["mu"].draw.log_q.reshape(K)
     terms = torch.stack([
         dist.Normal(0.0, 1.0).log_prob(mu[k]) - log_q[k] - math.log(K)
         + torch.stack([math.log(p) + dist.Normal(mu[k] + 2 * z, 1.0).log_prob(Y)

@@ -8,19 +8,24 @@ from torch.distributions import constraints
 
 from pyro_qem.families import (
     FAMILIES,
+    Bernoulli,
+    Beta,
     Binomial,
     Categorical,
+    Dirichlet,
     Family,
     Gamma,
     LogNormal,
     Multinomial,
     MultivariateNormal,
     Normal,
+    Poisson,
     compatible_families,
     default_family,
     resolve_family,
     support_matches,
 )
+from pyro_qem.families.registry import _DEFAULTS, _defaults_by_kind
 
 PRIORS = [
     (dist.Normal(0.0, 1.0), "Normal"),
@@ -268,3 +273,50 @@ def test_constructor_errors(make, match):
 def test_binomial_without_total_count_error():
     with pytest.raises(ValueError, match=r"Site 'b': the Binomial family needs a total count"):
         Binomial.from_site("b", constraints.nonnegative_integer)
+
+
+def test_defaults_table_comes_from_the_families():
+    assert _DEFAULTS == {
+        "real": Normal,
+        "positive": Gamma,
+        "unit_interval": Beta,
+        "simplex": Dirichlet,
+        "boolean": Bernoulli,
+        "integer_interval": Categorical,
+        "nonnegative_integer": Poisson,
+        "multinomial": Multinomial,
+    }
+    claimed = {kind: cls for cls in FAMILIES.values() for kind in cls.default_for}
+    assert claimed == _DEFAULTS
+
+
+def test_only_binomial_prefers_a_binomial_prior():
+    prior = dist.Binomial(5, 0.5).expand([3]).to_event(1)
+    assert [name for name, cls in FAMILIES.items() if cls.preferred_for(prior)] == ["Binomial"]
+    assert not any(cls.preferred_for(None) for cls in FAMILIES.values())
+    assert not Binomial.preferred_for(dist.Categorical(torch.ones(6)))
+
+
+def test_two_families_claiming_one_kind_fail_loudly():
+    class AlsoReal(Normal):
+        name = "AlsoReal"
+        default_for = ("real",)
+
+    with pytest.raises(RuntimeError, match=r"Both Normal and AlsoReal set default_for 'real'"):
+        _defaults_by_kind([*FAMILIES.values(), AlsoReal])
+
+
+def test_a_claim_outside_the_family_support_fails_loudly():
+    class Wrong(LogNormal):
+        name = "Wrong"
+        default_for = ("real",)
+
+    others = [cls for cls in FAMILIES.values() if cls is not Normal]
+    with pytest.raises(RuntimeError, match=r"Wrong.default_for names 'real', but its support"):
+        _defaults_by_kind([*others, Wrong])
+
+
+def test_a_kind_without_a_default_fails_loudly():
+    others = [cls for cls in FAMILIES.values() if cls is not Poisson]
+    with pytest.raises(RuntimeError, match=r"support kinds \['nonnegative_integer'\]"):
+        _defaults_by_kind(others)

@@ -25,7 +25,7 @@ from pyro_qem.outputs import (
     sample_guide,
     sample_posterior,
 )
-from pyro_qem.outputs._runs import weighted_run
+from pyro_qem.outputs.sites import weighted_run
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 import torch
+from opt_einsum import get_symbol
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,10 @@ class GroupInfo:
 
 @dataclass(frozen=True)
 class ModelStructure:
-    """Everything discovery fixes: the inputs of every later step."""
+    """Everything discovery fixes: the inputs of every later step.
+
+    :ivar symbols: the einsum symbols of its groups and plates (:class:`Symbols`).
+    """
 
     max_plate_nesting: int
     sites: Dict[str, SiteInfo]
@@ -58,6 +62,7 @@ class ModelStructure:
     def __post_init__(self) -> None:
         site_to_group = {name: g.index for g in self.groups for name in g.sites}
         object.__setattr__(self, "_site_to_group", site_to_group)
+        object.__setattr__(self, "symbols", Symbols(self))
 
     def group_of(self, site: str) -> GroupInfo:
         return self.groups[self._site_to_group[site]]
@@ -66,6 +71,17 @@ class ModelStructure:
         """The group whose particles live in tensor dim ``dim`` (None for a plate dim)."""
         index = -dim - self.max_plate_nesting - 1
         return self.groups[index] if 0 <= index < len(self.groups) else None
+
+
+class Symbols:
+    """One einsum symbol per particle group and per plate of a model (the names of the
+    dims of the estimator's packed factors)."""
+
+    def __init__(self, structure: "ModelStructure") -> None:
+        self.group = {g.index: get_symbol(g.index) for g in structure.groups}
+        offset = len(structure.groups)
+        self.plate = {name: get_symbol(offset + i) for i, name in enumerate(structure.plates)}
+        self.plate_names = {sym: name for name, sym in self.plate.items()}
 
 
 def group_sites(

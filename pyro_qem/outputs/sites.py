@@ -1,42 +1,20 @@
-"""One particle run of a fitted model, weighted: what every posterior output starts from.
-
-The engine's :meth:`~pyro_qem.Inference.step` builds the same factors and weights and
-then updates the guide; the outputs stop before the update.
-"""
+"""What the outputs share: one weighted particle run of a fitted model (through the
+inference's own pipeline, :mod:`pyro_qem.infer.pipeline`), checked for full plates, and
+the selection of sites and statistics."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from ..estimator import LogFactor, Source, Symbols, log_factors, log_marginal_and_weights
-from ..estimator import make_sources
-from ..guides.structure import ModelStructure, SiteInfo
 from ..handlers import SiteRecord, is_subsampled
-
-if TYPE_CHECKING:
-    from ..infer.inference import Inference
-
-
-@dataclass
-class WeightedRun:
-    """K particles of every latent site, the estimator's factors, and each particle
-    group's normalised weights (broadcast layout, particles in dim 0)."""
-
-    structure: ModelStructure
-    symbols: Symbols
-    records: Dict[str, SiteRecord]
-    factors: List[LogFactor]
-    sources: List[Source]
-    weights: Dict[int, torch.Tensor]
-    log_p_hat: float
+from ..infer.inference import Inference
+from ..infer.pipeline import WeightedRun, weigh
+from ..model import ModelStructure, SiteInfo
 
 
 def check_inference(inference) -> None:
-    from ..infer.inference import Inference
-
     if not isinstance(inference, Inference):
         raise TypeError(
             f"inference must be a pyro_qem.Inference (the object whose step() fitted the "
@@ -44,9 +22,9 @@ def check_inference(inference) -> None:
         )
 
 
-def weighted_run(inference: "Inference", args: tuple, kwargs: dict, what: str,
+def weighted_run(inference: Inference, args: tuple, kwargs: dict, what: str,
                  weights: bool = True) -> WeightedRun:
-    """Run the model once with K particles per group and weight the particles.
+    """Run the model once with K particles per group and weigh the particles.
 
     :param what: the output being computed, for error messages.
     :param weights: compute the marginal weights (a backward pass); resampling does
@@ -54,21 +32,8 @@ def weighted_run(inference: "Inference", args: tuple, kwargs: dict, what: str,
     """
     check_inference(inference)
     run = inference.run_particles(*args, **kwargs)
-    structure = inference.guide.structure
     _check_full_plates(run.sites, what)
-    symbols = Symbols(structure)
-    # The weights are gradients of log P_hat: they need autograd even when the caller
-    # is under torch.no_grad().
-    with torch.enable_grad():
-        factors = log_factors(run.sites, structure, symbols, inference.K)
-        sources = make_sources(run.sites, structure, symbols)
-        if weights:
-            log_p_hat, marginals = log_marginal_and_weights(factors, sources, {})
-        else:
-            log_p_hat, marginals = torch.tensor(float("nan")), {}
-    records = {r.name: r for r in run.sites if r.name in structure.sites and not r.is_observed}
-    factors = [LogFactor(f.name, f.tensor.detach(), f.dims, f.ordinal) for f in factors]
-    return WeightedRun(structure, symbols, records, factors, sources, marginals, log_p_hat.item())
+    return weigh(run, weights=weights)
 
 
 def _check_full_plates(records: Sequence[SiteRecord], what: str) -> None:

@@ -1,0 +1,65 @@
+"""One particle run's estimate: its factors, the source terms, and ``log P_hat``.
+
+This is the numeric core of a step, tensors in and tensors out: the recorded sites'
+distributions and values (with each latent site's ``log q``) become packed log factors,
+the contraction gives ``log P_hat``, and its gradient with respect to the zero source
+terms gives every particle group's posterior weights. Nothing here runs the model or
+touches Pyro's handlers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Sequence
+
+import torch
+
+from ..handlers import SiteRecord
+from ..model.structure import ModelStructure
+from .contraction import Source, check_finite, log_marginal, make_sources, normalised_weights
+from .factors import LogFactor, log_factors, subsample_scales
+
+
+@dataclass
+class Estimate:
+    """The contraction of one particle run.
+
+    :ivar factors: the model's packed log factors (no source terms).
+    :ivar sources: one zero source term per particle group (empty if not asked for).
+    :ivar plate_scales: ``N / B`` per subsampled plate symbol.
+    :ivar log_p_hat: the scalar ``log P_hat`` (differentiable in the sources and in
+        whatever the factors depend on).
+    """
+
+    factors: List[LogFactor]
+    sources: List[Source]
+    plate_scales: Dict[str, float]
+    log_p_hat: torch.Tensor
+
+    def weights(self, source_grads: Sequence[torch.Tensor] = None) -> Dict[int, torch.Tensor]:
+        """Each group's normalised particle weights (broadcast layout, particles in dim
+        0), from the gradients of ``log P_hat`` at the source terms (computed here when
+        not given)."""
+        if source_grads is None:
+            source_grads = torch.autograd.grad(self.log_p_hat, [s.tensor for s in self.sources])
+        return normalised_weights(self.sources, source_grads)
+
+
+def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_particles: int,
+             with_sources: bool = True) -> Estimate:
+    """Contract one recorded particle run to ``log P_hat``.
+
+    :param records: every sample site of the run, latent sites with their
+        :class:`~pyro_qem.handlers.ParticleDraw`.
+    :param structure: the model's structure.
+    :param num_particles: K.
+    :param with_sources: add the zero source terms whose gradients are the weights.
+    :raises FloatingPointError: when ``log P_hat`` is not finite.
+    """
+    symbols = structure.symbols
+    factors = log_factors(records, structure, symbols, num_particles)
+    sources = make_sources(records, structure, symbols) if with_sources else []
+    scales = subsample_scales(records, symbols)
+    log_p_hat = log_marginal(factors + [s.factor for s in sources], scales)
+    check_finite(log_p_hat)
+    return Estimate(factors, sources, scales, log_p_hat)

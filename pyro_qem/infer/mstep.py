@@ -1,0 +1,97 @@
+"""QEM's M-step: weighted sufficient statistics of each site's particles, the noise
+compensation, smoothing into the guide's state, and iterate averaging.
+
+For a moment-matched site with family statistics T, one update is
+``m <- (1 - lr) m + lr (sum_k w_k T(z_k) + lr sum_k w_k^2 c(m))``, per plate element,
+where w are the site's group's posterior particle weights and ``c`` the family's noise
+compensation (:meth:`~pyro_qem.families.Family.noise_compensation`).
+"""
+
+from __future__ import annotations
+
+from typing import List, Mapping, Sequence
+
+import torch
+
+from ..families import Family
+from ..guides.qem_guide import QEMGuide
+from ..handlers import SiteRecord
+from ..model import SiteInfo, selection_of
+
+
+def weighted_statistics(family: Family, value: torch.Tensor, weight: torch.Tensor,
+                        site: SiteInfo) -> List[torch.Tensor]:
+    """``sum_k w_k T(z_k)`` per plate element, in float64.
+
+    ``value`` holds the site's particles in dim 0 of its batch part (the site's own
+    particle dim is the leftmost of its value), ``weight`` the group's normalised
+    weights in the same layout.
+    """
+    value = value.double() if value.is_floating_point() else value
+    weight = weight.double()
+    batch_ndim = value.dim() - len(site.event_shape)
+    out = []
+    for stat in family.statistics(value, site.event_shape):
+        trailing = stat.dim() - batch_ndim
+        moment = (weight.reshape(weight.shape + (1,) * trailing) * stat.double()).sum(0)
+        out.append(moment.reshape(moment.shape[moment.dim() - trailing - len(site.batch_shape):]))
+    return out
+
+
+def noise_compensated(family: Family, estimates: Sequence[torch.Tensor], current: Sequence[torch.Tensor],
+                      weight: torch.Tensor, lr: float, site: SiteInfo) -> List[torch.Tensor]:
+    """``estimates + lr * sum_k w_k^2 * compensation``: the family's correction for the
+    shrinkage that noisy weights cause under smoothing, scaled by how noisy they are
+    (``sum_k w_k^2`` is 1 / ESS of the site's group, per plate element)."""
+    compensation = family.noise_compensation(current, site.event_shape)
+    if compensation is None:
+        return list(estimates)
+    squares = _per_element(inverse_ess(weight), site)
+    batch_ndim = len(site.batch_shape)
+    out = []
+    for estimate, term in zip(estimates, compensation):
+        trailing = estimate.dim() - batch_ndim
+        out.append(estimate + lr * squares.reshape(squares.shape + (1,) * trailing) * term.to(estimate))
+    return out
+
+
+def inverse_ess(weight: torch.Tensor) -> torch.Tensor:
+    """``sum_k w_k^2`` over the particle dim (0): 1 / the weights' effective sample size."""
+    weight = weight.double()
+    return (weight * weight).sum(0)
+
+
+def _per_element(tensor: torch.Tensor, site: SiteInfo) -> torch.Tensor:
+    batch_ndim = len(site.batch_shape)
+    return tensor.reshape(tensor.shape[tensor.dim() - batch_ndim:])
+
+
+@torch.no_grad()
+def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Mapping[str, torch.Tensor],
+                  weights: Mapping[int, torch.Tensor], lr: float, average: bool = False,
+                  compensate: bool = True) -> None:
+    """Move every moment-matched site's state towards its weighted moments.
+
+    :param records: the particle run's site records.
+    :param subsamples: the run's subsampled plate indices (only those elements move).
+    :param weights: each group's normalised particle weights.
+    :param lr: the smoothing step in (0, 1].
+    :param average: also fold the new state into the running average of the iterates.
+    :param compensate: add each family's noise compensation.
+    """
+    structure = guide.structure
+    for record in records:
+        family = guide.families.get(record.name)
+        if record.draw is None or family is None:
+            continue
+        site = structure.sites[record.name]
+        weight = weights[record.draw.group]
+        estimates = weighted_statistics(family, record.value, weight, site)
+        selection = selection_of(record.frames, subsamples)
+        if compensate:
+            current = guide.state.selected(site.name, family.stat_names, selection,
+                                           len(site.batch_shape))
+            estimates = noise_compensated(family, estimates, current, weight, lr, site)
+        guide.state.update(site.name, family.stat_names, estimates, lr, selection,
+                           len(site.batch_shape), average)
+    guide.state.count_update()
