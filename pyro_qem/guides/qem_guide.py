@@ -179,7 +179,6 @@ class QEMGuide(Messenger):
                 self.state.initialise(
                     name, family.stat_names,
                     lambda: initial_state(site, family, prototypes, self.init),
-                    site.batch_shape,
                 )
             self.structure, self.families = structure, families
             self.init_gradient_sites(prototypes)

@@ -122,25 +122,22 @@ class MomentState:
 
     # -------------------------------------------------------------- creating state
 
-    def initialise(self, site: str, stats: Sequence[str], make: Callable[[], Sequence[torch.Tensor]],
-                   batch_shape: torch.Size) -> None:
+    def initialise(self, site: str, stats: Sequence[str], make: Callable[[], Sequence[torch.Tensor]]) -> None:
         """Give the site's statistics a tensor each: this guide's own (e.g. from
         :meth:`load_state_dict`), else an unowned one in the param store (a restored fit),
-        else ``make()``."""
+        else the fresh initial state ``make()``. Own or restored tensors must have the
+        fresh state's shapes."""
         keys = [f"{s}.{site}" for s in stats]
+        fresh = [value.detach().double().clone() for value in make()]
         if all(k in self.tensors for k in keys):
-            for key in keys:
-                self._register(key, self.tensors[key])
-            return
-        store = pyro.get_param_store()
-        adopted = [self._adoptable(k, store) for k in keys]
-        if all(t is not None for t in adopted):
-            for key, tensor in zip(keys, adopted):
-                self._check_shape(key, site, tensor, batch_shape)
-                self._register(key, tensor)
-            return
-        for key, value in zip(keys, make()):
-            self._register(key, value.detach().double().clone())
+            chosen = [self.tensors[k] for k in keys]
+        else:
+            store = pyro.get_param_store()
+            adopted = [self._adoptable(k, store) for k in keys]
+            chosen = adopted if all(t is not None for t in adopted) else fresh
+        for key, tensor, new in zip(keys, chosen, fresh):
+            self._check_shape(key, site, tensor, new.shape)
+            self._register(key, tensor)
 
     def _adoptable(self, key: str, store) -> Optional[torch.Tensor]:
         name = self._full(key)
@@ -152,13 +149,13 @@ class MomentState:
             return tensor
         return None  # left by a guide that is gone: not this guide's fit
 
-    def _check_shape(self, key: str, site: str, tensor: torch.Tensor, batch_shape: torch.Size) -> None:
-        if tuple(tensor.shape[:len(batch_shape)]) != tuple(batch_shape):
+    def _check_shape(self, key: str, site: str, tensor: torch.Tensor, shape: torch.Size) -> None:
+        if tuple(tensor.shape) != tuple(shape):
             raise StateCollisionError(
-                f"Site '{site}': the param store holds '{self._full(key)}' with shape "
-                f"{tuple(tensor.shape)}, but the site's batch shape is {tuple(batch_shape)}. "
-                "It belongs to another model's fit: pass a different prefix= to this guide, "
-                "or pyro.clear_param_store() before creating it."
+                f"Site '{site}': the state '{self._full(key)}' has shape {tuple(tensor.shape)}, "
+                f"but this model's site needs {tuple(shape)}. It belongs to another model's "
+                "fit: pass a different prefix= to this guide, or pyro.clear_param_store() "
+                "before creating it (or load a state_dict saved from a guide of this model)."
             )
 
     def _register(self, key: str, tensor: torch.Tensor) -> None:

@@ -4,10 +4,11 @@ One particle pipeline (:mod:`.pipeline`) serves the step and every output in
 :mod:`pyro_qem.outputs`; the M-step lives in :mod:`.mstep`.
 """
 
+from .collapse import QEMCollapseWarning
 from .fit import FitHistory, fit
 from .inference import MPRWS, MPVI, Inference, SubsampleWarning
 from .pipeline import ParticleRun, WeightedRun, run_particles, weigh
 from .schedules import Constant, RobbinsMonro
 
-__all__ = ["Constant", "FitHistory", "Inference", "MPRWS", "MPVI", "ParticleRun", "RobbinsMonro",
+__all__ = ["Constant", "FitHistory", "Inference", "MPRWS", "MPVI", "ParticleRun", "QEMCollapseWarning", "RobbinsMonro",
            "SubsampleWarning", "WeightedRun", "fit", "run_particles", "weigh"]

@@ -8,12 +8,25 @@ from typing import Callable, Dict, Optional
 import torch
 
 from ..estimator import estimate
+from ..estimator.memory import check_memory, default_budget
 from ..guides.qem_guide import QEMGuide
+from .collapse import CollapseMonitor
 from .fit import FitHistory, fit
 from .gradients import apply, backward, check_objective, check_params
 from .mstep import moment_update
 from .pipeline import ParticleRun, run_particles
 from .schedules import StepSize, as_schedule, check_lr
+
+
+def _check_max_memory(max_memory) -> Optional[float]:
+    if max_memory is None:
+        return None
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, float)) or not max_memory > 0:
+        raise ValueError(
+            f"max_memory must be a positive number of bytes (e.g. 4 * 2**30 for 4 GiB) or "
+            f"None for half the available memory, got {max_memory!r}."
+        )
+    return float(max_memory)
 
 
 class SubsampleWarning(UserWarning):
@@ -64,6 +77,12 @@ class Inference:
         to 690 and the global sds fell to 0.002-0.03 of NUTS's without it; with it the
         loss stayed near 419 and the sds were 0.3-0.8 of NUTS's. ``False`` gives the
         original algorithm.
+    :param max_memory: the memory budget of one step in bytes. Before the estimator
+        allocates a run's factors, their sizes are computed from the shapes, and a step
+        that would exceed the budget raises
+        :class:`~pyro_qem.estimator.memory.MemoryBudgetError` naming the largest
+        factor. None (default): half the memory available (RAM, or free GPU memory for a
+        CUDA model) at the first step.
     """
 
     def __init__(
@@ -77,6 +96,7 @@ class Inference:
         optim=None,
         objective: str = "vi",
         noise_compensation: bool = True,
+        max_memory: Optional[float] = None,
     ) -> None:
         if not isinstance(guide, QEMGuide):
             raise TypeError(
@@ -100,12 +120,20 @@ class Inference:
         self.optim = optim
         self.objective = check_objective(objective)
         self.noise_compensation = noise_compensation
+        self.max_memory = _check_max_memory(max_memory)
+        self._budget: Optional[float] = self.max_memory
+        self._collapse = CollapseMonitor(K)
         self._warned_plates: set = set()
 
     def run_particles(self, *args, **kwargs) -> ParticleRun:
         """Run the model once with K particles per latent site, recording every site."""
-        return run_particles(self.model, self.guide, self.K, args, kwargs,
-                             reparameterized=self.objective == "vi")
+        run = run_particles(self.model, self.guide, self.K, args, kwargs,
+                            reparameterized=self.objective == "vi")
+        if self._budget is None:
+            site = next(iter(run.structure.sites.values()), None)
+            self._budget = default_budget(site.device if site is not None else None)
+        check_memory(run.sites, run.structure, self.K, self._budget)
+        return run
 
     def step(self, *args, **kwargs) -> float:
         """One QEM update (and one gradient step on parameters, if any). Returns
@@ -124,7 +152,9 @@ class Inference:
         average = self.average_from is not None and count >= self.average_from
         moment_update(self.guide, run.sites, run.subsamples, weights, lr, average,
                       self.noise_compensation)
-        return -result.log_p_hat.item()
+        loss = -result.log_p_hat.item()
+        self._collapse.observe(run.structure, weights, lr, loss, self._unfitted_groups())
+        return loss
 
     @torch.no_grad()
     def evaluate_loss(self, *args, **kwargs) -> float:
@@ -132,6 +162,12 @@ class Inference:
         run = self.run_particles(*args, **kwargs)
         check_params(run.params, self.optim)
         return -estimate(run.sites, run.structure, self.K, with_sources=False).log_p_hat.item()
+
+    def _unfitted_groups(self) -> set:
+        """Groups whose spread the M-step does not set (enumerated or gradient-fitted)."""
+        structure = self.guide.structure
+        return {structure.group_of(name).index for name, site in structure.sites.items()
+                if site.enumerated or name not in self.guide.families}
 
     def _warn_subsampling(self, scales: Dict[str, float]) -> None:
         if not scales:

@@ -7,24 +7,7 @@ import torch
 from pyro.infer.autoguide import init_to_value
 
 from pyro_qem import AutoQEM, Inference
-
-
-def radon_like(x, y, c=1.0):
-    """Radon-style rescaling: the latent is divided by c in the prior and multiplied
-    back in the likelihood."""
-    gm = pyro.sample("global_mean", dist.Normal(torch.zeros((), dtype=x.dtype), 1.0))
-    with pyro.plate("states", 4, dim=-2):
-        state_mean = pyro.sample("state_mean", dist.Normal(gm / c, 2.0 / c))
-        beta = pyro.sample("beta", dist.Normal(torch.zeros((), dtype=x.dtype), 1.0))
-        with pyro.plate("zips", 10, dim=-1):
-            pyro.sample("obs", dist.Normal(c * state_mean + beta * x, 0.7), obs=y)
-
-
-def radon_data(dtype):
-    torch.manual_seed(1)
-    x = torch.randn(4, 10, dtype=dtype)
-    y = 1.0 + torch.randn(4, 1, dtype=dtype) + 0.5 * x + 0.7 * torch.randn(4, 10, dtype=dtype)
-    return x, y
+from tests.helpers.models import radon_data, radon_like
 
 
 def losses(c, dtype, steps=50):

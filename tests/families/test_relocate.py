@@ -6,7 +6,7 @@ from typing import Callable, Dict, Tuple
 import pytest
 import torch
 
-from _family_cases import CASES, make_case
+from tests.helpers.family_cases import CASES, make_case
 from pyro_qem.families import FAMILIES, Family, Params
 
 RTOL = 1e-10

@@ -9,7 +9,7 @@ from pyro.infer import SVI, Predictive, Trace_ELBO
 from pyro.optim import Adam
 from pyro.poutine.util import site_is_subsample
 
-from _outputs_models import I, J, fit_model, hierarchy, hierarchy_data, restore
+from tests.helpers.fitted_models import I, J, fit_model, hierarchy, hierarchy_data, restore
 from pyro_qem.outputs import sample_posterior
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from _family_cases import float64
+from tests.helpers.family_cases import float64
 from pyro_qem.families import (
     Bernoulli,
     Beta,

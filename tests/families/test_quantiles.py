@@ -7,7 +7,7 @@ import pytest
 import scipy.stats
 import torch
 
-from _family_cases import CASES, make_case
+from tests.helpers.family_cases import CASES, make_case
 from pyro_qem.families import FAMILIES, Family, Params
 
 PROBS = [0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from _family_cases import CASES, make_case
+from tests.helpers.family_cases import CASES, make_case
 from pyro_qem.families import FAMILIES
 
 

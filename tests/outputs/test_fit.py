@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from _outputs_models import hierarchy, hierarchy_data  # noqa: E402
+from tests.helpers.fitted_models import hierarchy, hierarchy_data  # noqa: E402
 from pyro_qem import AutoQEM, Inference  # noqa: E402
 from pyro_qem.infer.fit import FitHistory, fit  # noqa: E402
 

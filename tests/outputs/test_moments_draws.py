@@ -8,7 +8,7 @@ import torch
 from pyro.ops.indexing import Vindex
 from scipy import stats
 
-from _outputs_models import (
+from tests.helpers.fitted_models import (
     J,
     Fitted,
     fit_model,

@@ -6,7 +6,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from _outputs_models import J, I, fit_model, hierarchy, hierarchy_data, restore
+from tests.helpers.fitted_models import J, I, fit_model, hierarchy, hierarchy_data, restore
 from pyro_qem.outputs import (
     log_likelihood,
     posterior_predictive,

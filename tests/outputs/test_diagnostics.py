@@ -8,7 +8,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from _outputs_models import J, fit_model, hierarchy, hierarchy_data, restore
+from tests.helpers.fitted_models import J, fit_model, hierarchy, hierarchy_data, restore
 from pyro_qem import AutoQEM, Inference
 from pyro_qem.outputs import QEMDiagnosticWarning, diagnose, khat_threshold, pareto_khat
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pyro.distributions as dist
-from _family_cases import float64
+from tests.helpers.family_cases import float64
 from pyro_qem.families import (
     Bernoulli,
     Beta,

@@ -8,7 +8,7 @@ import arviz as az  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from _outputs_models import J, I, fit_model, hierarchy, hierarchy_data, restore  # noqa: E402
+from tests.helpers.fitted_models import J, I, fit_model, hierarchy, hierarchy_data, restore  # noqa: E402
 from pyro_qem.infer.fit import FitHistory  # noqa: E402
 from pyro_qem.outputs import sample_guide, to_inference_data  # noqa: E402
 
