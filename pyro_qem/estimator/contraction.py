@@ -24,7 +24,7 @@ import functools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from pyro.ops.contract import contract_to_tensor
@@ -162,7 +162,7 @@ def log_marginal_and_weights(
     """``log P_hat`` and, by one backward pass through the source terms, each group's
     normalised particle weights (broadcast layout, summing to 1 over dim 0)."""
     log_p_hat = log_marginal(list(factors) + [s.factor for s in sources], plate_scales)
-    check_finite(log_p_hat)
+    check_finite(log_p_hat, factors)
     grads = torch.autograd.grad(log_p_hat, [s.tensor for s in sources])
     return log_p_hat.detach(), normalised_weights(sources, grads)
 
@@ -173,11 +173,46 @@ def normalised_weights(sources: Sequence[Source], grads: Sequence[torch.Tensor])
     return {s.group: g / g.sum(0, keepdim=True) for s, g in zip(sources, grads)}
 
 
-def check_finite(log_p_hat: torch.Tensor) -> None:
-    if not torch.isfinite(log_p_hat):
-        raise FloatingPointError(
-            f"log P_hat is {log_p_hat.item()}: no combination of particles has finite "
-            "probability under the model. Check that the observed data lie in the "
-            "support of their distributions and that the guide's initial q overlaps the "
-            "posterior (e.g. pass init_loc_fn or a wider init_scale)."
-        )
+def check_finite(log_p_hat: torch.Tensor, factors: Sequence[LogFactor] = ()) -> None:
+    """Raise if ``log P_hat`` is -inf, +inf or NaN, naming the sites whose factors
+    make it so (a NaN or +inf anywhere; -inf for every particle of a plate element).
+
+    :param log_p_hat: the contracted estimate.
+    :param factors: the packed factors it was contracted from.
+    :raises FloatingPointError: when ``log P_hat`` is not finite.
+    """
+    if torch.isfinite(log_p_hat):
+        return
+    culprits = [d for d in map(_nonfinite_description, factors) if d is not None]
+    named = ("; ".join(culprits) + ". ") if culprits else ""
+    raise FloatingPointError(
+        f"log P_hat is {log_p_hat.item()}: {named}No combination of particles has finite "
+        "probability under the model. Check that the observed data lie in the support of "
+        "their distributions, that each site's parameters are valid (finite, positive "
+        "scales), and that the guide's initial q overlaps the posterior (e.g. pass "
+        "init_loc_fn or a wider init_scale)."
+    )
+
+
+def _nonfinite_description(factor: LogFactor) -> Optional[str]:
+    """What is wrong with one site's factor, or None if it cannot make log P_hat
+    non-finite on its own."""
+    tensor = factor.tensor.detach()
+    if factor.name.startswith("source:") or tensor.numel() == 0:
+        return None
+    if torch.isnan(tensor).any():
+        return f"site '{factor.name}' has NaN log density ({int(tensor.isnan().sum())} entries)"
+    if torch.isposinf(tensor).any():
+        return f"site '{factor.name}' has +inf log density (a density with a pole, e.g. Gamma at 0)"
+    # Particle dims are the factor's dims outside its plates: -inf for all of them at
+    # one plate element makes that element's logsumexp, and so log P_hat, -inf.
+    particle_dims = tuple(i for i, d in enumerate(factor.dims) if d not in factor.ordinal)
+    dead = torch.isneginf(tensor)
+    if particle_dims:
+        dead = dead.all(particle_dims)
+    if not dead.any():
+        return None
+    if dead.dim() == 0:
+        return f"site '{factor.name}' has log density -inf for every particle"
+    return (f"site '{factor.name}' has log density -inf for every particle at "
+            f"{int(dead.sum())} of {dead.numel()} plate elements")

@@ -9,15 +9,16 @@ touches Pyro's handlers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence
 
 import torch
 
 from ..handlers import SiteRecord
 from ..model.structure import ModelStructure
-from .contraction import Source, check_finite, log_marginal, make_sources, normalised_weights
+from .contraction import PlateScaledLogRing, Source, check_finite, log_marginal, make_sources, normalised_weights
 from .factors import LogFactor, log_factors, subsample_scales
+from .linked import PlateLink, fold_links
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Estimate:
     sources: List[Source]
     plate_scales: Dict[str, float]
     log_p_hat: torch.Tensor
+    links: Dict[str, PlateLink] = field(default_factory=dict)
 
     def weights(self, source_grads: Sequence[torch.Tensor] = None) -> Dict[int, torch.Tensor]:
         """Each group's normalised particle weights (broadcast layout, particles in dim
@@ -46,7 +48,8 @@ class Estimate:
 
 
 def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_particles: int,
-             with_sources: bool = True) -> Estimate:
+             with_sources: bool = True, links: Optional[Mapping[str, torch.Tensor]] = None
+             ) -> Estimate:
     """Contract one recorded particle run to ``log P_hat``.
 
     :param records: every sample site of the run, latent sites with their
@@ -54,12 +57,53 @@ def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_parti
     :param structure: the model's structure.
     :param num_particles: K.
     :param with_sources: add the zero source terms whose gradients are the weights.
+    :param links: for each plate whose rows read latents of another plate through an
+        index (``structure.links``), this run's index: the rows are folded into the
+        other plate (:mod:`pyro_qem.estimator.linked`).
     :raises FloatingPointError: when ``log P_hat`` is not finite.
     """
     symbols = structure.symbols
     factors = log_factors(records, structure, symbols, num_particles)
     sources = make_sources(records, structure, symbols) if with_sources else []
     scales = subsample_scales(records, symbols)
-    log_p_hat = log_marginal(factors + [s.factor for s in sources], scales)
-    check_finite(log_p_hat)
-    return Estimate(factors, sources, scales, log_p_hat)
+    plate_links = plate_links_of(records, structure, links or {})
+    terms = factors + [s.factor for s in sources]
+    if plate_links:
+        terms, reduced = fold_links(terms, plate_links, local_dims(structure), scales, _ring)
+        log_p_hat = log_marginal(terms, reduced)
+    else:
+        log_p_hat = log_marginal(terms, scales)
+    check_finite(log_p_hat, factors)
+    return Estimate(factors, sources, scales, log_p_hat, plate_links)
+
+
+def _ring(dim_to_size, scales):
+    return PlateScaledLogRing(cache={}, dim_to_size=dim_to_size, plate_scales=scales)
+
+
+def local_dims(structure: ModelStructure) -> Dict[str, FrozenSet[str]]:
+    """plate symbol -> the particle dims of the groups inside that plate."""
+    symbols = structure.symbols
+    found: Dict[str, set] = {}
+    for group in structure.groups:
+        for plate in group.plates:
+            found.setdefault(symbols.plate[plate], set()).add(symbols.group[group.index])
+    return {plate: frozenset(dims) for plate, dims in found.items()}
+
+
+def plate_links_of(records: Sequence[SiteRecord], structure: ModelStructure,
+                   links: Mapping[str, torch.Tensor]) -> Dict[str, PlateLink]:
+    """The run's :class:`PlateLink` s, keyed by the child plate's symbol.
+
+    :param links: child plate name -> this run's index into its parent plate.
+    """
+    if not links:
+        return {}
+    sizes = {f.name: f.size for r in records for f in r.frames}
+    symbols = structure.symbols
+    out = {}
+    for child, index in links.items():
+        parent = structure.links[child]
+        out[symbols.plate[child]] = PlateLink(symbols.plate[child], symbols.plate[parent],
+                                              index, sizes[parent])
+    return out

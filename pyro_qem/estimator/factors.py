@@ -50,7 +50,7 @@ def log_factors(records: Sequence[SiteRecord], structure: ModelStructure, symbol
     for record in records:
         if record.is_deterministic:
             continue
-        log_density = log_prob(record.fn, record.value)
+        log_density = _site_log_prob(record, structure)
         scale = plate_user_scale(record)
         if not (isinstance(scale, float) and scale == 1.0):
             log_density = log_density * scale
@@ -64,6 +64,48 @@ def log_factors(records: Sequence[SiteRecord], structure: ModelStructure, symbol
                 factor = factor - log_k
         factors.append(pack(record, factor, structure, symbols))
     return factors
+
+
+def _site_log_prob(record: SiteRecord, structure: ModelStructure) -> torch.Tensor:
+    """The site's log density; an error from the distribution is re-raised naming the
+    site, as Pyro's own message names neither it nor the shapes the model declared."""
+    try:
+        return log_prob(record.fn, record.value)
+    except Exception as error:
+        raise _with_message(error, _log_prob_message(record, structure, error)) from error
+
+
+def _log_prob_message(record: SiteRecord, structure: ModelStructure, error: Exception) -> str:
+    # Shapes as the model sees them: the particle dims left of the plates are dropped.
+    fn, nesting = record.fn, structure.max_plate_nesting
+    event_shape = tuple(fn.event_shape)
+    value = getattr(record.value, "shape", None)
+    value_shape = ("not a tensor" if value is None
+                   else tuple(_trailing(value, nesting + len(event_shape))))
+    kind = "Observed" if record.is_observed else "Latent"
+    cause = " ".join(str(error).split())  # torch may break its message over lines
+    return (
+        f"{kind} site '{record.name}': {type(fn).__name__}.log_prob failed "
+        f"({type(error).__name__}: {cause}). Without particle dims, the value has shape "
+        f"{value_shape} and the distribution batch shape {tuple(_trailing(fn.batch_shape, nesting))} and event "
+        f"shape {event_shape}. Check that the data (or the value) has the site's shape and "
+        "lies in its support, and that the distribution's parameters broadcast against "
+        "its plates; data passed to a step must be shaped as at set-up."
+    )
+
+
+def _trailing(shape: torch.Size, keep: int) -> torch.Size:
+    return shape[max(0, len(shape) - keep):]
+
+
+def _with_message(error: Exception, message: str) -> Exception:
+    """A new exception of ``error``'s type (ValueError if that type will not take a
+    single message) carrying ``message``."""
+    try:
+        new = type(error)(message)
+    except Exception:
+        return ValueError(message)
+    return new if str(new) == message else ValueError(message)
 
 
 def _masked(log_density: torch.Tensor, mask) -> torch.Tensor:
@@ -127,7 +169,9 @@ def _check_unplated_dim(record: SiteRecord, pos: int, size: int, structure: Mode
 
 
 def _check_dependency(record: SiteRecord, group, structure: ModelStructure) -> None:
-    own = {f.name for f in record.frames}
+    # Through an index (a[..., county] in the rows' plate), rows may read latents of
+    # the plates they nest in: the estimator folds the rows into those plates.
+    own = structure.reachable_plates({f.name for f in record.frames})
     outside = sorted(group.plates - own)
     if outside:
         raise ValueError(

@@ -52,7 +52,10 @@ def factor_sizes(records: Sequence[SiteRecord]) -> List[FactorSize]:
         fn, value = record.fn, record.value
         event_dim = len(fn.event_shape)
         value_batch = value.shape[:value.dim() - event_dim] if value.dim() >= event_dim else ()
-        shape = torch.Size(broadcast_shape(tuple(fn.batch_shape), tuple(value_batch)))
+        try:
+            shape = torch.Size(broadcast_shape(tuple(fn.batch_shape), tuple(value_batch)))
+        except ValueError:
+            continue  # not broadcastable: log_factors names the site and the shapes
         itemsize = torch.empty((), dtype=_float_dtype(value)).element_size()
         # Densities are at least float64-sized where the estimator widens them.
         sizes.append(FactorSize(record.name, shape, math.prod(shape) * max(itemsize, 8)))

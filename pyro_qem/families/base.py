@@ -26,19 +26,52 @@ Probs = Union[torch.Tensor, Sequence[float]]
 REQUIRED_CLASS_ATTRIBUTES = ("name", "support", "stat_names")
 
 
+class AnyEventDims(tuple):
+    """``event_dims`` of a family that handles every number of event dims from
+    ``minimum`` on: an elementwise family works the same on scalar, vector and matrix
+    sites, so listing the dims it handles would be arbitrary.
+
+    It is an empty tuple whose membership test accepts every ``n >= minimum``.
+
+    :param minimum: the fewest event dims the family handles.
+
+    Example::
+
+        3 in AnyEventDims()  # True
+        0 in AnyEventDims(1)  # False
+    """
+
+    def __new__(cls, minimum: int = 0) -> "AnyEventDims":
+        instance = super().__new__(cls)
+        instance.minimum = minimum
+        return instance
+
+    def __contains__(self, event_dim: object) -> bool:
+        return isinstance(event_dim, int) and event_dim >= self.minimum
+
+    def __repr__(self) -> str:
+        return f"({self.minimum}, {self.minimum + 1}, ...)"
+
+
+#: The ``event_dims`` of elementwise families: any number of event dims.
+ANY_EVENT_DIMS = AnyEventDims()
+
+
 class Family(ABC):
     """A moment-matched approximate-posterior family.
 
     Subclasses are small and stateless: every method receives the site's
     ``event_shape`` (``torch.Size([])`` for a scalar site, ``(D,)`` for a vector
-    site made with ``.to_event(1)``) and works on any batch shape.
+    site made with ``.to_event(1)``, ``(R, C)`` for a matrix site) and works on any
+    batch shape.
 
     :cvar name: the name users pass in ``families={"site": name}``.
     :cvar support: the support of q, matched against a site's support by
         constraint type and structure (see :func:`pyro_qem.families.support_matches`).
     :cvar stat_names: one short name per sufficient statistic; used in param-store names.
     :cvar event_dims: the event dims the family handles: ``(0,)`` scalar sites only,
-        ``(1,)`` vector sites only, ``(0, 1)`` both.
+        ``(1,)`` vector sites only, ``(0, 1)`` both, :data:`ANY_EVENT_DIMS` any number
+        (elementwise families, whose statistics are per coordinate).
     :cvar default_for: the support kinds (as :func:`~pyro_qem.families.support_kind`
         names them: ``"real"``, ``"positive"``, ...) for which this family is the
         default; read from the built-in families only, and at most one may claim a kind.

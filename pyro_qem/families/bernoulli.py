@@ -11,7 +11,7 @@ from torch.distributions import constraints
 import pyro.distributions as dist
 
 from ._special import CENTRE_MARGIN, probs_to_logits, scipy_elementwise
-from .base import Family, Moments, Params
+from .base import ANY_EVENT_DIMS, Family, Moments, Params
 from .support import integer_interval_bounds, unwrap_prior
 
 
@@ -45,7 +45,7 @@ class Bernoulli(Family):
     name = "Bernoulli"
     support = constraints.boolean
     stat_names = ("z",)
-    event_dims = (0, 1)
+    event_dims = ANY_EVENT_DIMS
     default_for = ("boolean",)
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
@@ -91,7 +91,7 @@ class Binomial(Family):
     name = "Binomial"
     support = constraints.integer_interval(0, 1)
     stat_names = ("z",)
-    event_dims = (0, 1)
+    event_dims = ANY_EVENT_DIMS
 
     def __init__(self, total_count: Union[int, float, torch.Tensor]) -> None:
         total = torch.as_tensor(total_count, dtype=torch.float64)

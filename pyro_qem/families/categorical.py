@@ -12,7 +12,7 @@ from torch.distributions import constraints
 import pyro.distributions as dist
 
 from ._special import normalised_log_probs, scipy_elementwise
-from .base import Family, Moments, Params
+from .base import ANY_EVENT_DIMS, AnyEventDims, Family, Moments, Params
 from .support import integer_interval_bounds, support_kind, unwrap_prior, unwrap_support
 
 
@@ -71,7 +71,7 @@ class Categorical(Family):
     name = "Categorical"
     support = constraints.integer_interval(0, 1)
     stat_names = ("one_hot",)
-    event_dims = (0, 1)
+    event_dims = ANY_EVENT_DIMS
     default_for = ("integer_interval",)
 
     def __init__(self, num_categories: int) -> None:
@@ -154,7 +154,8 @@ class Multinomial(Family):
     name = "Multinomial"
     support = constraints.multinomial(1)
     stat_names = ("z",)
-    event_dims = (1,)
+    # The categories are the last event dim; any dims before it are independent.
+    event_dims = AnyEventDims(1)
     default_for = ("multinomial",)
 
     def __init__(self, total_count: int) -> None:
@@ -201,7 +202,8 @@ class Multinomial(Family):
         return (self.total_count * torch.softmax(params["logits"], -1),)
 
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
-        return dist.Multinomial(self.total_count, logits=params["logits"])
+        q = dist.Multinomial(self.total_count, logits=params["logits"])
+        return q.to_event(len(event_shape) - 1)
 
     def init_moments(self, draws: torch.Tensor, event_shape: torch.Size) -> Moments:
         return (self.total_count * _smoothed_proportions(draws / self.total_count),)
@@ -222,3 +224,53 @@ class Multinomial(Family):
 
     def __repr__(self) -> str:
         return f"Multinomial({self.total_count})"
+
+
+class OneHotCategorical(Family):
+    """q(z) = OneHotCategorical(logits) for a one-hot site (the categories are the last
+    event dim), independently over any further event dims.
+
+    Statistic ``z`` itself, the one-hot vector; M-step ``probs = E z``, floored at
+    1e-10 and renormalised, as for :class:`Categorical`.
+
+    Example::
+
+        fam = OneHotCategorical()
+        params = fam.params_from_moments((torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64),),
+                                         torch.Size([3]))
+        fam.distribution(params, torch.Size([3])).sample()  # e.g. tensor([0., 0., 1.])
+    """
+
+    name = "OneHotCategorical"
+    support = constraints.one_hot
+    stat_names = ("one_hot",)
+    event_dims = AnyEventDims(1)
+    default_for = ("one_hot",)
+
+    def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
+        return (value.to(torch.promote_types(value.dtype, torch.get_default_dtype())),)
+
+    def params_from_moments(self, moments: Moments, event_shape: torch.Size) -> Params:
+        return {"logits": normalised_log_probs(moments[0]).to(moments[0].dtype)}
+
+    def moments_from_params(self, params: Params, event_shape: torch.Size) -> Moments:
+        return (torch.softmax(params["logits"], -1),)
+
+    def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
+        q = dist.OneHotCategorical(logits=params["logits"])
+        return q.to_event(len(event_shape) - 1)
+
+    def init_moments(self, draws: torch.Tensor, event_shape: torch.Size) -> Moments:
+        return (_smoothed_proportions(draws),)
+
+    def relocate(self, params: Params, value: torch.Tensor) -> Params:
+        """A copy of ``params``, unchanged (as for :class:`Categorical`)."""
+        # All mass on the given category would stop QEM from proposing the others.
+        return dict(params)
+
+    def inverse_cdf(
+        self, params: Params, probs: torch.Tensor, event_shape: torch.Size
+    ) -> torch.Tensor:
+        """Each coordinate's marginal, Bernoulli(probs_k): 1 where p exceeds 1 - probs_k."""
+        category_probs = torch.softmax(params["logits"].double(), -1)
+        return (probs > 1 - category_probs).double()

@@ -9,11 +9,12 @@ from torch.distributions import constraints
 import pyro.distributions as dist
 
 from ._special import CENTRE_MARGIN, dirichlet_concentration, safe_log, scipy_elementwise
-from .base import Family, Moments, Params
+from .base import ANY_EVENT_DIMS, AnyEventDims, Family, Moments, Params
 
 
 class Dirichlet(Family):
-    """q(z) = Dirichlet(concentration) for a simplex site (event dim 1).
+    """q(z) = Dirichlet(concentration) for a simplex site (event dim 1, or more with
+    ``.to_event``: independent Dirichlets over the last dim).
 
     Statistic ``log z``; the M-step finds the concentration with
     ``digamma(a_k) - digamma(sum a) = E log z_k`` by Minka's fixed point, then Newton.
@@ -29,7 +30,8 @@ class Dirichlet(Family):
     name = "Dirichlet"
     support = constraints.simplex
     stat_names = ("log_z",)
-    event_dims = (1,)
+    # The categories are the last event dim; any dims before it are independent.
+    event_dims = AnyEventDims(1)
     default_for = ("simplex",)
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
@@ -44,7 +46,7 @@ class Dirichlet(Family):
         return (torch.digamma(a) - torch.digamma(a.sum(-1, keepdim=True)),)
 
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
-        return dist.Dirichlet(params["concentration"])
+        return dist.Dirichlet(params["concentration"]).to_event(len(event_shape) - 1)
 
     def relocate(self, params: Params, value: torch.Tensor) -> Params:
         """``params`` with the mean ``a / sum(a)`` at ``value`` (renormalised); the total
@@ -76,7 +78,7 @@ class Beta(Family):
     name = "Beta"
     support = constraints.unit_interval
     stat_names = ("log_z", "log_1mz")
-    event_dims = (0, 1)
+    event_dims = ANY_EVENT_DIMS
     default_for = ("unit_interval",)
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:

@@ -10,7 +10,7 @@ from torch.distributions import constraints
 import pyro.distributions as dist
 
 from ._special import ABSOLUTE_SCALE_FLOOR
-from .base import Family, Moments, Params
+from .base import ANY_EVENT_DIMS, Family, Moments, Params
 
 
 class Exponential(Family):
@@ -27,7 +27,7 @@ class Exponential(Family):
     name = "Exponential"
     support = constraints.positive
     stat_names = ("z",)
-    event_dims = (0, 1)
+    event_dims = ANY_EVENT_DIMS
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         return (value,)
@@ -67,7 +67,7 @@ class HalfNormal(Family):
     name = "HalfNormal"
     support = constraints.positive
     stat_names = ("z2",)
-    event_dims = (0, 1)
+    event_dims = ANY_EVENT_DIMS
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         return (value.square(),)

@@ -9,7 +9,7 @@ from torch.distributions import constraints
 import pyro.distributions as dist
 
 from ._special import ABSOLUTE_SCALE_FLOOR, gamma_shape, safe_log, scipy_elementwise
-from .base import Family, Moments, Params
+from .base import ANY_EVENT_DIMS, Family, Moments, Params
 
 
 def _shape_and_rate(mean: torch.Tensor, mean_log: torch.Tensor) -> Params:
@@ -40,7 +40,7 @@ class Gamma(Family):
     name = "Gamma"
     support = constraints.positive
     stat_names = ("z", "log_z")
-    event_dims = (0, 1)
+    event_dims = ANY_EVENT_DIMS
     default_for = ("positive",)
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
@@ -93,7 +93,7 @@ class InverseGamma(Family):
     name = "InverseGamma"
     support = constraints.positive
     stat_names = ("inv_z", "log_z")
-    event_dims = (0, 1)
+    event_dims = ANY_EVENT_DIMS
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         log_z = safe_log(value)

@@ -8,7 +8,7 @@ from torch.distributions import constraints
 import pyro.distributions as dist
 
 from ._special import safe_log
-from .base import Family, Moments, Params
+from .base import ANY_EVENT_DIMS, Family, Moments, Params
 from .normal import Normal, normal_inverse_cdf
 
 # The variance of log z is the squared relative spread of z, so its floor is absolute
@@ -31,7 +31,7 @@ class LogNormal(Family):
     name = "LogNormal"
     support = constraints.positive
     stat_names = ("log_z", "log_z2")
-    event_dims = (0, 1)
+    event_dims = ANY_EVENT_DIMS
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         log_z = safe_log(value)

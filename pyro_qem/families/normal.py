@@ -1,4 +1,4 @@
-"""Normal family: scalar sites, and vector sites with a diagonal covariance."""
+"""Normal family: scalar sites, and vector or matrix sites with a diagonal covariance."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from torch.distributions import constraints
 
 import pyro.distributions as dist
 
-from .base import Family, Moments, Params
+from .base import ANY_EVENT_DIMS, Family, Moments, Params
 
 # Variances below this fraction of E[z^2] are floored: relative, so that rescaling a
 # latent rescales the floor with it and QEM's trajectory stays invariant.
@@ -38,7 +38,7 @@ class Normal(Family):
     name = "Normal"
     support = constraints.real
     stat_names = ("z", "z2")
-    event_dims = (0, 1)
+    event_dims = ANY_EVENT_DIMS
     default_for = ("real",)
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:

@@ -9,7 +9,7 @@ from torch.distributions import constraints
 import pyro.distributions as dist
 
 from ._special import CENTRE_MARGIN, scipy_elementwise
-from .base import Family, Moments, Params
+from .base import ANY_EVENT_DIMS, Family, Moments, Params
 
 # A rate this small proposes nothing but zeros, yet stays finite in float32 logs.
 RATE_FLOOR = 1e-12
@@ -29,7 +29,7 @@ class Poisson(Family):
     name = "Poisson"
     support = constraints.nonnegative_integer
     stat_names = ("z",)
-    event_dims = (0, 1)
+    event_dims = ANY_EVENT_DIMS
     default_for = ("nonnegative_integer",)
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:

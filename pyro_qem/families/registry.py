@@ -9,7 +9,7 @@ from torch.distributions import constraints
 
 from .base import REQUIRED_CLASS_ATTRIBUTES, Family
 from .bernoulli import Bernoulli, Binomial
-from .categorical import Categorical, Multinomial
+from .categorical import Categorical, Multinomial, OneHotCategorical
 from .dirichlet import Beta, Dirichlet
 from .exponential import Exponential, HalfNormal
 from .gamma import Gamma, InverseGamma
@@ -17,7 +17,9 @@ from .lognormal import LogNormal
 from .mvn import MultivariateNormal
 from .normal import Normal
 from .poisson import Poisson
+from .scaled_beta import ScaledBeta
 from .support import KIND_DESCRIPTIONS, support_kind, support_matches
+from .transformed import Unconstrained
 
 #: Every built-in family by the name users pass in ``families={"site": name}``.
 FAMILIES: Dict[str, Type[Family]] = {
@@ -31,12 +33,15 @@ FAMILIES: Dict[str, Type[Family]] = {
         Exponential,
         HalfNormal,
         Beta,
+        ScaledBeta,
         Dirichlet,
         Bernoulli,
         Categorical,
+        OneHotCategorical,
         Binomial,
         Multinomial,
         Poisson,
+        Unconstrained,
     )
 }
 
@@ -97,15 +102,19 @@ def default_family(
 ) -> Family:
     """The family a site gets when the user does not choose one, from its support.
 
-    real -> Normal (per coordinate for vectors); positive or nonnegative -> Gamma;
-    unit interval -> Beta; simplex -> Dirichlet; boolean -> Bernoulli;
-    ``integer_interval(0, C - 1)`` -> Categorical, or Binomial when the prior is one;
-    nonnegative integer -> Poisson; multinomial -> Multinomial.
+    real -> Normal (per coordinate for vectors and matrices); positive or nonnegative ->
+    Gamma; unit interval -> Beta; another interval with fixed bounds -> ScaledBeta;
+    simplex -> Dirichlet; boolean -> Bernoulli; ``integer_interval(0, C - 1)`` ->
+    Categorical, or Binomial when the prior is one; nonnegative integer -> Poisson;
+    multinomial -> Multinomial; one-hot -> OneHotCategorical; any other continuous
+    support that ``biject_to`` reaches (``corr_cholesky``, ``greater_than(c)``,
+    ``ordered_vector``, ...) -> Unconstrained.
 
     :param site_name: the site's name, for error messages.
     :param support: the support of the site's prior.
     :param event_shape: the site's event shape.
-    :param prior: the site's prior; gives Binomial/Multinomial total counts.
+    :param prior: the site's prior; gives Binomial/Multinomial total counts and lets
+        ScaledBeta check that its bounds are fixed.
     :returns: a family instance.
     :raises ValueError: when no family handles the support or the event shape.
 

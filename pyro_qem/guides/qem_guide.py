@@ -18,6 +18,7 @@ from abc import abstractmethod
 from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+from torch.distributions import constraints
 
 import pyro
 import pyro.distributions as dist
@@ -254,10 +255,49 @@ class QEMGuide(Messenger):
             self._unobserved(msg["name"])
             return
         site = self._site(msg["name"])
+        self._check_plate_sizes(site, msg)
         if self._num_particles is None:
             self._draw_one(site, msg)
         else:
             self._draw_particles(site, msg)
+
+    def _check_plate_sizes(self, site: SiteInfo, msg) -> None:
+        # q holds parameters per element of each plate the site is in, sized at set-up:
+        # a plate of another size would pair q's elements with the wrong data (or fail
+        # deep in Pyro's broadcasting, at a later site).
+        for frame in msg["cond_indep_stack"]:
+            plate = self.structure.plates.get(frame.name)
+            size = frame.full_size if frame.full_size is not None else frame.size
+            if plate is None or not frame.vectorized or size == plate.size:
+                continue
+            raise ValueError(
+                f"pyro.plate('{frame.name}') has size {size} in this run but had size "
+                f"{plate.size} when the guide was set up, and latent site '{site.name}' is "
+                "inside it (q has parameters per plate element). A guide fits one data set: "
+                "pass data of the same size to every step, or create a new guide (e.g. "
+                "AutoQEM(model)) for the new data."
+            )
+
+    def _check_fixed_support(self, site: SiteInfo, prior) -> None:
+        # q was fitted to the support the site had at set-up. Bounds that carry particle
+        # dims (Uniform(0, b) with b latent) change from particle to particle, so q's
+        # particles would fall outside the support of some particles of the parent.
+        support = prior.support
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        own_dims = self.structure.max_plate_nesting + len(site.event_shape)
+        for bound in vars(support).values():
+            if not isinstance(bound, torch.Tensor):
+                continue
+            if any(n > 1 for n in bound.shape[:-own_dims or None]):
+                raise ValueError(
+                    f"Site '{site.name}' has a dependent support: the bounds of its "
+                    f"{type(support).__name__.lstrip('_')} support depend on another latent "
+                    "site (as in Uniform(0, b) with b sampled), so they change from particle "
+                    "to particle, and q (fitted to one fixed support) cannot follow them. "
+                    "Reparameterise onto a fixed support: "
+                    + _fixed_support_advice(site.name, support)
+                )
 
     def _unobserved(self, name: str) -> None:
         # A site observed at set-up but not now is a prediction (e.g. Predictive with
@@ -275,6 +315,8 @@ class QEMGuide(Messenger):
             value = enumerated_support(msg["fn"], group.dim)
             log_q = msg["fn"].log_prob(value).new_zeros(())
         else:
+            if site.name in self.families:
+                self._check_fixed_support(site, msg["fn"])
             q, params = self._q(site, msg, differentiable=False)
             draw = q.rsample if self._reparameterized and q.has_rsample else q.sample
             value = in_dim(draw((self._num_particles,)), q, group.dim)
@@ -390,6 +432,19 @@ class QEMGuide(Messenger):
     def median(self, *args, **kwargs) -> Dict[str, torch.Tensor]:
         """The median of each moment-matched site's q (per coordinate)."""
         return {name: value[0] for name, value in self.quantiles([0.5], *args, **kwargs).items()}
+
+
+def _fixed_support_advice(name: str, support: constraints.Constraint) -> str:
+    """How to rewrite a site whose support depends on another latent site."""
+    if support.is_discrete:
+        return ("give the site a distribution whose support does not depend on other latent "
+                "sites (e.g. for Binomial(n, p) with n ~ Poisson(rate), the thinned count "
+                "Poisson(rate * p)).")
+    if hasattr(support, "upper_bound"):
+        return (f"u = pyro.sample('{name}_unit', dist.Uniform(0., 1.)) and "
+                f"pyro.deterministic('{name}', low + (high - low) * u).")
+    return (f"y = pyro.sample('{name}_offset', <a positive distribution>) and "
+            f"pyro.deterministic('{name}', low + y).")
 
 
 def _float_dtype(site: SiteInfo) -> torch.dtype:

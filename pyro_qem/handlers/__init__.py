@@ -5,10 +5,11 @@ guides (:mod:`pyro_qem.guides`) are effect handlers too; they sit above, because
 build q from the fitted state.
 """
 
+from .index_probe import IndexedValue, IndexProbe, IndexUse, plain
 from .params import ParamCollector
 from .plate_chunks import PlateChunkMessenger
 from .record import ParticleDraw, SiteRecord, SiteRecorder, is_subsampled
 from .uncondition import UnconditionData
 
-__all__ = ["ParamCollector", "ParticleDraw", "PlateChunkMessenger", "SiteRecord", "SiteRecorder",
-           "UnconditionData", "is_subsampled"]
+__all__ = ["IndexProbe", "IndexUse", "IndexedValue", "ParamCollector", "ParticleDraw", "PlateChunkMessenger", "SiteRecord", "SiteRecorder",
+           "UnconditionData", "is_subsampled", "plain"]

@@ -140,7 +140,7 @@ class Inference:
         ``-log P_hat`` of the particles this update used."""
         run = self.run_particles(*args, **kwargs)
         check_params(run.params, self.optim)
-        result = estimate(run.sites, run.structure, self.K)
+        result = estimate(run.sites, run.structure, self.K, links=run.links)
         self._warn_subsampling(result.plate_scales)
         source_grads, param_grads = backward(result.log_p_hat, result.sources, run.params,
                                              run.sites, self.objective)
@@ -161,7 +161,8 @@ class Inference:
         """``-log P_hat`` for fresh particles from the current q, without updating it."""
         run = self.run_particles(*args, **kwargs)
         check_params(run.params, self.optim)
-        return -estimate(run.sites, run.structure, self.K, with_sources=False).log_p_hat.item()
+        return -estimate(run.sites, run.structure, self.K, with_sources=False,
+                         links=run.links).log_p_hat.item()
 
     def _unfitted_groups(self) -> set:
         """Groups whose spread the M-step does not set (enumerated or gradient-fitted)."""

@@ -9,15 +9,17 @@ the numeric part (:func:`pyro_qem.estimator.estimate`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..estimator import Estimate, LogFactor, Source, estimate
 from ..guides.qem_guide import QEMGuide
-from ..handlers import SiteRecord, SiteRecorder
+from ..handlers import IndexProbe, SiteRecord, SiteRecorder
 from ..model import ModelStructure, Symbols
+from ..model.links import run_indices
+from .checks import particle_run_errors
 
 
 @dataclass
@@ -29,6 +31,8 @@ class ParticleRun:
         guide's :class:`~pyro_qem.handlers.ParticleDraw`.
     :ivar subsamples: the indices of each subsampled plate in this run.
     :ivar params: every ``pyro.param`` the model and guide read (unconstrained leaves).
+    :ivar links: for each linked plate (``structure.links``), this run's index of its
+        rows into the parent plate.
     """
 
     structure: ModelStructure
@@ -36,6 +40,7 @@ class ParticleRun:
     sites: List[SiteRecord]
     subsamples: Dict[str, torch.Tensor]
     params: Dict[str, torch.Tensor]
+    links: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def latent(self) -> Dict[str, SiteRecord]:
@@ -49,12 +54,37 @@ def run_particles(model: Callable, guide: QEMGuide, num_particles: int, args: tu
     latent site drawn from ``guide`` (set up on the first call), recording every site."""
     structure = guide.setup(*args, **kwargs)
     recorder = SiteRecorder()
-    with recorder, guide.particles(num_particles, reparameterized) as draws:
+    # The probe hands indexed latents to the model as IndexedValue, after the recorder
+    # has kept their plain values; without links it watches nothing.
+    probe = IndexProbe(structure.indexed_sites)
+    with recorder, probe, guide.particles(num_particles, reparameterized) as draws, \
+            particle_run_errors(recorder, num_particles):
         model(*args, **kwargs)
     for record in recorder.sites:
         record.draw = draws.get(record.name)
+    links = run_indices(probe.uses, structure.links, _plate_sizes(recorder.sites)) \
+        if structure.links else {}
+    _check_links_found(structure, links, recorder.sites)
     return ParticleRun(structure, num_particles, recorder.sites, recorder.subsamples,
-                       recorder.params)
+                       recorder.params, links)
+
+
+def _plate_sizes(records: Sequence[SiteRecord]) -> Dict[str, Tuple[int, int]]:
+    return {f.name: (f.dim, f.size) for r in records for f in r.frames}
+
+
+def _check_links_found(structure: ModelStructure, links: Dict[str, torch.Tensor],
+                       records: Sequence[SiteRecord]) -> None:
+    present = {f.name for r in records for f in r.frames}
+    missing = sorted(child for child in structure.links if child in present and child not in links)
+    if missing:
+        child = missing[0]
+        raise ValueError(
+            f"At set-up, rows of pyro.plate('{child}') read latents of "
+            f"pyro.plate('{structure.links[child]}') through an integer index, but in this "
+            "run no such index was applied. The model must index the same way in every "
+            "call (e.g. a[..., county] with county as long as the rows' plate)."
+        )
 
 
 @dataclass
@@ -100,7 +130,7 @@ def weigh(run: ParticleRun, weights: bool = True) -> WeightedRun:
     off the source terms (one backward pass; it runs even under ``torch.no_grad``).
     The source terms are there either way: joint resampling walks back to them."""
     with torch.enable_grad():
-        result = estimate(run.sites, run.structure, run.num_particles)
+        result = estimate(run.sites, run.structure, run.num_particles, links=run.links)
         marginals = result.weights() if weights else None
     result.log_p_hat = result.log_p_hat.detach()
     return WeightedRun(run, result, marginals)

@@ -6,7 +6,7 @@ compiled) without rediscovering anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -50,6 +50,10 @@ class GroupInfo:
 class ModelStructure:
     """Everything discovery fixes: the inputs of every later step.
 
+    :ivar links: for each plate whose rows read a latent of another plate through an
+        integer index (``a[..., county]`` inside ``pyro.plate("house", N)``), that
+        other plate: ``{"house": "county"}``.
+    :ivar indexed_sites: the latent sites read through such an index.
     :ivar symbols: the einsum symbols of its groups and plates (:class:`Symbols`).
     """
 
@@ -58,6 +62,8 @@ class ModelStructure:
     groups: Tuple[GroupInfo, ...]
     plates: Dict[str, PlateInfo]
     observed: Dict[str, torch.Size]  # observed site -> its batch shape at set-up
+    links: Dict[str, str] = field(default_factory=dict)  # rows' plate -> indexed plate
+    indexed_sites: FrozenSet[str] = frozenset()  # latents read through an index
 
     def __post_init__(self) -> None:
         site_to_group = {name: g.index for g in self.groups for name in g.sites}
@@ -66,6 +72,15 @@ class ModelStructure:
 
     def group_of(self, site: str) -> GroupInfo:
         return self.groups[self._site_to_group[site]]
+
+    def reachable_plates(self, plates) -> FrozenSet[str]:
+        """``plates`` and every plate their rows nest in through links."""
+        found = set(plates)
+        for plate in plates:
+            while plate in self.links and self.links[plate] not in found:
+                plate = self.links[plate]
+                found.add(plate)
+        return frozenset(found)
 
     def group_at_dim(self, dim: int) -> Optional[GroupInfo]:
         """The group whose particles live in tensor dim ``dim`` (None for a plate dim)."""

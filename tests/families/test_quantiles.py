@@ -69,8 +69,17 @@ SCIPY: Dict[str, Callable[[np.ndarray, Family, Params], np.ndarray]] = {
     "Poisson": lambda p, f, q: scipy.stats.poisson.ppf(p, _np(q["rate"])),
     "Categorical": _categorical_ppf,
     "Multinomial": lambda p, f, q: scipy.stats.binom.ppf(p, f.total_count, _softmax(q)),
+    "ScaledBeta": lambda p, f, q: scipy.stats.beta.ppf(
+        p, _np(q["concentration1"]), _np(q["concentration0"]), loc=_np(f.low),
+        scale=_np(f.high - f.low),
+    ),
+    # The case's support is greater_than(2): a LogNormal shifted by 2.
+    "Unconstrained": lambda p, f, q: scipy.stats.lognorm.ppf(
+        p, _np(q["scale"]), loc=2.0, scale=np.exp(_np(q["loc"]))
+    ),
+    "OneHotCategorical": lambda p, f, q: scipy.stats.bernoulli.ppf(p, _softmax(q)),
 }
-DISCRETE = {"Bernoulli", "Binomial", "Poisson", "Categorical", "Multinomial"}
+DISCRETE = {"Bernoulli", "Binomial", "Poisson", "Categorical", "Multinomial", "OneHotCategorical"}
 
 
 def test_every_family_is_covered():

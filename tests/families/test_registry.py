@@ -19,7 +19,10 @@ from pyro_qem.families import (
     Multinomial,
     MultivariateNormal,
     Normal,
+    OneHotCategorical,
     Poisson,
+    ScaledBeta,
+    Unconstrained,
     compatible_families,
     default_family,
     resolve_family,
@@ -55,6 +58,17 @@ PRIORS = [
     (dist.Geometric(0.5), "Poisson"),
     (dist.NegativeBinomial(3.0, 0.5), "Poisson"),
     (dist.Multinomial(4, torch.ones(3)), "Multinomial"),
+    (dist.Normal(torch.zeros(3, 4), 1.0).to_event(2), "Normal"),
+    (dist.Gamma(torch.ones(3, 4), 1.0).to_event(2), "Gamma"),
+    (dist.Uniform(-1.0, 1.0), "ScaledBeta"),
+    (dist.Uniform(0.0, 5.0), "ScaledBeta"),
+    (dist.Uniform(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 4.0])), "ScaledBeta"),
+    (dist.Uniform(torch.zeros(3, 4), 2.0).to_event(2), "ScaledBeta"),
+    (dist.OneHotCategorical(torch.ones(3)), "OneHotCategorical"),
+    (dist.OneHotCategorical(torch.ones(2, 3)).to_event(1), "OneHotCategorical"),
+    (dist.LKJCholesky(3, 2.0), "Unconstrained"),
+    (dist.Pareto(1.0, 1.0), "Unconstrained"),
+    (dist.Normal(0.0, 1.0).expand([3]).to_event(1).mask(True), "Normal"),
 ]
 
 
@@ -95,6 +109,16 @@ def test_default_family_counts_come_from_prior_and_support():
         (constraints.positive, constraints.real, False),
         (constraints.unit_interval, constraints.interval(0.0, 1.0), True),
         (constraints.unit_interval, constraints.interval(0.0, 2.0), False),
+        (constraints.interval(-1.0, 1.0), constraints.interval(0.0, 2.0), True),
+        (constraints.interval(-1.0, 1.0), constraints.half_open_interval(0.0, 2.0), True),
+        (constraints.interval(-1.0, 1.0), constraints.unit_interval, True),
+        (constraints.interval(-1.0, 1.0), constraints.positive, False),
+        (constraints.one_hot, constraints.one_hot, True),
+        (constraints.one_hot, constraints.simplex, False),
+        (constraints.corr_cholesky, constraints.corr_cholesky, True),
+        (constraints.corr_cholesky, constraints.greater_than(1.0), False),
+        (constraints.greater_than(1.0), constraints.greater_than(1.0), True),
+        (constraints.greater_than(1.0), constraints.greater_than(2.0), False),
         (constraints.unit_interval, constraints.positive, False),
         (constraints.integer_interval(0, 1), constraints.integer_interval(0, 9), True),
         (constraints.integer_interval(0, 1), constraints.boolean, False),
@@ -135,21 +159,22 @@ def test_override_builds_counted_families_from_the_site():
 
 
 def test_families_mapping():
-    assert FAMILIES["Normal"] is Normal and len(FAMILIES) == 14
+    assert FAMILIES["Normal"] is Normal and len(FAMILIES) == 17
     assert all(issubclass(cls, Family) and cls.name == name for name, cls in FAMILIES.items())
     assert compatible_families(constraints.real_vector, torch.Size([2])) == [
         "Normal",
         "MultivariateNormal",
+        "Unconstrained",
+    ]
+    matrix = constraints.independent(constraints.real, 2)
+    assert compatible_families(matrix, torch.Size([3, 4])) == [
+        "Normal",
+        "Unconstrained",
     ]
 
 
-UNSUPPORTED = [
-    dist.OneHotCategorical(torch.ones(3)),
-    dist.Pareto(1.0, 1.0),
-    dist.Uniform(-1.0, 1.0),
-    dist.LKJCholesky(3),
-    dist.Wishart(torch.tensor(4.0), torch.eye(2)),
-]
+# positive_definite has no biject_to bijection (only transform_to's, which is not one).
+UNSUPPORTED = [dist.Wishart(torch.tensor(4.0), torch.eye(2))]
 
 
 @pytest.mark.parametrize("prior", UNSUPPORTED, ids=lambda x: type(x).__name__)
@@ -186,9 +211,9 @@ def test_support_mismatch_error(override):
     "override, support, event_shape",
     [
         ("MultivariateNormal", constraints.real, torch.Size()),
-        ("Dirichlet", constraints.independent(constraints.simplex, 1), torch.Size([2, 3])),
+        ("Dirichlet", constraints.simplex, torch.Size()),
         ("Multinomial", constraints.multinomial(4), torch.Size()),
-        (Normal(), constraints.independent(constraints.real, 2), torch.Size([2, 3])),
+        ("OneHotCategorical", constraints.one_hot, torch.Size()),
     ],
 )
 def test_event_shape_error(override, support, event_shape):
@@ -285,6 +310,9 @@ def test_defaults_table_comes_from_the_families():
         "integer_interval": Categorical,
         "nonnegative_integer": Poisson,
         "multinomial": Multinomial,
+        "interval": ScaledBeta,
+        "one_hot": OneHotCategorical,
+        "bijective": Unconstrained,
     }
     claimed = {kind: cls for cls in FAMILIES.values() for kind in cls.default_for}
     assert claimed == _DEFAULTS

@@ -46,6 +46,9 @@ VALUES: Dict[str, Callable[[Family, torch.Size], torch.Tensor]] = {
     "Exponential": lambda fam, shape: _log_uniform(shape, -3, 3),
     "HalfNormal": lambda fam, shape: _log_uniform(shape, -3, 3),
     "Beta": lambda fam, shape: _uniform(shape, 0.01, 0.99),
+    "ScaledBeta": lambda fam, shape: fam.low + (fam.high - fam.low) * _uniform(shape, 0.01, 0.99),
+    # The case's support is greater_than(2).
+    "Unconstrained": lambda fam, shape: 2.0 + _log_uniform(shape, -3, 3),
     "Dirichlet": lambda fam, shape: _simplex(shape),
     "Bernoulli": lambda fam, shape: _uniform(shape, 0.01, 0.99),
     "Binomial": _counts_mean,
@@ -55,7 +58,7 @@ VALUES: Dict[str, Callable[[Family, torch.Size], torch.Tensor]] = {
 
 def _centre(name: str, family: Family, params: Params, event_shape: torch.Size) -> torch.Tensor:
     """The centre each family's relocation sets."""
-    if name == "LogNormal":
+    if name in ("LogNormal", "Unconstrained"):
         return family.quantiles(params, [0.5], event_shape)[0]
     if name == "InverseGamma":
         return params["rate"] / (params["concentration"] + 1)
@@ -70,6 +73,8 @@ KEPT: Dict[str, Callable[[Params], torch.Tensor]] = {
     "Gamma": lambda p: p["concentration"],
     "InverseGamma": lambda p: p["concentration"],
     "Beta": lambda p: p["concentration1"] + p["concentration0"],
+    "ScaledBeta": lambda p: p["concentration1"] + p["concentration0"],
+    "Unconstrained": lambda p: p["scale"],
     "Dirichlet": lambda p: p["concentration"].sum(-1),
 }
 
@@ -83,7 +88,7 @@ def _relocated(name: str) -> Tuple[Family, torch.Size, Params, Params, torch.Ten
 
 
 def test_every_family_is_covered():
-    assert set(VALUES) | {"Categorical", "Multinomial"} == set(FAMILIES) == set(CASES)
+    assert set(VALUES) | set(UNORDERED) == set(FAMILIES) == set(CASES)
 
 
 @pytest.mark.parametrize("name", sorted(VALUES))
@@ -111,7 +116,10 @@ def test_relocate_returns_a_new_dict_and_leaves_its_input_alone(name):
         assert after[key].shape == tensor.shape and after[key].dtype == torch.float64
 
 
-@pytest.mark.parametrize("name", ["Categorical", "Multinomial"])
+UNORDERED = ["Categorical", "Multinomial", "OneHotCategorical"]
+
+
+@pytest.mark.parametrize("name", UNORDERED)
 def test_unordered_families_keep_their_params(name):
     family, event_shape, params = make_case(name)
     value = family.distribution(params, event_shape).sample()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable, Dict, List, Tuple
 
 import torch
+from torch.distributions import constraints
 
 from pyro_qem.families import (
     Bernoulli,
@@ -25,7 +26,10 @@ from pyro_qem.families import (
     Multinomial,
     MultivariateNormal,
     Normal,
+    OneHotCategorical,
     Poisson,
+    ScaledBeta,
+    Unconstrained,
 )
 from pyro_qem.families._special import probs_to_logits
 
@@ -106,6 +110,22 @@ def _beta(gen: torch.Generator) -> Case:
     return Beta(), torch.Size(), {"concentration1": a, "concentration0": b}
 
 
+def _scaled_beta(gen: torch.Generator) -> Case:
+    # Bounds per batch element, as a Uniform(lo, hi) prior in a plate gives them.
+    low = torch.randn(2, N // 2, generator=gen, dtype=torch.float64) * 10
+    high = low + _log_uniform(gen, -2, 3, N).reshape(2, -1)
+    a, b = _shapes(gen), _shapes(gen).flip(-1)
+    return ScaledBeta(low, high), torch.Size(), {"concentration1": a, "concentration0": b}
+
+
+def _unconstrained(gen: torch.Generator) -> Case:
+    # A scalar support, so that quantiles can be checked (a shifted LogNormal).
+    scale = _log_uniform(gen, -3, 1, N).reshape(2, -1)
+    loc = torch.randn(2, N // 2, generator=gen, dtype=torch.float64) * 3
+    family = Unconstrained(constraints.greater_than(2.0))
+    return family, torch.Size(), {"loc": loc, "scale": scale}
+
+
 def _dirichlet(gen: torch.Generator) -> Case:
     k = 4
     a = _log_uniform(gen, -3, 4, N, k)
@@ -140,6 +160,10 @@ def _categorical(gen: torch.Generator) -> Case:
     return Categorical(5), torch.Size(), {"logits": _category_logits(gen, 5)}
 
 
+def _one_hot(gen: torch.Generator) -> Case:
+    return OneHotCategorical(), torch.Size([4]), {"logits": _category_logits(gen, 4)}
+
+
 def _multinomial(gen: torch.Generator) -> Case:
     return Multinomial(7), torch.Size([4]), {"logits": _category_logits(gen, 4)}
 
@@ -157,12 +181,15 @@ CASES: Dict[str, Callable[[torch.Generator], Case]] = {
     "Exponential": _exponential,
     "HalfNormal": _half_normal,
     "Beta": _beta,
+    "ScaledBeta": _scaled_beta,
     "Dirichlet": _dirichlet,
     "Bernoulli": _bernoulli,
     "Categorical": _categorical,
+    "OneHotCategorical": _one_hot,
     "Binomial": _binomial,
     "Multinomial": _multinomial,
     "Poisson": _poisson,
+    "Unconstrained": _unconstrained,
 }
 
 

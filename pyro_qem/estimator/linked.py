@@ -1,0 +1,105 @@
+"""Indexed plates: rows that each depend on one group's particles, contracted exactly.
+
+When a site in plate P (rows, e.g. houses) reads a latent of plate Q (groups, e.g.
+counties) through an integer index (``a[..., county]``), row n uses the particles of
+group ``index[n]`` only. The estimator then treats P as nested in Q with ragged
+membership: it contracts P's own particle dims row by row (everything that lives in P),
+which leaves one log factor per row over the particle dims of the groups the rows read,
+and adds the rows of each group into a factor inside plate Q (a scatter-add, scaled by
+N / B when P is subsampled). Q's contraction is then the ordinary nested one, and each
+group's particles are weighed by exactly its own rows. Memory grows with the number of
+rows, never with the number of groups times the largest group.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Dict, FrozenSet, List, Mapping, Sequence, Set, Tuple
+
+import torch
+from pyro.ops.contract import contract_tensor_tree
+
+from .factors import LogFactor
+
+
+@dataclass(frozen=True)
+class PlateLink:
+    """Rows of plate ``child`` (symbol) belong to elements of plate ``parent`` (symbol):
+    row n to element ``index[n]``."""
+
+    child: str
+    parent: str
+    index: torch.Tensor
+    parent_size: int
+
+
+def link_order(links: Mapping[str, PlateLink]) -> List[PlateLink]:
+    """Links from the innermost rows outwards (house -> county before county -> state)."""
+    depth: Dict[str, int] = {}
+
+    def level(symbol: str, seen: Tuple[str, ...] = ()) -> int:
+        if symbol not in links:
+            return 0
+        if symbol in seen:
+            raise ValueError("Indexed plates form a cycle: " + " -> ".join(seen + (symbol,)))
+        if symbol not in depth:
+            depth[symbol] = 1 + level(links[symbol].parent, seen + (symbol,))
+        return depth[symbol]
+
+    return sorted(links.values(), key=lambda link: -level(link.child))
+
+
+def fold_links(factors: Sequence[LogFactor], links: Mapping[str, PlateLink],
+               local_dims: Mapping[str, FrozenSet[str]], plate_scales: Mapping[str, float],
+               ring_factory) -> Tuple[List[LogFactor], Dict[str, float]]:
+    """Replace the factors of every indexed (child) plate by factors inside its parent.
+
+    :param factors: packed factors (sources included).
+    :param links: child plate symbol -> :class:`PlateLink`.
+    :param local_dims: plate symbol -> the particle dims of the groups inside it.
+    :param plate_scales: ``N / B`` per subsampled plate symbol.
+    :param ring_factory: ``dim_to_size, plate_scales -> ring`` for the row contractions.
+    :returns: the new factors and the plate scales that still apply.
+    """
+    factors = list(factors)
+    scales = dict(plate_scales)
+    for link in link_order(links):
+        rows = [f for f in factors if link.child in f.ordinal]
+        if not rows:
+            continue
+        factors = [f for f in factors if link.child not in f.ordinal]
+        folded = _fold(rows, link, local_dims.get(link.child, frozenset()), scales, ring_factory)
+        factors.append(folded)
+        scales.pop(link.child, None)
+    return factors, scales
+
+
+def _fold(rows: Sequence[LogFactor], link: PlateLink, local: FrozenSet[str],
+          scales: Mapping[str, float], ring_factory) -> LogFactor:
+    target = frozenset.intersection(*(f.ordinal for f in rows))
+    tree: "OrderedDict[FrozenSet[str], List[torch.Tensor]]" = OrderedDict()
+    dim_to_size: Dict[str, int] = {}
+    for factor in rows:
+        term = factor.tensor[...]  # a fresh object: the ring tags it with _pyro_dims
+        term._pyro_dims = factor.dims
+        tree.setdefault(factor.ordinal, []).append(term)
+        dim_to_size.update(zip(factor.dims, term.shape))
+    ring = ring_factory(dim_to_size, scales)
+    present: Set[str] = set(dim_to_size)
+    contracted = contract_tensor_tree(tree, set(local & present), ring=ring)
+    terms = [ring.product(term, ordinal - target) if ordinal - target else term
+             for ordinal, group in contracted.items() for term in group]
+    term = ring.sumproduct(terms, set())
+    dims = term._pyro_dims
+    position = dims.index(link.child)
+    values = term * scales.get(link.child, 1.0)
+    shape = list(values.shape)
+    shape[position] = link.parent_size
+    index = link.index.to(values.device)
+    grouped = values.new_zeros(shape).index_add(position, index, values)
+    ordinal = (target - {link.child}) | {link.parent}
+    new_dims = dims.replace(link.child, link.parent)
+    if link.parent in dims:
+        raise ValueError("an indexed plate's rows already carry the parent plate's dim")
+    return LogFactor(f"rows:{link.child}", grouped, new_dims, frozenset(ordinal))

@@ -1,0 +1,150 @@
+"""See where a model indexes a plated latent with an integer tensor: ``a[..., county]``.
+
+The standard hierarchical regression keeps its data as one long table and looks up each
+row's group effect by an index column::
+
+    with pyro.plate("county", C):
+        a = pyro.sample("a", dist.Normal(mu, sigma_a))
+    with pyro.plate("house", N):
+        pyro.sample("y", dist.Normal(a[..., county] + b * x, sigma), obs=y)
+
+:class:`IndexProbe` hands the model each chosen latent's value as an
+:class:`IndexedValue`, a tensor subclass that records every integer-tensor index
+applied to one of the site's plate dims (``value[..., index]``,
+``value.index_select(dim, index)``) with the plates active at that moment, and returns
+plain tensors from every operation, so nothing downstream changes. The estimator then
+knows that each house depends on one county's particles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Collection, Dict, List, Optional, Tuple
+
+import torch
+
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import _PYRO_STACK
+from pyro.poutine.util import site_is_subsample
+
+# A plate active when an index was applied: (name, dim, size).
+ActivePlate = Tuple[str, int, int]
+
+
+@dataclass(frozen=True)
+class IndexUse:
+    """One integer-tensor index applied to a plate dim of a latent site's value.
+
+    :ivar site: the latent site whose value was indexed.
+    :ivar plate: the plate whose dim the index addresses (the indexed plate).
+    :ivar index: the index, flattened to 1-D (one entry per element of the result).
+    :ivar batch_dim: where the indexed entries sit in the result, as a batch dim of the
+        consuming site (negative, the plate dims' convention).
+    :ivar active: the vectorised plates active when the index was applied.
+    """
+
+    site: str
+    plate: str
+    index: torch.Tensor
+    batch_dim: int
+    active: Tuple[ActivePlate, ...]
+
+
+class IndexedValue(torch.Tensor):
+    """A latent's value that records integer-tensor indexing of its plate dims."""
+
+    _qem_site: str
+    _qem_plates: Dict[int, str]  # value dim (negative, event dims included) -> plate
+    _qem_event_ndim: int
+    _qem_uses: List[IndexUse]
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.__getitem__ and isinstance(args[0], IndexedValue):
+            _record_getitem(args[0], args[1])
+        elif func in (torch.index_select, torch.Tensor.index_select) and isinstance(args[0], IndexedValue):
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            index = kwargs.get("index", args[2] if len(args) > 2 else None)
+            _record(args[0], dim - args[0].dim() if dim >= 0 else dim, index)
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+
+def _record_getitem(value: IndexedValue, key) -> None:
+    """Record ``value[key]`` when the key is Ellipsis / full slices and one integer
+    tensor, the layout ``a[..., index]`` that keeps every other dim in place."""
+    key = key if isinstance(key, tuple) else (key,)
+    tensors = [i for i, k in enumerate(key) if isinstance(k, torch.Tensor) and not k.dtype.is_floating_point
+               and k.dtype != torch.bool]
+    if len(tensors) != 1:
+        return
+    if any(k is None or isinstance(k, int) for k in key):
+        return
+    position = tensors[0]
+    ellipsis = [i for i, k in enumerate(key) if k is Ellipsis]
+    if ellipsis and ellipsis[0] < position:
+        dim = -(len(key) - position)  # counted from the right, after the Ellipsis
+    elif not ellipsis or ellipsis[0] > position:
+        dim = position - value.dim()
+    else:
+        return
+    _record(value, dim, key[position])
+
+
+def _record(value: IndexedValue, dim: int, index) -> None:
+    plate = value._qem_plates.get(dim)
+    if plate is None or not isinstance(index, torch.Tensor):
+        return
+    nontrivial = [n for n in index.shape if n != 1]
+    if len(nontrivial) > 1:
+        return
+    batch_dim = dim + value._qem_event_ndim
+    value._qem_uses.append(IndexUse(value._qem_site, plate, index.reshape(-1), batch_dim, _active_plates()))
+
+
+def _active_plates() -> Tuple[ActivePlate, ...]:
+    frames = []
+    for messenger in _PYRO_STACK:
+        frame = getattr(messenger, "_vectorized", None) and getattr(messenger, "name", None)
+        if frame and getattr(messenger, "dim", None) is not None:
+            frames.append((messenger.name, messenger.dim,
+                           getattr(messenger, "subsample_size", None) or messenger.size))
+    return tuple(frames)
+
+
+class IndexProbe(Messenger):
+    """Gives the model each chosen latent's value as an :class:`IndexedValue` and
+    collects the :class:`IndexUse` s in :attr:`uses`.
+
+    :param sites: the latent sites to watch; None for every latent site in a plate.
+    """
+
+    def __init__(self, sites: Optional[Collection[str]] = None) -> None:
+        super().__init__()
+        self.sites = None if sites is None else frozenset(sites)
+        self.uses: List[IndexUse] = []
+
+    def __enter__(self) -> "IndexProbe":
+        self.uses = []
+        return super().__enter__()
+
+    def _pyro_post_sample(self, msg) -> None:
+        if msg["is_observed"] or msg["type"] != "sample" or site_is_subsample(msg):
+            return
+        if self.sites is not None and msg["name"] not in self.sites:
+            return
+        event_ndim = len(msg["fn"].event_shape)
+        plates = {f.dim - event_ndim: f.name for f in msg["cond_indep_stack"] if f.vectorized}
+        value = msg["value"]
+        if not plates or not isinstance(value, torch.Tensor) or isinstance(value, IndexedValue):
+            return
+        wrapped = value.as_subclass(IndexedValue)
+        wrapped._qem_site, wrapped._qem_plates = msg["name"], plates
+        wrapped._qem_event_ndim, wrapped._qem_uses = event_ndim, self.uses
+        msg["value"] = wrapped
+
+
+def plain(value: torch.Tensor) -> torch.Tensor:
+    """``value`` as a plain tensor (a view; no copy)."""
+    return value.as_subclass(torch.Tensor) if isinstance(value, IndexedValue) else value

@@ -1,0 +1,132 @@
+"""Which plates index which: rows of plate P that read a latent of plate Q through an
+integer index (``a[..., county]``) are linked P -> Q.
+
+At set-up the prototype run records every integer-tensor index applied to a plate dim
+of a latent (:class:`~pyro_qem.handlers.IndexProbe`); :func:`find_links` turns those
+into the model's links (fixed for the guide's life), and every particle run reads the
+index tensors of this run's data with :func:`run_indices`.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, FrozenSet, Iterable, Mapping, Optional, Sequence, Set, Tuple
+
+import torch
+
+from ..handlers import IndexUse
+
+# plate name -> (dim, size in this run)
+PlateSizes = Mapping[str, Tuple[int, int]]
+
+
+def consumer_plate(use: IndexUse, plates: PlateSizes) -> Optional[str]:
+    """The plate whose elements the index's entries are: the active plate at the
+    index's dim with its length, else the only plate of the model with that dim and
+    length; None when no plate fits (the result feeds no plated site)."""
+    length = use.index.numel()
+    active = [name for name, dim, size in use.active if dim == use.batch_dim and size == length]
+    if active:
+        return active[-1]
+    fits = sorted(name for name, (dim, size) in plates.items()
+                  if dim == use.batch_dim and size == length and name != use.plate)
+    if len(fits) > 1:
+        raise ValueError(
+            f"Site '{use.site}' is indexed along pyro.plate('{use.plate}') by an index of "
+            f"length {length}, and plates {fits} all have that size at dim {use.batch_dim}: "
+            "pyro_qem cannot tell which one the rows belong to. Apply the index inside the "
+            "rows' plate (with pyro.plate(...): ... a[..., index] ...)."
+        )
+    return fits[0] if fits else None
+
+
+def find_links(uses: Iterable[IndexUse], plates: PlateSizes) -> Tuple[Dict[str, str], FrozenSet[str]]:
+    """``({child plate: parent plate}, indexed latent sites)`` from a set-up run.
+
+    :raises ValueError: for crossed groupings (rows indexing latents of two plates that
+        are not nested in each other), which no affordable exact contraction handles.
+    """
+    parents: Dict[str, Set[str]] = {}
+    sites: Dict[Tuple[str, str], str] = {}
+    for use in uses:
+        child = consumer_plate(use, plates)
+        if child is None or child == use.plate:
+            continue
+        parents.setdefault(child, set()).add(use.plate)
+        sites.setdefault((child, use.plate), use.site)
+    links = {child: next(iter(found)) for child, found in parents.items() if len(found) == 1}
+    for child, found in parents.items():
+        if len(found) > 1:
+            links[child] = _innermost(child, sorted(found), links, sites)
+    return links, frozenset(sites.values())
+
+
+def _innermost(child: str, found: Sequence[str], links: Mapping[str, str],
+               sites: Mapping[Tuple[str, str], str]) -> str:
+    """Of several parents of ``child``, the one whose ancestors (through links) hold all
+    the others: rows indexing a county and its state both nest in the county."""
+    for candidate in found:
+        ancestors = set(_ancestors(candidate, links))
+        if set(found) - {candidate} <= ancestors:
+            return candidate
+    first, second = found[0], found[1]
+    raise ValueError(
+        f"Crossed groupings: rows of pyro.plate('{child}') read '{sites[(child, first)]}' of "
+        f"pyro.plate('{first}') and '{sites[(child, second)]}' of pyro.plate('{second}') "
+        "through indexes, and neither plate is nested in the other. The exact contraction "
+        f"would need every combination of {first} and {second} particles (K to the power "
+        f"of their sizes). Fit one of them as a fixed effect or a single vector site "
+        f"(e.g. {second} effects as one .to_event(1) site outside the plates), or nest one "
+        "grouping in the other."
+    )
+
+
+def _ancestors(plate: str, links: Mapping[str, str]):
+    seen = set()
+    while plate in links and plate not in seen:
+        seen.add(plate)
+        plate = links[plate]
+        yield plate
+
+
+def ancestors(plate: str, links: Mapping[str, str]) -> Set[str]:
+    """The plates ``plate``'s rows nest in through links (parent, grandparent, ...)."""
+    return set(_ancestors(plate, links))
+
+
+def run_indices(uses: Iterable[IndexUse], links: Mapping[str, str], plates: PlateSizes
+                ) -> Dict[str, torch.Tensor]:
+    """``{child plate: index into the parent plate}`` for one particle run.
+
+    :raises ValueError: when a linked plate's rows read their parent with two different
+        indexes, or an index falls outside the parent plate.
+    """
+    found: Dict[str, torch.Tensor] = {}
+    for use in uses:
+        child = consumer_plate(use, plates)
+        if child is None or links.get(child) != use.plate:
+            continue
+        index = use.index
+        previous = found.get(child)
+        if previous is not None:
+            if previous is not index and not torch.equal(previous, index):
+                raise ValueError(
+                    f"Rows of pyro.plate('{child}') read latents of pyro.plate('{use.plate}') "
+                    "through two different indexes of the same length; each row must "
+                    "belong to one element. Use one index column per grouping."
+                )
+            continue
+        _check_range(child, use, plates)
+        found[child] = index
+    return found
+
+
+def _check_range(child: str, use: IndexUse, plates: PlateSizes) -> None:
+    size = plates[use.plate][1] if use.plate in plates else None
+    index = use.index
+    if index.numel() and size is not None and (index.min() < 0 or index.max() >= size):
+        raise ValueError(
+            f"Site '{use.site}' is indexed along pyro.plate('{use.plate}') (size {size}) by "
+            f"rows of pyro.plate('{child}') with values from {int(index.min())} to "
+            f"{int(index.max())}; indexes must lie in 0..{size - 1} (zero-based). Subtract "
+            "1 from one-based indexes."
+        )

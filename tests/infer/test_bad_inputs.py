@@ -1,0 +1,426 @@
+"""Bad models and data get a clear error naming the site or plate and what to do,
+never a traceback from deep inside torch, a NaN, or a silently wrong answer."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer.autoguide import init_to_value
+from torch.distributions import constraints
+
+from pyro_qem import AutoQEM, Inference
+from pyro_qem.estimator import estimate
+from pyro_qem.estimator.contraction import check_finite
+from pyro_qem.estimator.factors import LogFactor
+from pyro_qem.families import Normal, support_kind
+from pyro_qem.handlers import SiteRecorder
+from pyro_qem.infer.checks import particle_run_errors
+from pyro_qem.infer.pipeline import run_particles
+
+
+def step(model, *args, K=5, **kwargs):
+    return Inference(model, AutoQEM(model, **kwargs), K=K).step(*args)
+
+
+def global_mean(y):
+    theta = pyro.sample("theta", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", 10):
+        pyro.sample("obs", dist.Normal(theta, 1.0), obs=y)
+
+
+def local_means(y):
+    with pyro.plate("data", len(y)):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        pyro.sample("obs", dist.Normal(mu, 1.0), obs=y)
+
+
+# ------------------------------------------------------- 1. data shape vs plates
+
+def test_data_shorter_than_its_plate():
+    with pytest.raises(ValueError, match=r"Observed site 'obs' has data of shape \(7,\).*"
+                       r"pyro.plate\('data'\) has size 10 but the data has size 7.*len\(data\)"):
+        step(global_mean, torch.randn(7))
+
+
+def test_data_with_an_extra_trailing_dim():
+    with pytest.raises(ValueError, match=r"Observed site 'obs' has data of shape \(10, 2\), but "
+                       r"expected shape \(10,\).*to_event"):
+        step(global_mean, torch.randn(10, 2))
+
+
+@pytest.mark.parametrize("shape", [(3, 10), (5, 10)])
+def test_data_with_an_extra_leading_dim(shape):
+    # With K equal to the extra dim (3 here, K = 3) the data used to pair with the
+    # particles silently.
+    with pytest.raises(ValueError, match=r"Observed site 'obs' has data of shape .*leading "
+                       r"dims .* belong to no pyro.plate.*pyro.plate\('obs_plate'"):
+        step(global_mean, torch.randn(shape), K=3)
+
+
+def test_data_vector_without_a_plate():
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        pyro.sample("obs", dist.Normal(mu, 1.0), obs=y)
+
+    with pytest.raises(ValueError, match=r"Observed site 'obs' has data of shape \(3,\).*pyro.plate"):
+        step(model, torch.randn(3), K=3)
+
+
+def test_distribution_batch_shape_against_its_plate():
+    def model(y):
+        theta = pyro.sample("theta", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 10):
+            pyro.sample("obs", dist.Normal(theta + torch.zeros(7), 1.0), obs=y)
+
+    with pytest.raises(ValueError, match=r"plate\('data'\) at site obs dim -1, 10 vs 7.*Size the plate"):
+        AutoQEM(model).setup(torch.randn(7))
+
+
+@pytest.mark.parametrize("obs", [1.0, [1.0, 2.0]])
+def test_data_that_is_not_a_tensor(obs):
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        pyro.sample("obs", dist.Normal(mu, 1.0), obs=y)
+
+    with pytest.raises(TypeError, match="Observed site 'obs' has obs= of type .*torch.as_tensor"):
+        AutoQEM(model).setup(obs)
+
+
+def test_broadcast_data_is_still_accepted():
+    # A value that broadcasts to the plate (Pyro's semantics) is not an error.
+    assert torch.isfinite(torch.tensor(step(global_mean, torch.randn(1, 10))))
+
+
+# -------------------------------------------------- 2. data outside the support
+
+def likelihood_model(likelihood):
+    def model(y):
+        rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("obs", likelihood(rate), obs=y)
+
+    return model
+
+
+@pytest.mark.parametrize("likelihood, y, example", [
+    (lambda r: dist.HalfNormal(r), [1.0, -1.0, 2.0], r"HalfNormal.*>= 0.0\), e.g. \[-1.0\]"),
+    (lambda r: dist.Exponential(r), [1.0, -2.0, 2.0], r"Exponential.*e.g. \[-2.0\]"),
+    (lambda r: dist.Gamma(r, 1.0), [-1.0, -3.0, 2.0], r"Gamma.*e.g. \[-1.0, -3.0\]"),
+    (lambda r: dist.Poisson(r), [1.0, 1.5, 2.0], r"Poisson.*integers >= 0\), e.g. \[1.5\]"),
+    (lambda r: dist.Bernoulli(probs=r / (1 + r)), [1.0, 2.0, 0.0], r"Bernoulli.*0 or 1\), e.g. \[2.0\]"),
+])
+@pytest.mark.parametrize("validate", [True, False])
+def test_data_outside_the_support(likelihood, y, example, validate):
+    # Without validation a non-integer Poisson count gave a finite, wrong estimate.
+    with pyro.validation_enabled(validate), pytest.raises(
+            ValueError, match=r"Observed site 'obs' has \d value\(s\) outside the support.*" + example
+            + ".*obs_mask"):
+        AutoQEM(likelihood_model(likelihood)).setup(torch.tensor(y))
+
+
+def test_masked_out_values_are_not_checked():
+    def model(y, mask):
+        rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
+        with pyro.plate("data", len(y)), pyro.poutine.mask(mask=mask):
+            pyro.sample("obs", dist.Poisson(rate), obs=y)
+
+    AutoQEM(model).setup(torch.tensor([1.0, 1.5, 2.0]), torch.tensor([True, False, True]))
+
+
+def test_support_with_bounds_from_a_latent_is_not_checked_at_set_up():
+    # Uniform(0, b) with b latent: y = 3 is outside (0, b) at b's set-up value, but
+    # inside it for larger b, so the data are fine.
+    def model(y):
+        b = pyro.sample("b", dist.Gamma(2.0, 1.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("obs", dist.Uniform(0.0, b), obs=y)
+
+    AutoQEM(model, init_loc_fn=init_to_value(values={"b": torch.tensor(1.0)})).setup(torch.tensor([3.0]))
+
+
+# ------------------------------------------------------- 3. interval supports
+
+def test_uniform_with_a_latent_bound():
+    def model(y):
+        b = pyro.sample("b", dist.Gamma(4.0, 2.0))
+        x = pyro.sample("x", dist.Uniform(0.0, b))
+        pyro.sample("obs", dist.Normal(x, 1.0), obs=y)
+
+    with pytest.raises(ValueError, match=r"Site 'x'.*pyro.deterministic"):
+        step(model, torch.tensor(1.0))
+
+
+class IntervalNormal(Normal):
+    """A q for an interval(0, 2) site, as an interval family would match one."""
+
+    name = "IntervalNormal"
+    support = constraints.interval(0.0, 2.0)
+
+
+def test_dependent_support_is_refused_even_with_a_matching_family():
+    # Once a family accepts the set-up support, the bounds' particle dims give the
+    # dependence away at the first draw.
+    def model(y):
+        b = pyro.sample("b", dist.Gamma(4.0, 2.0))
+        x = pyro.sample("x", dist.Uniform(0.0, b))
+        pyro.sample("obs", dist.Normal(x, 1.0), obs=y)
+
+    guide = AutoQEM(model, init_loc_fn=init_to_value(values={"b": torch.tensor(2.0)}),
+                    families={"x": IntervalNormal})
+    with pytest.raises(ValueError, match=r"Site 'x' has a dependent support.*Interval.*Uniform\(0, b\)"
+                       r".*pyro.deterministic\('x', low \+ \(high - low\) \* u\)"):
+        Inference(model, guide, K=5).step(torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("prior, advice", [
+    (lambda s: dist.Pareto(s, 3.0), r"GreaterThanEq.*pyro.deterministic\('x', low \+ y\)"),
+    (lambda s: dist.Binomial(s.round() + 1, 0.5), r"IntegerInterval.*Poisson\(rate \* p\)"),
+])
+def test_other_dependent_supports(prior, advice):
+    def model(y):
+        s = pyro.sample("s", dist.Gamma(4.0, 2.0))
+        x = pyro.sample("x", prior(s))
+        pyro.sample("obs", dist.Normal(x, 1.0), obs=y)
+
+    if support_kind(prior(torch.tensor(2.0)).support) is None:
+        pytest.skip("no family for this support yet")
+    with pytest.raises(ValueError, match=r"Site 'x' has a dependent support.*" + advice):
+        step(model, torch.tensor(1.0))
+
+
+def test_bounds_that_vary_over_a_plate_are_fixed():
+    # One bound per plate element (data, not a latent) is a fixed support.
+    def model(y):
+        with pyro.plate("data", 3):
+            x = pyro.sample("x", dist.Uniform(torch.zeros(3), torch.tensor([1.0, 2.0, 3.0])))
+            pyro.sample("obs", dist.Normal(x, 1.0), obs=y)
+
+    if support_kind(constraints.interval(0.0, 5.0)) is None:
+        pytest.skip("no interval family yet")
+    assert torch.isfinite(torch.tensor(step(model, torch.ones(3))))
+
+
+def test_uniform_with_fixed_bounds_fits_or_names_the_site_and_the_families():
+    # Fixed bounds are a support an interval family may handle; where none does, the
+    # error lists the families by support and how to reparameterise.
+    def model(y):
+        x = pyro.sample("x", dist.Uniform(0.0, 5.0))
+        pyro.sample("obs", dist.Normal(x, 1.0), obs=y)
+
+    if support_kind(constraints.interval(0.0, 5.0)) is None:
+        with pytest.raises(ValueError, match=r"Site 'x' has support Interval.*Families by support"
+                           r".*Reparameterise"):
+            step(model, torch.tensor(1.0))
+    else:
+        assert torch.isfinite(torch.tensor(step(model, torch.tensor(1.0))))
+
+
+# -------------------------------------------- 4. distributions q cannot replace
+
+def test_improper_uniform_latent():
+    def model(y):
+        x = pyro.sample("x", dist.ImproperUniform(constraints.real, (), ()))
+        pyro.sample("obs", dist.Normal(x, 1.0), obs=y)
+
+    with pytest.raises(NotImplementedError, match=r"Latent site 'x' has an ImproperUniform.*proper, wide prior"):
+        step(model, torch.tensor(1.0))
+    # Also when init_loc_fn gives it a value, so that the set-up run succeeds.
+    guide = AutoQEM(model, init_loc_fn=init_to_value(values={"x": torch.tensor(0.0)}))
+    with pytest.raises(NotImplementedError, match=r"Latent site 'x' has an ImproperUniform"):
+        guide.setup(torch.tensor(1.0))
+
+
+def test_delta_latent():
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        x = pyro.sample("x", dist.Delta(torch.tensor(1.0)))
+        pyro.sample("obs", dist.Normal(x + mu, 1.0), obs=y)
+
+    with pytest.raises(ValueError, match=r"Latent site 'x' has a Delta.*pyro.deterministic\('x', value\)"):
+        step(model, torch.tensor(1.0))
+
+
+# ------------------------------------------- 5. control flow on sampled values
+
+def branching(y):
+    z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    mu = 1.0 if z > 0 else -1.0
+    pyro.sample("obs", dist.Normal(mu, 1.0), obs=y)
+
+
+def item_call(y):
+    z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    pyro.sample("obs", dist.Normal(z.item(), 1.0), obs=y)
+
+
+def run_checked(model, *args, K=5):
+    """A particle run as :func:`pyro_qem.infer.pipeline.run_particles` does it, with
+    its model call inside :func:`particle_run_errors`."""
+    guide = AutoQEM(model)
+    guide.setup(*args)
+    recorder = SiteRecorder()
+    with recorder, guide.particles(K), particle_run_errors(recorder, K):
+        model(*args)
+
+
+@pytest.mark.parametrize("model", [branching, item_call])
+def test_control_flow_on_a_sampled_value(model):
+    with pytest.raises(ValueError, match=r"failed after latent site 'z' while running with K=5.*"
+                       r"control flow on a sampled value.*torch.where"):
+        run_checked(model, torch.tensor(1.0))
+
+
+def test_other_particle_errors_keep_their_type_and_name_the_site():
+    def model(y):
+        theta = pyro.sample("theta", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 10):
+            pyro.sample("obs", dist.Normal(theta, 1.0).expand([10]), obs=y)
+
+    with pytest.raises(RuntimeError, match=r"expand.*failed after latent site 'theta'.*Vindex"):
+        run_checked(model, torch.randn(10))
+
+
+def test_errors_of_pyro_qem_pass_through_unchanged():
+    recorder = SiteRecorder()
+    with pytest.raises(ValueError, match="^Site 'a' is wrong$"):
+        with particle_run_errors(recorder, 5):
+            raise ValueError("Site 'a' is wrong")
+
+
+def test_control_flow_in_a_step():
+    with pytest.raises(ValueError, match=r"latent site 'z'.*torch.where"):
+        step(branching, torch.tensor(1.0))
+
+
+# --------------------------------------------------- 6. nothing to infer
+
+def test_model_with_only_observed_sites():
+    def model(y):
+        pyro.sample("obs", dist.Normal(0.0, 1.0), obs=y)
+
+    with pytest.raises(ValueError, match=r"no latent sample sites.*nothing to infer.*Predictive"):
+        step(model, torch.tensor(1.0))
+
+
+def test_model_without_sample_sites():
+    with pytest.raises(ValueError, match=r"no latent sample sites.*log_prob_sum"):
+        step(lambda y: None, torch.tensor(1.0))
+
+
+def test_model_with_only_parameters_is_still_fitted():
+    def model(y):
+        m = pyro.param("m", torch.tensor(0.0))
+        with pyro.plate("data", 3):
+            pyro.sample("obs", dist.Normal(m, 1.0), obs=y)
+
+    pyro.clear_param_store()
+    inference = Inference(model, AutoQEM(model), K=3, optim=pyro.optim.Adam({"lr": 0.01}))
+    assert torch.isfinite(torch.tensor(inference.step(torch.randn(3))))
+
+
+# ---------------------------------------------- 7. plate sizes after set-up
+
+@pytest.mark.parametrize("size", [12, 8])
+def test_plate_of_a_latent_site_changes_size(size):
+    inference = Inference(local_means, AutoQEM(local_means), K=3)
+    inference.step(torch.randn(10))
+    with pytest.raises(ValueError, match=rf"pyro.plate\('data'\) has size {size} in this run but had "
+                       r"size 10 when the guide was set up.*'mu'.*create a new guide"):
+        inference.step(torch.randn(size))
+    with pytest.raises(ValueError, match=r"pyro.plate\('data'\) has size"):
+        inference.evaluate_loss(torch.randn(size))
+
+
+def test_plate_of_data_only_may_change_size():
+    # The q's of global sites do not depend on the number of data points, so a
+    # held-out set of another size can be scored.
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("obs", dist.Normal(mu, 1.0), obs=y)
+
+    inference = Inference(model, AutoQEM(model), K=3)
+    inference.step(torch.randn(10))
+    assert torch.isfinite(torch.tensor(inference.evaluate_loss(torch.randn(12))))
+
+
+# -------------------------------------------------- 8. log_prob errors
+
+def test_log_prob_error_names_the_site_and_shapes_without_particles():
+    # Data of another length after set-up: the set-up checks have passed, so the
+    # distribution's own error is the first to see it.
+    guide = AutoQEM(global_mean)
+    guide.setup(torch.randn(10))
+    run = run_particles(global_mean, guide, 4, (torch.randn(7),), {})
+    with pytest.raises(ValueError, match=r"Observed site 'obs': Normal.log_prob failed.*value has "
+                       r"shape \(7,\) and the distribution batch shape \(10,\) and event shape \(\)"):
+        estimate(run.sites, run.structure, 4)
+
+
+def test_log_prob_error_at_a_step_after_set_up():
+    model = likelihood_model(lambda r: dist.HalfNormal(r))
+    inference = Inference(model, AutoQEM(model), K=4)
+    inference.step(torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match=r"Observed site 'obs': HalfNormal.log_prob failed.*support.*"
+                       r"value has shape \(3,\) and the distribution batch shape \(3,\)"):
+        inference.step(torch.tensor([1.0, -2.0, 3.0]))
+
+
+def test_log_prob_error_keeps_its_type():
+    class NoDensity(dist.Normal):
+        def log_prob(self, value):
+            raise NotImplementedError("no density")
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 3):
+            pyro.sample("obs", NoDensity(mu, 1.0), obs=y)
+
+    with pytest.raises(NotImplementedError, match=r"Observed site 'obs': NoDensity.log_prob failed "
+                       r"\(NotImplementedError: no density\)") as info:
+        step(model, torch.randn(3))
+    assert isinstance(info.value.__cause__, NotImplementedError)
+
+
+# ----------------------------------------------- 9. non-finite log P_hat
+
+def test_minus_inf_names_the_site():
+    # A likelihood whose support depends on a latent (not checked at set-up): y = 100
+    # lies outside (0, b) for every particle of b.
+    def model(y):
+        b = pyro.sample("b", dist.Gamma(2.0, 2.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("obs", dist.Uniform(0.0, b), obs=y)
+
+    with pyro.validation_enabled(False), pytest.raises(
+            FloatingPointError, match=r"log P_hat is -inf: site 'obs' has log density -inf for every "
+                                      r"particle at 1 of 2 plate elements.*support"):
+        step(model, torch.tensor([0.5, 100.0]))
+
+
+def test_nan_names_the_site():
+    def model(y):
+        sigma = pyro.sample("sigma", dist.Normal(0.0, 1.0))
+        pyro.sample("obs", dist.Normal(0.0, sigma), obs=y)
+
+    with pyro.validation_enabled(False), pytest.raises(
+            FloatingPointError, match=r"log P_hat is nan: site 'obs' has NaN log density"):
+        step(model, torch.tensor(1.0), K=20,
+             init_loc_fn=init_to_value(values={"sigma": torch.tensor(1.0)}))
+
+
+def test_check_finite_names_only_the_guilty_factor():
+    ok = LogFactor("mu", torch.zeros(3), "a", frozenset())
+    dead = LogFactor("obs", torch.tensor([[0.0, float("-inf")], [1.0, float("-inf")]]), "ab",
+                     frozenset("b"))
+    with pytest.raises(FloatingPointError, match=r"site 'obs' has log density -inf for every "
+                       r"particle at 1 of 2 plate elements\. No combination"):
+        check_finite(torch.tensor(float("-inf")), [ok, dead])
+    check_finite(torch.tensor(0.0), [ok, dead])
+
+
+def test_data_of_another_length_at_a_step_names_the_site():
+    inference = Inference(global_mean, AutoQEM(global_mean), K=4)
+    inference.step(torch.randn(10))
+    with pytest.raises(ValueError, match=r"Observed site 'obs'"):
+        inference.step(torch.randn(7))
