@@ -116,8 +116,8 @@ def test_bad_groups(groups, message):
 
 def test_unsupported_support_names_site_and_alternatives():
     def model(y):
-        # No bijection onto positive-definite matrices is registered with torch.
-        c = pyro.sample("c", dist.Wishart(torch.tensor(4.0), torch.eye(2)))
+        # No bijection onto the sphere is registered with torch.
+        c = pyro.sample("c", dist.ProjectedNormal(torch.ones(3)))
         pyro.sample("obs", dist.Normal(c.sum(), 1.0), obs=y)
 
     with pytest.raises(ValueError, match="'c'"):
