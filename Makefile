@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-fast demo benchmark clean
+.PHONY: install test test-fast demo docs notebooks benchmark clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,17 @@ test-fast: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m pyro_qem.demo
 
+# API reference and rendered tutorials (stored outputs, nothing executed), warnings as errors.
+docs: $(VENV)/.installed
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+	@echo "open docs/_build/html/index.html"
+
+# Rewrite and re-execute every tutorial notebook from tutorials/build_notebooks.py.
+notebooks: $(VENV)/.installed
+	$(PY) tutorials/build_notebooks.py
+
 benchmark: $(VENV)/.installed
 	$(PY) -m benchmarks.compare
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache docs/_build docs/tutorials

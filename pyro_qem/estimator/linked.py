@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Mapping, Sequence, Set, Tuple
+from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
 import torch
 from pyro.ops.contract import contract_tensor_tree
@@ -52,7 +52,8 @@ def link_order(links: Mapping[str, PlateLink]) -> List[PlateLink]:
 
 def fold_links(factors: Sequence[LogFactor], links: Mapping[str, PlateLink],
                local_dims: Mapping[str, FrozenSet[str]], plate_scales: Mapping[str, float],
-               ring_factory) -> Tuple[List[LogFactor], Dict[str, float]]:
+               ring_factory, rows_of: Optional[Dict[str, List[LogFactor]]] = None
+               ) -> Tuple[List[LogFactor], Dict[str, float]]:
     """Replace the factors of every indexed (child) plate by factors inside its parent.
 
     :param factors: packed factors (sources included).
@@ -60,6 +61,8 @@ def fold_links(factors: Sequence[LogFactor], links: Mapping[str, PlateLink],
     :param local_dims: plate symbol -> the particle dims of the groups inside it.
     :param plate_scales: ``N / B`` per subsampled plate symbol.
     :param ring_factory: ``dim_to_size, plate_scales -> ring`` for the row contractions.
+    :param rows_of: if given, filled with each child plate's factors before folding
+        (what joint sampling needs to draw the rows' own particles afterwards).
     :returns: the new factors and the plate scales that still apply.
     """
     factors = list(factors)
@@ -69,6 +72,8 @@ def fold_links(factors: Sequence[LogFactor], links: Mapping[str, PlateLink],
         if not rows:
             continue
         factors = [f for f in factors if link.child not in f.ordinal]
+        if rows_of is not None:
+            rows_of[link.child] = rows
         folded = _fold(rows, link, local_dims.get(link.child, frozenset()), scales, ring_factory)
         factors.append(folded)
         scales.pop(link.child, None)
@@ -103,3 +108,16 @@ def _fold(rows: Sequence[LogFactor], link: PlateLink, local: FrozenSet[str],
     if link.parent in dims:
         raise ValueError("an indexed plate's rows already carry the parent plate's dim")
     return LogFactor(f"rows:{link.child}", grouped, new_dims, frozenset(ordinal))
+
+
+def row_index(child: str, target: str, links: Mapping[str, PlateLink]) -> torch.Tensor:
+    """For each row of plate ``child``, its element of plate ``target`` (an ancestor
+    through links): the composition of the links' indexes."""
+    link = links[child]
+    index = link.index
+    while link.parent != target:
+        if link.parent not in links:
+            raise ValueError(f"plate symbol {target!r} is not an ancestor of {child!r}")
+        link = links[link.parent]
+        index = link.index.to(index.device)[index]
+    return index

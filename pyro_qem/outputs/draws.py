@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from pyro.ops.contract import contract_tensor_tree
 from pyro.ops.einsum.adjoint import require_backward
 from pyro.ops.rings import SampleRing
 
+from ..estimator import LogFactor, PlateScaledLogRing
+from ..estimator.estimate import local_dims
+from ..estimator.linked import fold_links, link_order, row_index
 from ..guides.qem_guide import QEMGuide
 from ..infer.pipeline import WeightedRun
 from .sites import select_sites, weighted_run
@@ -85,39 +88,121 @@ def resample_run(run: WeightedRun, num_draws: int, sites: Optional[Sequence[str]
 
 def _index_draws(run: WeightedRun, num_draws: int):
     """Yield ``num_draws`` times ``{group: particle index tensor}``, each index in the
-    group's broadcast layout with size 1 in the particle dim."""
-    tree: "OrderedDict[frozenset, List[torch.Tensor]]" = OrderedDict()
-    dim_to_size: Dict[str, int] = {}
-    queries = {}
-    sources = {id(s.factor): s.group for s in run.sources}
-    for factor in run.factors + [s.factor for s in run.sources]:
-        term = factor.tensor.detach()[...]  # a fresh object: the ring tags it
-        term._pyro_dims = factor.dims
-        tree.setdefault(factor.ordinal, []).append(term)
-        dim_to_size.update(zip(factor.dims, term.shape))
-        if id(factor) in sources:
-            # A group's zero source term is its query: the backward pass leaves the
-            # group's sampled index on it.
-            require_backward(term)
-            queries[sources[id(factor)]] = term
-    plates = set().union(*tree)
-    ring = SampleRing(cache={}, dim_to_size=dim_to_size)
-    with torch.no_grad():
-        tree = contract_tensor_tree(tree, set(dim_to_size) - plates, ring=ring)
-        for _ in range(num_draws):
-            for terms in tree.values():
+    group's broadcast layout with size 1 in the particle dim.
+
+    With indexed plates (rows reading a group latent through ``a[..., index]``) the
+    rows are folded into their groups for the contraction; a draw then first samples
+    every other group's index from the folded factors, and afterwards each row plate's
+    own particles given the indices drawn for the groups its rows read.
+    """
+    links = run.estimate.links
+    factors = [_detached(f) for f in run.factors] + [_detached(s.factor) for s in run.sources]
+    query_of = {s.factor.name: s.group for s in run.sources}
+    rows_of: Dict[str, List[LogFactor]] = {}
+    if links:
+        factors, _ = fold_links(factors, links, local_dims(run.structure), {}, _log_ring,
+                                rows_of=rows_of)
+    outer = _SampleTree(factors, query_of)
+    for _ in range(num_draws):
+        drawn = outer.draw()
+        for link in reversed(link_order(links)):
+            conditioned = [_conditioned(f, drawn, link.child, links, run) for f in rows_of[link.child]]
+            drawn.update(_SampleTree(conditioned, query_of).draw())
+        yield {group: _index_layout(run, group, index, dims) for group, (index, dims) in drawn.items()}
+
+
+def _detached(factor: LogFactor) -> LogFactor:
+    return LogFactor(factor.name, factor.tensor.detach(), factor.dims, factor.ordinal)
+
+
+def _log_ring(dim_to_size, scales):
+    return PlateScaledLogRing(cache={}, dim_to_size=dim_to_size, plate_scales=scales)
+
+
+class _SampleTree:
+    """Factors contracted once with Pyro's :class:`~pyro.ops.rings.SampleRing`; each
+    :meth:`draw` walks back to the source terms (the queries) and samples every
+    group's particle index, per plate element."""
+
+    def __init__(self, factors: Sequence[LogFactor], query_of: Dict[str, int]) -> None:
+        tree: "OrderedDict[frozenset, List[torch.Tensor]]" = OrderedDict()
+        dim_to_size: Dict[str, int] = {}
+        self.queries = {}
+        for factor in factors:
+            term = factor.tensor[...]  # a fresh object: the ring tags it
+            term._pyro_dims = factor.dims
+            tree.setdefault(factor.ordinal, []).append(term)
+            dim_to_size.update(zip(factor.dims, term.shape))
+            if factor.name in query_of:
+                # A group's zero source term is its query: the backward pass leaves the
+                # group's sampled index on it.
+                require_backward(term)
+                self.queries[query_of[factor.name]] = term
+        plates = set().union(*tree) if tree else set()
+        ring = SampleRing(cache={}, dim_to_size=dim_to_size)
+        with torch.no_grad():
+            self.tree = contract_tensor_tree(tree, set(dim_to_size) - plates, ring=ring)
+
+    def draw(self) -> Dict[int, Tuple[torch.Tensor, str]]:
+        """``{group: (index over the group's plate symbols, those symbols)}``."""
+        with torch.no_grad():
+            for terms in self.tree.values():
                 for term in terms:
                     if hasattr(term, "_pyro_backward"):
                         term._pyro_backward()
-            yield {group: _index_layout(run, group, query._pyro_backward_result)
-                   for group, query in queries.items()}
+        out = {}
+        for group, query in self.queries.items():
+            sample = query._pyro_backward_result
+            assert sample is not None, "group was not sampled"
+            out[group] = (sample[0], sample._pyro_dims[1:])
+        return out
 
 
-def _index_layout(run: WeightedRun, group_index: int, sample: torch.Tensor) -> torch.Tensor:
+def _conditioned(factor: LogFactor, drawn: Dict[int, Tuple[torch.Tensor, str]], child: str,
+                 links, run: WeightedRun) -> LogFactor:
+    """``factor`` of a row plate with the particle dims of the groups drawn already
+    (the groups its rows read, and any outside the row plate) fixed at their drawn
+    indices, row by row."""
+    symbols = run.symbols
+    group_of_symbol = {sym: g for g, sym in symbols.group.items()}
+    tensor, dims = factor.tensor, factor.dims
+    for symbol in [d for d in factor.dims if d in group_of_symbol and group_of_symbol[d] in drawn]:
+        index, index_dims = drawn[group_of_symbol[symbol]]
+        index = _rows_view(index, index_dims, dims, child, links)
+        position = dims.index(symbol)
+        shape = list(tensor.shape)
+        shape[position] = 1
+        aligned = _align(index, index_dims if set(index_dims) <= set(dims) else child, dims, symbol)
+        tensor = tensor.gather(position, aligned.expand(shape)).squeeze(position)
+        dims = dims.replace(symbol, "")
+    return LogFactor(factor.name, tensor, dims, factor.ordinal)
+
+
+def _rows_view(index: torch.Tensor, index_dims: str, dims: str, child: str, links) -> torch.Tensor:
+    """The drawn index of a group, per element of the factor's plates: a group inside a
+    plate the rows nest in is read through the links' indexes."""
+    outside = [d for d in index_dims if d not in dims]
+    if not outside:
+        return index
+    if len(index_dims) != 1:
+        raise NotImplementedError(
+            "sample_posterior: a group in several plates read through an index is not "
+            "supported; use posterior_moments, or sample_guide for independent draws."
+        )
+    return index[row_index(child, index_dims, links).to(index.device)]
+
+
+def _align(index: torch.Tensor, index_dims: str, dims: str, skip: str) -> torch.Tensor:
+    """``index`` (named by ``index_dims``) laid out over ``dims``: size 1 for the dims it
+    lacks, including the group dim ``skip`` being gathered."""
+    order = [d for d in dims if d in index_dims and d != skip]
+    index = index.permute([index_dims.index(d) for d in order]) if order else index
+    sizes = iter(index.shape)
+    return index.reshape([next(sizes) if d in order else 1 for d in dims])
+
+
+def _index_layout(run: WeightedRun, group_index: int, index: torch.Tensor, dims: str) -> torch.Tensor:
     group = run.structure.groups[group_index]
-    symbol = run.symbols.group[group_index]
-    assert sample is not None and sample._pyro_sample_dims == symbol, "group was not sampled"
-    index, dims = sample[0], sample._pyro_dims[1:]
     plate_dims = [run.structure.plates[run.symbols.plate_names[d]].dim for d in dims]
     order = sorted(range(len(dims)), key=lambda i: plate_dims[i])
     index = index.permute(order)

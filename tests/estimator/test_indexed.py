@@ -99,3 +99,53 @@ def test_the_empty_county_keeps_uniform_weights_and_its_prior():
     w = result.weights()[run.structure.group_of("a").index].reshape(K, C)
     _, exact = brute_force_weights(values, log_q, torch.arange(5), 1.0)
     assert torch.allclose(w[:, 3], exact["a"][:, 3], atol=1e-12)
+
+
+def combo_table(values, log_q):
+    """Every (k_mu, k_a[0..C-1]) combination's log weight, and for each the
+    conditional distribution of house 0's own particle k_z (all houses observed)."""
+    mu, a, z = values["mu"].reshape(K), values["a"].reshape(K, C), values["z"].reshape(K, -1)
+    lq_mu, lq_a, lq_z = log_q["mu"].reshape(K), log_q["a"].reshape(K, C), log_q["z"].reshape(K, -1)
+    combos, logs, z0 = [], [], []
+    for k_mu, *k_a in itertools.product(range(K), repeat=1 + C):
+        lw = normal(0.0, 2.0).log_prob(mu[k_mu]) - lq_mu[k_mu]
+        for c in range(C):
+            lw = lw + normal(mu[k_mu], 1.0).log_prob(a[k_a[c], c]) - lq_a[k_a[c], c]
+        for n in range(len(Y)):
+            k = k_a[COUNTY[n]]
+            per_z = (normal(a[k, COUNTY[n]], 0.5).log_prob(z[:, n]) - lq_z[:, n]
+                     + normal(z[:, n], 0.3).log_prob(Y[n]))
+            lw = lw + per_z.logsumexp(0)
+            if n == 0:
+                z0.append(per_z.softmax(0))
+        combos.append((k_mu, *k_a))
+        logs.append(lw)
+    return combos, torch.stack(logs).softmax(0), torch.stack(z0)
+
+
+@pytest.mark.slow
+def test_joint_resampling_of_one_run_follows_the_exact_joint_weights():
+    """20000 joint draws of one particle run: the frequencies of (k_mu, k_a of county
+    0) and of (k_a of county 0, k_z of house 0) against their exact probabilities; each
+    frequency's sd is at most sqrt(0.25 / 20000) = 0.0035, the tolerance is 5 of those."""
+    from pyro_qem.infer import weigh
+    from pyro_qem.outputs.draws import resample_run
+
+    inference = Inference(model, AutoQEM(model), K=K)
+    run = inference.run_particles(Y, COUNTY)
+    weighted = weigh(run)
+    draws = resample_run(weighted, 20000)
+    values = {n: r.value.detach() for n, r in run.latent.items()}
+    log_q = {n: r.draw.log_q.detach() for n, r in run.latent.items()}
+    combos, probs, z0 = combo_table(values, log_q)
+    index = {name: (draws[name].unsqueeze(-2) == values[name].reshape(K, -1).unsqueeze(0)).double().argmax(-2)
+             if values[name].reshape(K, -1).shape[1] > 1 else
+             (draws[name].reshape(-1, 1) == values[name].reshape(1, K)).double().argmax(-1)
+             for name in ("mu", "a", "z")}
+    for i, j in itertools.product(range(K), repeat=2):
+        exact_mu_a = sum(p for (k_mu, *k_a), p in zip(combos, probs) if k_mu == i and k_a[0] == j)
+        freq = ((index["mu"] == i) & (index["a"][:, 0] == j)).double().mean()
+        assert abs(freq - exact_mu_a) < 0.018
+        exact_a_z = sum(p * z0[c, j] for c, ((k_mu, *k_a), p) in enumerate(zip(combos, probs)) if k_a[0] == i)
+        freq = ((index["a"][:, 0] == i) & (index["z"][:, 0] == j)).double().mean()
+        assert abs(freq - exact_a_z) < 0.018
