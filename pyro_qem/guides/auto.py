@@ -16,7 +16,12 @@ FamilySpec = Union[str, Family, type]
 class AutoQEM(QEMGuide):
     """A mean-field guide fitted by QEM: every latent site gets its own q, with separate
     parameters per plate element, from a family that matches the site's support
-    (real -> Normal, positive -> Gamma, unit interval -> Beta, simplex -> Dirichlet, ...).
+    (real -> Normal, positive -> Gamma, unit interval -> Beta, other fixed intervals ->
+    ScaledBeta, simplex -> Dirichlet, boolean -> Bernoulli, integer interval ->
+    Categorical, nonnegative integer -> Poisson, one-hot -> OneHotCategorical, and any
+    other continuous support with a bijection, such as ``LKJCholesky``'s, ->
+    Unconstrained: a Normal on the unconstrained space; see
+    :func:`pyro_qem.families.default_family`).
 
     Example::
 
