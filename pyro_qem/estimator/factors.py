@@ -11,11 +11,16 @@ symbol per particle group and per plate, as :mod:`pyro.ops.contract` expects.
 
 from __future__ import annotations
 
+import functools
 import math
+import re
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Sequence
+from typing import Dict, FrozenSet, List, Optional, Sequence
 
 import torch
+from pyro.ops.contract import contract_to_tensor
+from pyro.ops.rings import LogRing
 
 from ..model.structure import ModelStructure, Symbols
 from ..handlers import SiteRecord, is_subsampled
@@ -52,7 +57,8 @@ def log_factors(records: Sequence[SiteRecord], structure: ModelStructure, symbol
             continue
         log_density = _site_log_prob(record, structure)
         scale = plate_user_scale(record)
-        if not (isinstance(scale, float) and scale == 1.0):
+        scaled = not _is_one(scale)
+        if scaled:
             log_density = log_density * scale
         if record.is_observed:
             factor = _masked(log_density, record.mask)
@@ -62,8 +68,99 @@ def log_factors(records: Sequence[SiteRecord], structure: ModelStructure, symbol
             if group.index not in groups_done and not record.draw.enumerated:
                 groups_done.add(group.index)
                 factor = factor - log_k
-        factors.append(pack(record, factor, structure, symbols))
+        packed = pack(record, factor, structure, symbols)
+        if scaled:
+            _check_scale_of_enumerated(record, packed, structure, symbols)
+        factors.append(packed)
+    if not structure.links:
+        _check_contractible(factors, symbols)
     return factors
+
+
+def _is_one(scale) -> bool:
+    if isinstance(scale, (int, float)):
+        return scale == 1
+    return bool(torch.all(torch.as_tensor(scale) == 1))
+
+
+def _check_scale_of_enumerated(record: SiteRecord, factor: "LogFactor", structure: ModelStructure,
+                               symbols: Symbols) -> None:
+    # Pyro (TraceEnum_ELBO) scales the log of the factor *after* summing out the
+    # enumerated values; scaling each value's log density first, as the particle
+    # factors are scaled, gives another posterior. The contraction sums enumerated
+    # values and particles together, so that order cannot be kept: refuse.
+    enumerated = [name for name, site in structure.sites.items() if site.enumerated
+                  and symbols.group[structure.group_of(name).index] in factor.dims]
+    if not enumerated:
+        return
+    raise NotImplementedError(
+        f"Site '{record.name}' has a poutine.scale (scale {_describe(record.scale)}, "
+        "subsampling aside) and its log density depends on the enumerated site(s) "
+        f"{enumerated} (infer={{'enumerate': 'parallel'}}). Pyro scales the log of such a "
+        "factor after summing out the enumerated values, which pyro_qem's contraction "
+        "cannot do. Remove the poutine.scale around the enumerated site and the sites "
+        "that depend on it, or drop the enumeration (the site is then sampled with a "
+        "moment-matched q, and the scale applies to it like to any other site)."
+    )
+
+
+def _describe(scale) -> str:
+    if isinstance(scale, (int, float)):
+        return f"{scale:g}"
+    return f"tensor of shape {tuple(torch.as_tensor(scale).shape)}"
+
+
+def _check_contractible(factors: Sequence["LogFactor"], symbols: Symbols) -> None:
+    """Raise, naming the plates and sites, where :mod:`pyro.ops.contract` cannot
+    contract the factors (its own message names only einsum symbols). The check runs
+    the contraction on size-1 stand-ins once per distinct layout of factors."""
+    signature = tuple((f.dims, tuple(sorted(f.ordinal))) for f in factors)
+    problem = _contraction_problem(signature)
+    if problem is None:
+        return
+    kind, message = problem
+    names = symbols.plate_names
+    plates = sorted({names[d] for d in re.findall(r"\[([^\]]*)\]", message)[0].split(", ")
+                     if d in names}) if "[" in message else []
+    plate_symbols = {symbols.plate[p] for p in plates}
+    sites = [f.name for f in factors if plate_symbols and plate_symbols <= f.ordinal]
+    leaf = frozenset(plate_symbols)
+    inside: Dict[tuple, List[str]] = {}
+    for f in factors:
+        if f.ordinal and f.ordinal < leaf:
+            inside.setdefault(tuple(sorted(names[d] for d in f.ordinal)), []).append(f.name)
+    where = "; ".join(f"{sites_} in plate(s) {list(p)}" for p, sites_ in sorted(inside.items()))
+    raise kind(
+        f"pyro_qem cannot contract this model: site(s) {sites} in the crossed plates "
+        f"{plates} depend on latent sites that are in different, non-nested plates "
+        f"({where or 'see the model'}), so the plates do not form a tree. Tensor variable "
+        "elimination (here as in Pyro's TraceEnum_ELBO) sums particles only over "
+        "tree-structured plates. Nest the plates (e.g. put one latent inside both "
+        "plates), or make one of them a Python loop of sites. "
+        f"(pyro.ops.contract: {_named(message, names)})"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _contraction_problem(signature) -> Optional[tuple]:
+    tree: "OrderedDict[frozenset, list]" = OrderedDict()
+    plates, dims = set(), set()
+    for names, ordinal in signature:
+        term = torch.zeros((1,) * len(names))
+        term._pyro_dims = names
+        tree.setdefault(frozenset(ordinal), []).append(term)
+        plates |= set(ordinal)
+        dims |= set(names)
+    try:
+        contract_to_tensor(tree, dims - plates, ring=LogRing(cache={}, dim_to_size=dict.fromkeys(dims, 1)))
+    except (NotImplementedError, ValueError) as error:
+        return type(error), str(error)
+    return None
+
+
+def _named(message: str, names: Dict[str, str]) -> str:
+    return re.sub(r"\[([^\]]*)\]", lambda m: "[" + ", ".join(
+        repr(names.get(d, d)) for d in m.group(1).split(", ")) + "]", message)
 
 
 def _site_log_prob(record: SiteRecord, structure: ModelStructure) -> torch.Tensor:
@@ -146,6 +243,7 @@ def pack(record: SiteRecord, factor: torch.Tensor, structure: ModelStructure,
             _check_unplated_dim(record, pos, factor.shape[pos], structure)
             # An observed site's batch dims outside any plate are independent terms.
             summed.append(pos)
+    _check_outside_parents(record, structure)
     if summed:
         factor = factor.sum(summed, keepdim=True)
     if drop or summed:
@@ -181,6 +279,27 @@ def _check_dependency(record: SiteRecord, group, structure: ModelStructure) -> N
             "inside it (tensor variable elimination cannot sum such a graph); move the "
             "site into the plate or restructure the model."
         )
+
+
+def _check_outside_parents(record: SiteRecord, structure: ModelStructure) -> None:
+    # A reduction over a plate (x.mean(), x.sum()) that also reduces the particle dims
+    # leaves no dim of the latent's group in the factor, so the check above cannot see
+    # the dependency; provenance tracking at set-up found it.
+    parents = structure.outside_parents.get(record.name)
+    if not parents:
+        return
+    names = [name for name, _ in parents]
+    outside = sorted({p for _, plates in parents for p in plates})
+    raise ValueError(
+        f"Site '{record.name}' depends on {names}, which "
+        f"{'is' if len(names) == 1 else 'are'} inside plate(s) {outside} while "
+        f"'{record.name}' is not. A variable outside a plate may not depend on one "
+        "inside it (tensor variable elimination cannot sum such a graph); here the "
+        "dependency goes through a computation that reduces over the plate (such as "
+        "x.mean() or x.sum()), which also mixes the particles of different plate "
+        "elements. Move the site into the plate, or restructure the model (e.g. make "
+        "the reduced quantity a latent site of its own outside the plate)."
+    )
 
 
 def subsample_scales(records: Sequence[SiteRecord], symbols: Symbols) -> Dict[str, float]:

@@ -56,14 +56,9 @@ def factor_sizes(records: Sequence[SiteRecord]) -> List[FactorSize]:
             shape = torch.Size(broadcast_shape(tuple(fn.batch_shape), tuple(value_batch)))
         except ValueError:
             continue  # not broadcastable: log_factors names the site and the shapes
-        itemsize = torch.empty((), dtype=_float_dtype(value)).element_size()
-        # Densities are at least float64-sized where the estimator widens them.
-        sizes.append(FactorSize(record.name, shape, math.prod(shape) * max(itemsize, 8)))
+        # Densities count as float64: the estimator widens where it needs to.
+        sizes.append(FactorSize(record.name, shape, math.prod(shape) * 8))
     return sizes
-
-
-def _float_dtype(value: torch.Tensor) -> torch.dtype:
-    return value.dtype if value.is_floating_point() else torch.get_default_dtype()
 
 
 def estimated_peak_bytes(sizes: Sequence[FactorSize]) -> int:

@@ -24,7 +24,7 @@ from .qem_guide import QEMGuide
 class AutoGradientNormal(QEMGuide):
     """q = Normal(loc, scale) per plate element for every latent site, with ``loc`` and
     ``scale`` as ``pyro.param`` s named ``<prefix>.loc.<site>`` and ``<prefix>.scale.<site>``,
-    initialised like :class:`~pyro_qem.AutoQEM` (moment-matched to prior draws).
+    initialised like :class:`~pyro_qem.guides.AutoQEM` (moment-matched to prior draws).
 
     Example::
 

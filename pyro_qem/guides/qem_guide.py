@@ -45,7 +45,7 @@ class QEMGuide(Messenger):
     :class:`~pyro_qem.families.Family` for a site fitted by moment matching, or None for
     a site whose q the subclass builds itself in :meth:`get_posterior` from
     ``pyro.param`` s (fitted by gradient on ``-log P_hat`` when
-    :class:`~pyro_qem.Inference` is given an ``optim``; e.g. a regression or amortised
+    :class:`~pyro_qem.infer.Inference` is given an ``optim``; e.g. a regression or amortised
     component). Sites with ``infer={"enumerate": "parallel"}`` in the model are summed
     over their support exactly and need neither. Sites are discovered
     on the first call (:meth:`setup`), and q is initialised from the prior: each site's
@@ -155,7 +155,7 @@ class QEMGuide(Messenger):
         Build it from ``pyro.param`` s; its batch shape must broadcast with the site's
         (plates included). Called at every draw, inside the model run; for a site in a
         subsampled plate, :attr:`selection` holds ``(dim, indices)`` of the minibatch
-        (see :func:`~pyro_qem.guides.state.gather`).
+        (see :func:`~pyro_qem.model.gather`).
         """
         raise NotImplementedError(
             f"{type(self).__name__}.get_family returned None for site '{name}', so the "
@@ -402,7 +402,7 @@ class QEMGuide(Messenger):
     def distributions(self, averaged: bool = True) -> Dict[str, dist.Distribution]:
         """Site name -> current q of each moment-matched site, with the batch and event
         shape the site has in the model (full plate sizes). ``averaged`` uses the running
-        average of the iterates where :class:`~pyro_qem.Inference` kept one. Enumerated
+        average of the iterates where :class:`~pyro_qem.infer.Inference` kept one. Enumerated
         and gradient-fitted sites have no fixed q and are left out."""
         if self.structure is None:
             raise RuntimeError("The guide has no distributions before its first step.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Mapping, Union
 
 import torch
 
@@ -11,20 +11,29 @@ from pyro.poutine.util import site_is_subsample
 
 
 class PlateChunkMessenger(Messenger):
-    """Makes each ``pyro.plate(..., subsample_size=B)`` select its ``chunk``-th block of
-    B consecutive elements (wrapping around), instead of a random minibatch.
+    """Makes each ``pyro.plate(..., subsample_size=B)`` select a block of B consecutive
+    elements (wrapping around), instead of a random minibatch.
 
     The guide's parameters cover a plate's full size, and a plate cannot be entered at
-    a size other than B, so set-up runs the model once per chunk. After a run,
-    :attr:`indices` holds each subsampled plate's indices and :attr:`num_chunks` the
-    number of chunks that cover it. Plates given explicit ``subsample=`` keep them.
+    a size other than B, so set-up runs the model once per chunk. ``chunk`` is either
+    one chunk index used by every subsampled plate, or ``{plate name: chunk index}``
+    (plates not named take chunk 0), so that nested subsampled plates can be walked
+    through every combination of their chunks. After a run, :attr:`indices` holds each
+    subsampled plate's indices and :attr:`num_chunks` the number of chunks that cover
+    it. Plates given explicit ``subsample=`` keep them.
     """
 
-    def __init__(self, chunk: int = 0) -> None:
+    def __init__(self, chunk: Union[int, Mapping[str, int]] = 0) -> None:
         super().__init__()
         self.chunk = chunk
         self.indices: Dict[str, torch.Tensor] = {}
         self.num_chunks: Dict[str, int] = {}
+
+    def chunk_of(self, plate: str) -> int:
+        """The chunk index this run uses for ``plate``."""
+        if isinstance(self.chunk, Mapping):
+            return int(self.chunk.get(plate, 0))
+        return int(self.chunk)
 
     def _pyro_sample(self, msg) -> None:
         if not site_is_subsample(msg) or msg["value"] is not None:
@@ -33,7 +42,7 @@ class PlateChunkMessenger(Messenger):
         size, batch = fn.size, fn.subsample_size
         if batch is None or batch >= size:
             return
-        start = (self.chunk * batch) % size
+        start = (self.chunk_of(msg["name"]) * batch) % size
         msg["value"] = (start + torch.arange(batch, device=fn.device)) % size
         msg["done"] = True
         self.indices[msg["name"]] = msg["value"]

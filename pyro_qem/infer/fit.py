@@ -1,4 +1,4 @@
-"""A fit loop around :meth:`~pyro_qem.Inference.step`: progress bar, early stopping,
+"""A fit loop around :meth:`~pyro_qem.infer.Inference.step`: progress bar, early stopping,
 and a history of the loss and wall time per step.
 
 A plain loop works as well; record into a :class:`FitHistory` to keep the same
@@ -104,7 +104,7 @@ def fit(
 
         history = fit(inference, y, num_steps=2000, tol=0.01, patience=200)
 
-    :param inference: a :class:`~pyro_qem.Inference`.
+    :param inference: a :class:`~pyro_qem.infer.Inference`.
     :param args: the model's arguments.
     :param num_steps: the most steps to take.
     :param progress_bar: show a tqdm bar, its postfix (the smoothed loss) updated every

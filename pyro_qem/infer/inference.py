@@ -51,7 +51,7 @@ class Inference:
             loss = inference.step(y)      # -log P_hat of the particles this step used
 
     :param model: the Pyro model.
-    :param guide: a :class:`~pyro_qem.guides.QEMGuide` (e.g. :class:`~pyro_qem.AutoQEM`);
+    :param guide: a :class:`~pyro_qem.guides.QEMGuide` (e.g. :class:`~pyro_qem.guides.AutoQEM`);
         it holds all fitted state, so a new ``Inference`` on it continues the fit.
     :param K: particles per latent site (or group), at least 2.
     :param lr: smoothing step in (0, 1], or a schedule ``update count -> lr`` such as
@@ -191,7 +191,7 @@ class Inference:
             )
 
     def fit(self, *args, **kwargs) -> FitHistory:
-        """:func:`pyro_qem.infer.fit.fit` on this inference: steps with a progress bar
+        """:func:`pyro_qem.infer.fit` on this inference: steps with a progress bar
         and optional early stopping; returns a :class:`~pyro_qem.infer.fit.FitHistory`."""
         return fit(self, *args, **kwargs)
 

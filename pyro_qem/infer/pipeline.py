@@ -1,5 +1,5 @@
 """The one particle pipeline: run the model with K particles per latent site, then
-weigh them. :meth:`~pyro_qem.Inference.step`, :meth:`~pyro_qem.Inference.evaluate_loss`
+weigh them. :meth:`~pyro_qem.infer.Inference.step`, :meth:`~pyro_qem.infer.Inference.evaluate_loss`
 and every output in :mod:`pyro_qem.outputs` go through these two functions.
 
 ``run_particles`` is the only part that needs Pyro's handlers (the guide draws the
@@ -9,6 +9,7 @@ the numeric part (:func:`pyro_qem.estimator.estimate`).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -55,8 +56,8 @@ def run_particles(model: Callable, guide: QEMGuide, num_particles: int, args: tu
     structure = guide.setup(*args, **kwargs)
     recorder = SiteRecorder()
     # The probe hands indexed latents to the model as IndexedValue, after the recorder
-    # has kept their plain values; without links it watches nothing.
-    probe = IndexProbe(structure.indexed_sites)
+    # has kept their plain values; a model without indexed groups runs without it.
+    probe = IndexProbe(structure.indexed_sites) if structure.links else contextlib.nullcontext()
     with recorder, probe, guide.particles(num_particles, reparameterized) as draws, \
             particle_run_errors(recorder, num_particles):
         model(*args, **kwargs)

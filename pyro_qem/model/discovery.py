@@ -9,13 +9,17 @@ own initial q.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
+import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence
 
 import torch
 
 import pyro.poutine as poutine
 from pyro.infer.autoguide.initialization import InitMessenger
+from pyro.infer.inspect import get_dependencies
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_factor, site_is_subsample
 
@@ -43,15 +47,28 @@ class Prototype:
     trace: Trace
     indices: Dict[str, torch.Tensor]
     index_uses: List[IndexUse] = field(default_factory=list)
+    # site -> latent sites its log density depends on (first run only; None if unknown)
+    dependencies: Optional[Dict[str, FrozenSet[str]]] = None
 
 
 def prototype_traces(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Callable) -> List[Prototype]:
     """Runs of ``model`` with values from ``init_loc_fn`` that together visit every
-    element of every subsampled plate (one run when nothing is subsampled)."""
+    element of every subsampled plate (one run when nothing is subsampled).
+
+    Subsampled plates that share a site (nested plates) are walked through every
+    combination of their chunks, so that each element of such a site (outer chunk i
+    with inner chunk j, for all i and j) is seen; plates that never share a site are
+    walked side by side. The first run also records which latent sites each site's
+    log density depends on (:attr:`Prototype.dependencies`).
+    """
     runs: List[Prototype] = []
-    chunk, num_chunks = 0, 1
+    plan: List[Dict[str, int]] = [{}]
+    done: List[Dict[str, int]] = []
+    num_chunks: Dict[str, int] = {}
+    shared: List[FrozenSet[str]] = []
     with rng_preserved(), poutine.block():
-        while chunk < num_chunks:
+        while len(done) < len(plan):
+            chunk = plan[len(done)]
             chunker = PlateChunkMessenger(chunk)
             init = InitMessenger(_chunked_init(init_loc_fn, chunker))
             # The probe sits inside the trace, so the trace keeps plain values.
@@ -59,9 +76,73 @@ def prototype_traces(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Ca
             traced = poutine.trace(probe(chunker(init(_with_plate_advice(model)))))
             trace = traced.get_trace(*args, **kwargs)
             runs.append(Prototype(trace, dict(chunker.indices), list(probe.uses)))
-            num_chunks = max(chunker.num_chunks.values(), default=1)
-            chunk += 1
+            done.append(chunk)
+            together = _plates_sharing_sites(trace, set(chunker.indices))
+            if any(name not in num_chunks for name in chunker.num_chunks) or \
+                    any(t not in shared for t in together):
+                num_chunks.update(chunker.num_chunks)
+                shared = sorted(set(shared) | set(together), key=sorted)
+                plan = done + [c for c in _chunk_plan(num_chunks, shared) if c not in done]
+        runs[0].dependencies = _dependencies(model, args, kwargs)
     return runs
+
+
+def _plates_sharing_sites(trace: Trace, subsampled) -> List[FrozenSet[str]]:
+    """The sets of subsampled plates that some sample site is in together."""
+    found = set()
+    for node in trace.nodes.values():
+        if node["type"] != "sample" or site_is_subsample(node):
+            continue
+        plates = frozenset(f.name for f in node["cond_indep_stack"] if f.name in subsampled)
+        if len(plates) > 1:
+            found.add(plates)
+    return sorted(found, key=sorted)
+
+
+def _chunk_plan(num_chunks: Mapping[str, int], shared: Sequence[FrozenSet[str]]) -> List[Dict[str, int]]:
+    """Chunk assignments ``{plate: chunk}`` that visit every combination of chunks of
+    plates that share a site. Plates are joined into components (plates linked through
+    shared sites); each component runs through the product of its plates' chunks, and
+    the components run side by side (a shorter one wraps around)."""
+    parent = {name: name for name in num_chunks}
+
+    def root(name):
+        while parent[name] != name:
+            name = parent[name]
+        return name
+
+    for plates in shared:
+        plates = [p for p in plates if p in parent]
+        for other in plates[1:]:
+            parent[root(other)] = root(plates[0])
+    components: Dict[str, List[str]] = {}
+    for name in num_chunks:
+        components.setdefault(root(name), []).append(name)
+    combos = []
+    for names in components.values():
+        ranges = [range(num_chunks[n]) for n in names]
+        combos.append([dict(zip(names, c)) for c in itertools.product(*ranges)])
+    length = max((len(c) for c in combos), default=1)
+    plan = []
+    for i in range(length):
+        chunk: Dict[str, int] = {}
+        for component in combos:
+            chunk.update(component[i % len(component)])
+        plan.append(chunk)
+    return plan
+
+
+def _dependencies(model: Callable, args: tuple, kwargs: dict) -> Optional[Dict[str, FrozenSet[str]]]:
+    """site -> the latent sites its log density depends on (through any computation,
+    reductions included), by Pyro's provenance tracking; None where the model cannot
+    be traced that way (the check that uses it is then left to the shapes alone)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = get_dependencies(model, args, kwargs)["prior_dependencies"]
+    except Exception:
+        return None
+    return {site: frozenset(u for u in upstream if u != site) for site, upstream in found.items()}
 
 
 def _with_plate_advice(model: Callable) -> Callable:
@@ -71,6 +152,16 @@ def _with_plate_advice(model: Callable) -> Callable:
     def run(*args, **kwargs):
         try:
             return model(*args, **kwargs)
+        except AssertionError as error:
+            name = _sizeless_subsampled_plate(error)
+            if name is None:
+                raise
+            raise ValueError(
+                f"pyro.plate('{name}') was given subsample= or subsample_size= but no size: "
+                "Pyro needs a subsampled plate's full size. Pass it, e.g. "
+                f"pyro.plate('{name}', len(data), subsample_size=B) (pyro_qem then chooses "
+                "the minibatch and sees every element at set-up)."
+            ) from error
         except ValueError as error:
             if not str(error).startswith("Shape mismatch inside plate"):
                 raise
@@ -84,10 +175,46 @@ def _with_plate_advice(model: Callable) -> Callable:
     return run
 
 
+def _sizeless_subsampled_plate(error: AssertionError) -> Optional[str]:
+    """The plate's name if ``error`` is the assertion Pyro raises for a plate given
+    ``subsample`` or ``subsample_size`` without a size, else None."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None or tb.tb_frame.f_code.co_name != "_subsample" \
+            or not tb.tb_frame.f_code.co_filename.endswith("subsample_messenger.py"):
+        return None
+    local = tb.tb_frame.f_locals
+    return str(local.get("name")) if local.get("size") is None else None
+
+
+def check_plates(name: str, stack) -> None:
+    """Refuse the plates QEM cannot handle, naming the site and the plate: a
+    vectorised plate without a size, and a subsampled sequential plate."""
+    for frame in stack:
+        if frame.vectorized and (frame.size is None or frame.size < 0):
+            raise ValueError(
+                f"Site '{name}' is in pyro.plate('{frame.name}'), which has no size "
+                "(pyro.plate(name) without a size broadcasts to whatever the site's shape "
+                "is). pyro_qem gives every plate element its own q and needs to know the "
+                f"plate's size: pass it, e.g. pyro.plate('{frame.name}', len(data))."
+            )
+        if not frame.vectorized and frame.full_size is not None and frame.size != frame.full_size:
+            raise NotImplementedError(
+                f"Site '{name}' is inside a sequential pyro.plate('{frame.name}') (used as a "
+                f"Python iterator: for i in pyro.plate(...)) that subsamples {frame.size} of "
+                f"{frame.full_size} elements. pyro_qem subsamples only vectorised plates: write "
+                f"`with pyro.plate('{frame.name}', {frame.full_size}, subsample_size="
+                f"{frame.size}) as idx:` with the sites vectorised over idx, or iterate over "
+                "the whole plate (no subsample_size)."
+            )
+
+
 def _chunked_init(init_loc_fn: Callable, chunker: PlateChunkMessenger) -> Callable:
     """Let ``init_to_value(values=...)`` give full-size values for subsampled sites."""
 
     def init(site):
+        check_plates(site["name"], site["cond_indep_stack"])
         check_latent_distribution(site["name"], site["fn"])
         value = init_loc_fn(site)
         event_dim = site["fn"].event_dim
@@ -117,6 +244,7 @@ def discover(
         if node["type"] != "sample" or site_is_subsample(node):
             continue
         _check_not_markov(node)
+        check_plates(name, node["cond_indep_stack"])
         frames = [f for f in node["cond_indep_stack"] if f.vectorized]
         for frame in frames:
             plates[frame.name] = _plate_info(frame, name, chunked)
@@ -142,15 +270,46 @@ def discover(
     check_something_to_infer(sites, trace)
     nesting = _resolve_max_plate_nesting(max_plate_nesting, needed)
     links, indexed = find_links(prototype.index_uses, _plate_sizes(trace))
-    return ModelStructure(
+    grouped = group_sites(sites, groups, nesting)
+    _check_tensor_dims(grouped, nesting, sites)
+    structure = ModelStructure(
         max_plate_nesting=nesting,
         sites=sites,
-        groups=group_sites(sites, groups, nesting),
+        groups=grouped,
         plates=plates,
         observed=observed,
         links=links,
         indexed_sites=indexed,
     )
+    outside = _outside_parents(trace, structure, prototype.dependencies)
+    return dataclasses.replace(structure, outside_parents=outside) if outside else structure
+
+
+def _outside_parents(trace: Trace, structure: ModelStructure,
+                     dependencies: Optional[Dict[str, FrozenSet[str]]]) -> Dict[str, tuple]:
+    """Sites whose log density depends on a latent site in a plate they are not in
+    (nor reach through an index): tensor variable elimination cannot sum such a
+    graph. Most such dependencies leave a plate or particle dim in the site's log
+    density, which the estimator sees; a reduction over the plate (x.mean(), x.sum())
+    also reduces the particle dims and hides it, so the provenance found at set-up is
+    kept here for the estimator to check."""
+    found: Dict[str, tuple] = {}
+    for name, upstream in (dependencies or {}).items():
+        node = trace.nodes.get(name)
+        if node is None or node["type"] != "sample" or node["infer"].get("_deterministic"):
+            continue
+        own = structure.reachable_plates({f.name for f in node["cond_indep_stack"] if f.vectorized})
+        bad = []
+        for parent in sorted(upstream):
+            site = structure.sites.get(parent)
+            if site is None:
+                continue
+            outside = tuple(sorted(set(site.plates) - own))
+            if outside:
+                bad.append((parent, outside))
+        if bad:
+            found[name] = tuple(bad)
+    return found
 
 
 def _plate_sizes(trace: Trace) -> Dict[str, tuple]:
@@ -217,6 +376,29 @@ def _check_batch_dims_are_plates(name: str, batch_shape: torch.Size, frames) -> 
                 "site with .to_event(1), or put the site inside pyro.plate(..., dim="
                 f"{dim})."
             )
+
+
+# The most dims a torch tensor may have.
+MAX_TENSOR_DIMS = 64
+
+
+def _check_tensor_dims(groups, nesting: int, sites: Dict[str, SiteInfo]) -> None:
+    """Each particle group has its own tensor dim left of the plates, so a site's value
+    has (groups + plate dims + event dims) dims; torch refuses more than 64."""
+    event = max((len(site.event_shape) for site in sites.values()), default=0)
+    needed = len(groups) + nesting + event
+    if needed <= MAX_TENSOR_DIMS:
+        return
+    raise ValueError(
+        f"This model has {len(groups)} particle groups (one per latent site unless grouped) "
+        f"and {nesting} plate dims{f' and {event} event dims' if event else ''}: QEM would "
+        f"need tensors of {needed} dims, but torch supports at most {MAX_TENSOR_DIMS}. "
+        "Each latent site gets its own particle dim, so a long chain written as a Python "
+        "loop of sites (without pyro.markov, which pyro_qem does not support) exhausts "
+        "them. Let sites share a particle dim (AutoQEM(model, groups=[['x0', 'x1', ...], "
+        "...]) for sites in the same plates), or write the chain as one vectorised site "
+        "(e.g. a .to_event(1) vector, or a site in a pyro.plate)."
+    )
 
 
 def _resolve_max_plate_nesting(given: Optional[int], needed: int) -> int:

@@ -54,6 +54,8 @@ class ModelStructure:
         integer index (``a[..., county]`` inside ``pyro.plate("house", N)``), that
         other plate: ``{"house": "county"}``.
     :ivar indexed_sites: the latent sites read through such an index.
+    :ivar outside_parents: for each site whose log density depends on a latent in a
+        plate the site is not in (found by provenance at set-up), those latents and plates.
     :ivar symbols: the einsum symbols of its groups and plates (:class:`Symbols`).
     """
 
@@ -64,6 +66,10 @@ class ModelStructure:
     observed: Dict[str, torch.Size]  # observed site -> its batch shape at set-up
     links: Dict[str, str] = field(default_factory=dict)  # rows' plate -> indexed plate
     indexed_sites: FrozenSet[str] = frozenset()  # latents read through an index
+    # site -> ((latent it depends on, plates of that latent the site is not in), ...):
+    # dependencies found by provenance tracking at set-up that cross a plate boundary
+    # (e.g. x.mean() over a plate and, with it, over the particles).
+    outside_parents: Dict[str, Tuple[Tuple[str, Tuple[str, ...]], ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         site_to_group = {name: g.index for g in self.groups for name in g.sites}

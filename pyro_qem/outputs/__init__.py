@@ -1,5 +1,5 @@
 """What users get out of a fit: posterior moments and draws, predictive log-likelihood,
-ArviZ data and diagnostics (the fit loop itself is :func:`pyro_qem.infer.fit.fit`)."""
+ArviZ data and diagnostics (the fit loop itself is :func:`pyro_qem.infer.fit`)."""
 
 from .diagnostics import (
     Diagnostics,

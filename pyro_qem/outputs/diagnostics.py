@@ -160,7 +160,7 @@ def diagnose(inference: Inference, *args, num_samples: int = 1000,
         report = diagnose(inference, y)
         report.summary()["theta"]      # {"min": ..., "median": ..., "max": ...}
 
-    :param inference: the :class:`~pyro_qem.Inference` that fitted the guide.
+    :param inference: the :class:`~pyro_qem.infer.Inference` that fitted the guide.
     :param num_samples: joint draws from the guide for k-hat (0 to skip it).
     :param min_ess: flag a site when any plate element's ESS is below this; default
         ``max(2, K / 10)`` (ours: at ESS ~ 1 one particle carries the estimate).

@@ -55,7 +55,7 @@ def sample_posterior(
         draws = sample_posterior(inference, y, num_samples=500)
         Predictive(model, posterior_samples=draws)(None)
 
-    :param inference: the :class:`~pyro_qem.Inference` that fitted the guide.
+    :param inference: the :class:`~pyro_qem.infer.Inference` that fitted the guide.
     :param args: the model's arguments (all plate elements: no subsampling).
     :param num_samples: the number of joint draws.
     :param draws_per_run: draws taken from each particle run.

@@ -49,7 +49,7 @@ def to_inference_data(
         idata = to_inference_data(inference, y, history=history)
         az.summary(idata); az.loo(idata); az.plot_trace(idata)
 
-    :param inference: the :class:`~pyro_qem.Inference` that fitted the guide.
+    :param inference: the :class:`~pyro_qem.infer.Inference` that fitted the guide.
     :param args: the model's arguments (all plate elements).
     :param num_samples: draws to take when ``draws`` is None.
     :param draws: precomputed ``{site: (num_samples,) + batch + event}`` draws.

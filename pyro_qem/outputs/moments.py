@@ -39,7 +39,7 @@ def moment_runs(
         runs = moment_runs(inference, y, num_runs=20)
         mean, stderr = runs["mu"].mean(0), runs["mu"].std(0) / 20 ** 0.5
 
-    :param inference: the :class:`~pyro_qem.Inference` that fitted the guide.
+    :param inference: the :class:`~pyro_qem.infer.Inference` that fitted the guide.
     :param args: the model's arguments (all plate elements: no subsampling).
     :param fn: the statistic: a callable applied elementwise to a site's particles
         (batch dims kept, event dims may be reduced or extended), a dict
