@@ -34,6 +34,9 @@ class Dirichlet(Family):
     event_dims = AnyEventDims(1)
     default_for = ("simplex",)
 
+    def concentration(self, coordinates: Params) -> torch.Tensor:
+        return coordinates["concentration"]
+
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         return (safe_log(value),)
 
@@ -80,6 +83,9 @@ class Beta(Family):
     stat_names = ("log_z", "log_1mz")
     event_dims = ANY_EVENT_DIMS
     default_for = ("unit_interval",)
+
+    def concentration(self, coordinates: Params) -> torch.Tensor:
+        return coordinates["concentration1"] + coordinates["concentration0"]
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         return safe_log(value), safe_log(1.0 - value)

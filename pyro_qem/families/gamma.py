@@ -43,6 +43,9 @@ class Gamma(Family):
     event_dims = ANY_EVENT_DIMS
     default_for = ("positive",)
 
+    def concentration(self, coordinates: Params) -> torch.Tensor:
+        return coordinates["concentration"]
+
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         return value, safe_log(value)
 
@@ -94,6 +97,9 @@ class InverseGamma(Family):
     support = constraints.positive
     stat_names = ("inv_z", "log_z")
     event_dims = ANY_EVENT_DIMS
+
+    def concentration(self, coordinates: Params) -> torch.Tensor:
+        return coordinates["concentration"]
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         log_z = safe_log(value)

@@ -64,6 +64,9 @@ class MultivariateNormal(Family):
     stat_names = ("z", "zzT")
     event_dims = (1,)
 
+    def concentration(self, coordinates: Params) -> torch.Tensor:
+        return coordinates["precision"].diagonal(dim1=-2, dim2=-1)
+
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         return value, value.unsqueeze(-1) * value.unsqueeze(-2)
 
@@ -72,6 +75,19 @@ class MultivariateNormal(Family):
         cov = regularised_covariance(first.double(), second.double())
         scale_tril = torch.linalg.cholesky(cov).to(first.dtype)
         return {"loc": first, "scale_tril": scale_tril}
+
+    def to_average(self, moments: Moments, event_shape: torch.Size) -> Params:
+        # Natural parameters (precision times mean, precision): a wandering mean does
+        # not widen the average, and early wide iterates weigh little.
+        first, second = moments
+        precision = torch.cholesky_inverse(torch.linalg.cholesky(regularised_covariance(first, second)))
+        return {"precision_loc": (precision @ first.unsqueeze(-1)).squeeze(-1), "precision": precision}
+
+    def from_average(self, coordinates: Params, event_shape: torch.Size) -> Moments:
+        chol = torch.linalg.cholesky(coordinates["precision"])
+        covariance = torch.cholesky_inverse(chol)
+        loc = (covariance @ coordinates["precision_loc"].unsqueeze(-1)).squeeze(-1)
+        return loc, covariance + loc.unsqueeze(-1) * loc.unsqueeze(-2)
 
     def noise_compensation(self, moments: Moments, event_shape: torch.Size) -> Moments:
         first, second = moments

@@ -29,6 +29,22 @@ def normal_inverse_cdf(loc: torch.Tensor, scale: torch.Tensor, probs: torch.Tens
     return loc.double() + scale.double() * torch.special.ndtri(probs)
 
 
+def normal_natural(moments: Moments) -> Params:
+    """A Normal's natural parameters ``(loc / variance, 1 / variance)``, the coordinates
+    its iterates are averaged in: a wandering centre does not widen the average, and
+    early, wider iterates (small precision) weigh little against converged ones."""
+    first, second = moments
+    precision = 1.0 / floored_variance(first, second)
+    return {"precision_loc": precision * first, "precision": precision}
+
+
+def normal_from_natural(coordinates: Params) -> Moments:
+    """Mean parameters ``(E z, E z^2)`` from :func:`normal_natural` coordinates."""
+    precision = coordinates["precision"]
+    loc = coordinates["precision_loc"] / precision
+    return loc, 1.0 / precision + loc * loc
+
+
 class Normal(Family):
     """q(z) = Normal(loc, scale), independently per coordinate of a vector site.
 
@@ -40,6 +56,9 @@ class Normal(Family):
     stat_names = ("z", "z2")
     event_dims = ANY_EVENT_DIMS
     default_for = ("real",)
+
+    def concentration(self, coordinates: Params) -> torch.Tensor:
+        return coordinates["precision"]
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         return value, value.square()
@@ -63,6 +82,12 @@ class Normal(Family):
         self, params: Params, probs: torch.Tensor, event_shape: torch.Size
     ) -> torch.Tensor:
         return normal_inverse_cdf(params["loc"], params["scale"], probs)
+
+    def to_average(self, moments: Moments, event_shape: torch.Size) -> Params:
+        return normal_natural(moments)
+
+    def from_average(self, coordinates: Params, event_shape: torch.Size) -> Moments:
+        return normal_from_natural(coordinates)
 
     def noise_compensation(self, moments: Moments, event_shape: torch.Size) -> Moments:
         first, second = moments

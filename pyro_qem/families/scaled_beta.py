@@ -122,6 +122,9 @@ class ScaledBeta(Family):
         high = self.high.to(dtype=like.dtype, device=like.device)
         return low, high - low
 
+    def concentration(self, coordinates: Params) -> torch.Tensor:
+        return coordinates["concentration1"] + coordinates["concentration0"]
+
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         value = value.to(torch.promote_types(value.dtype, torch.get_default_dtype()))
         low, width = self._bounds(value)

@@ -12,7 +12,7 @@ from torch.distributions.transforms import IndependentTransform, Transform
 import pyro.distributions as dist
 
 from .base import ANY_EVENT_DIMS, Family, Moments, Params
-from .normal import Normal, normal_inverse_cdf
+from .normal import Normal, normal_from_natural, normal_inverse_cdf, normal_natural
 from .support import any_bijective, has_bijection, same_bounds, unwrap_support
 
 # The Normal M-step, noise compensation and robust start, on the unconstrained values.
@@ -96,6 +96,9 @@ class Unconstrained(Family):
         """The event shape of ``u``, e.g. ``(3,)`` for a 3x3 ``corr_cholesky`` site."""
         return self.transform(event_shape).inverse_shape(event_shape)
 
+    def concentration(self, coordinates: Params) -> torch.Tensor:
+        return coordinates["precision"]
+
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         value = value.to(torch.promote_types(value.dtype, torch.get_default_dtype()))
         u = self.transform(event_shape).inv(value)
@@ -119,6 +122,12 @@ class Unconstrained(Family):
         """Normal's robust (median, interquartile range) start, on ``u``."""
         u = self.transform(event_shape).inv(draws.double())
         return _NORMAL.init_moments(u, self.unconstrained_shape(event_shape))
+
+    def to_average(self, moments: Moments, event_shape: torch.Size) -> Params:
+        return normal_natural(moments)
+
+    def from_average(self, coordinates: Params, event_shape: torch.Size) -> Moments:
+        return normal_from_natural(coordinates)
 
     def noise_compensation(self, moments: Moments, event_shape: torch.Size) -> Moments:
         return _NORMAL.noise_compensation(moments, event_shape)

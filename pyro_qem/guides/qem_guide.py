@@ -393,11 +393,21 @@ class QEMGuide(Messenger):
             moments = tuple(pyro.param(self.state.name(s, site.name)) for s in family.stat_names)
             moments = tuple(gather(m, selection, m.dim() - batch_ndim) for m in moments)
         else:
-            moments = self.state.selected(site.name, family.stat_names, selection, batch_ndim, averaged)
+            moments = self._moments(site, family, selection, averaged)
         params = family.params_from_moments(moments, site.event_shape)
         dtype = _float_dtype(site)
         params = {k: v.to(dtype=dtype, device=site.device) for k, v in params.items()}
         return family.distribution(params, site.event_shape)
+
+    def _moments(self, site: SiteInfo, family: Family, selection: Selection, averaged: bool):
+        """The site's mean parameters on the selected elements: the running average of
+        the iterates (through the family's averaging coordinates) where asked and kept."""
+        batch_ndim = len(site.batch_shape)
+        if averaged and self.state.has_average(site.name):
+            names = self.state.average_names(site.name)
+            coordinates = self.state.average(site.name, names, selection, batch_ndim)
+            return family.from_average(coordinates, site.event_shape)
+        return self.state.selected(site.name, family.stat_names, selection, batch_ndim)
 
     def distributions(self, averaged: bool = True) -> Dict[str, dist.Distribution]:
         """Site name -> current q of each moment-matched site, with the batch and event
@@ -419,7 +429,7 @@ class QEMGuide(Messenger):
         out = {}
         for name, family in self.families.items():
             site = self.structure.sites[name]
-            moments = self.state.moments(name, family.stat_names, averaged=True)
+            moments = self._moments(site, family, (), averaged=True)
             params = family.params_from_moments(moments, site.event_shape)
             try:
                 values = family.quantiles(params, probs, site.event_shape)

@@ -1,13 +1,15 @@
 """A guide's EM state: tensors the guide owns, mirrored in Pyro's param store.
 
 The state is the smoothed mean parameters of every moment-matched site (float64, full
-plate sizes), optionally their running average, and the number of updates taken. The
+plate sizes), optionally the running average of the iterates in the family's averaging
+coordinates (:meth:`~pyro_qem.families.Family.to_average`), and the number of updates
+taken. The
 guide holds these tensors itself, so ``torch.save(guide)`` / ``torch.load`` and
 ``guide.state_dict()`` / ``load_state_dict()`` carry a fit, and clearing the param store
 does not lose it. Each tensor is also registered in the param store under a predictable
 name (like AutoNormal's ``locs.<site>``): ``<prefix>.<stat>.<site>``, e.g.
-``AutoQEM.z2.theta`` for E[theta^2], ``<prefix>.avg_<stat>.<site>`` and
-``<prefix>.avg_count.<site>`` for the running average, and ``<prefix>.num_updates``. So
+``AutoQEM.z2.theta`` for E[theta^2], ``<prefix>.avg_<coordinate>.<site>`` (e.g.
+``AutoQEM.avg_variance.theta``) and ``<prefix>.avg_count.<site>`` for the running average, and ``<prefix>.num_updates``. So
 ``pyro.get_param_store().save/load`` (or ``get_state/set_state``) round-trips a fit as
 it does for Pyro's guides: a tensor the guide finds in the store that no other live guide
 owns (one loaded from a file) is adopted.
@@ -207,28 +209,46 @@ class MomentState:
     def has(self, site: str, stats: Sequence[str]) -> bool:
         return all(f"{s}.{site}" in self.tensors for s in stats)
 
-    def moments(self, site: str, stats: Sequence[str], averaged: bool = False) -> Tuple[torch.Tensor, ...]:
-        """The site's mean parameters (the running average if ``averaged`` and present)."""
-        if averaged and f"avg_count.{site}" in self.tensors:
-            stats = [f"avg_{s}" for s in stats]
+    def moments(self, site: str, stats: Sequence[str]) -> Tuple[torch.Tensor, ...]:
+        """The site's current (smoothed) mean parameters."""
         return tuple(self.leaf(f"{s}.{site}").detach() for s in stats)
 
-    def selected(self, site: str, stats: Sequence[str], selection: Selection, batch_ndim: int,
-                 averaged: bool = False) -> Tuple[torch.Tensor, ...]:
+    def has_average(self, site: str) -> bool:
+        """Whether the site has a running average of its iterates."""
+        return f"avg_count.{site}" in self.tensors
+
+    def average(self, site: str, names: Sequence[str], selection: Selection = (),
+                batch_ndim: int = 0) -> Dict[str, torch.Tensor]:
+        """The running average of the site's averaging coordinates (see
+        :meth:`~pyro_qem.families.Family.to_average`), on the selected plate elements."""
+        out = {}
+        for name in names:
+            value = self.leaf(f"avg_{name}.{site}").detach()
+            out[name] = gather(value, selection, value.dim() - batch_ndim)
+        return out
+
+    def average_names(self, site: str) -> List[str]:
+        """The names of the site's averaging coordinates, in the order they were made."""
+        prefix, suffix = "avg_", f".{site}"
+        return [key[len(prefix):-len(suffix)] for key in self.tensors
+                if key.startswith(prefix) and key.endswith(suffix) and key != f"avg_count{suffix}"]
+
+    def selected(self, site: str, stats: Sequence[str], selection: Selection, batch_ndim: int
+                 ) -> Tuple[torch.Tensor, ...]:
         """The site's mean parameters on the plate elements ``selection`` picks."""
-        moments = self.moments(site, stats, averaged)
+        moments = self.moments(site, stats)
         return tuple(gather(m, selection, m.dim() - batch_ndim) for m in moments)
 
     # ---------------------------------------------------------------- writing state
 
     @torch.no_grad()
     def update(self, site: str, stats: Sequence[str], estimates: Sequence[torch.Tensor], lr: float,
-               selection: Selection, batch_ndim: int, average: bool) -> None:
-        """``m <- (1 - lr) m + lr m_hat`` on the selected plate elements; then, if
-        ``average``, fold the new ``m`` into the running average of those elements.
+               selection: Selection, batch_ndim: int) -> List[torch.Tensor]:
+        """``m <- (1 - lr) m + lr m_hat`` on the selected plate elements.
 
         :param batch_ndim: the number of batch dims of the site; the dims of each
             estimate after them are the statistic's own.
+        :returns: the new mean parameters of the selected elements.
         """
         new: List[torch.Tensor] = []
         for stat, estimate in zip(stats, estimates):
@@ -238,25 +258,39 @@ class MomentState:
             updated = current + lr * (estimate.to(current) - current)
             scatter_(leaf, selection, updated, trailing)
             new.append(updated)
-        if average:
-            self._update_average(site, stats, new, selection, batch_ndim)
+        return new
 
-    def _update_average(self, site, stats, new: List[torch.Tensor], selection, batch_ndim) -> None:
+    @torch.no_grad()
+    def update_average(self, site: str, coordinates: Mapping[str, torch.Tensor], selection: Selection,
+                       batch_ndim: int, full: Mapping[str, torch.Tensor],
+                       restart: Optional[torch.Tensor] = None) -> None:
+        """Fold one iterate's averaging coordinates (of the selected elements) into the
+        site's running average.
+
+        :param full: the coordinates of every plate element, used once to start the
+            average (elements never selected keep their current value).
+        :param restart: a bool per selected element: start its average anew from this
+            iterate.
+        """
         count_key = f"avg_count.{site}"
         if count_key not in self.tensors:
-            batch = self.leaf(f"{stats[0]}.{site}").shape[:batch_ndim]
-            self._register(count_key, torch.zeros(batch, dtype=torch.float64, device=new[0].device))
-            for stat in stats:
-                self._register(f"avg_{stat}.{site}", self.leaf(f"{stat}.{site}").clone())
+            first = next(iter(full.values()))
+            self._register(count_key, torch.zeros(first.shape[:batch_ndim], dtype=torch.float64,
+                                                  device=first.device))
+            for name, value in full.items():
+                self._register(f"avg_{name}.{site}", value.detach().double().clone())
         count_leaf = self.leaf(count_key)
-        count = gather(count_leaf, selection, 0) + 1
+        count = gather(count_leaf, selection, 0)
+        if restart is not None:
+            count = torch.where(restart.to(count.device), torch.zeros_like(count), count)
+        count = count + 1
         scatter_(count_leaf, selection, count, 0)
-        for stat, value in zip(stats, new):
-            leaf = self.leaf(f"avg_{stat}.{site}")
+        for name, value in coordinates.items():
+            leaf = self.leaf(f"avg_{name}.{site}")
             trailing = value.dim() - batch_ndim
             current = gather(leaf, selection, trailing)
             weight = count.reshape(count.shape + (1,) * trailing)
-            scatter_(leaf, selection, current + (value - current) / weight, trailing)
+            scatter_(leaf, selection, current + (value.to(current) - current) / weight, trailing)
 
     def num_updates(self) -> int:
         """The number of QEM updates taken (0 before set-up)."""

@@ -1,5 +1,6 @@
 """QEM's M-step: weighted sufficient statistics of each site's particles, the noise
-compensation, smoothing into the guide's state, and iterate averaging.
+compensation, smoothing into the guide's state, and iterate averaging (in each family's
+averaging coordinates, :meth:`~pyro_qem.families.Family.to_average`).
 
 For a moment-matched site with family statistics T, one update is
 ``m <- (1 - lr) m + lr (sum_k w_k T(z_k) + lr sum_k w_k^2 c(m))``, per plate element,
@@ -14,6 +15,9 @@ from typing import List, Mapping, Sequence
 import torch
 
 from ..families import Family
+
+# A running average restarts where the iterate has become this much more concentrated.
+RESTART_RATIO = 2.0
 from ..guides.qem_guide import QEMGuide
 from ..handlers import SiteRecord
 from ..model import SiteInfo, selection_of
@@ -92,6 +96,36 @@ def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Ma
             current = guide.state.selected(site.name, family.stat_names, selection,
                                            len(site.batch_shape))
             estimates = noise_compensated(family, estimates, current, weight, lr, site)
-        guide.state.update(site.name, family.stat_names, estimates, lr, selection,
-                           len(site.batch_shape), average)
+        batch_ndim = len(site.batch_shape)
+        new = guide.state.update(site.name, family.stat_names, estimates, lr, selection, batch_ndim)
+        if average:
+            _average(guide, site, family, new, selection)
     guide.state.count_update()
+
+
+def _average(guide: QEMGuide, site: SiteInfo, family: Family, new: Sequence[torch.Tensor],
+             selection) -> None:
+    """Fold the new iterate into the running average, in the family's averaging
+    coordinates (location and variance apart for location families), so that the
+    iterates' wander does not widen the averaged q."""
+    state, batch_ndim = guide.state, len(site.batch_shape)
+    coordinates = family.to_average(tuple(new), site.event_shape)
+    if not state.has_average(site.name):
+        full = family.to_average(state.moments(site.name, family.stat_names), site.event_shape)
+        state.update_average(site.name, coordinates, selection, batch_ndim, full)
+        return
+    average = state.average(site.name, list(coordinates), selection, batch_ndim)
+    restart = _still_narrowing(family, coordinates, average, batch_ndim)
+    state.update_average(site.name, coordinates, selection, batch_ndim, coordinates, restart)
+
+
+def _still_narrowing(family: Family, current, average, batch_ndim: int):
+    """Per plate element: whether the current iterate is more than
+    :data:`RESTART_RATIO` times as concentrated as the running average in any
+    coordinate (see :meth:`~pyro_qem.families.Family.concentration`)."""
+    now, before = family.concentration(current), family.concentration(average)
+    if now is None:
+        return None
+    narrower = now > RESTART_RATIO * before
+    return narrower.reshape(narrower.shape[:batch_ndim] + (-1,)).any(-1) if narrower.dim() > batch_ndim \
+        else narrower
