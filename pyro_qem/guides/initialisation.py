@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Mapping, Optional, Sequence, Union
 
 import torch
+from torch.distributions import biject_to
 
 from ..families import Family
 from ..model import Prototype, SiteInfo, scatter_, selection_of
@@ -63,12 +64,35 @@ def _check_scale(site: Optional[str], scale) -> None:
 
 def default_init_loc(site) -> torch.Tensor:
     """Pyro's ``init_to_median`` for continuous sites, a prior draw for discrete ones
-    (whose median Pyro refuses to compute)."""
+    (whose median Pyro refuses to compute), and for a flat prior that cannot be sampled
+    the image of 0 under the bijection onto its support."""
     from pyro.infer.autoguide.initialization import init_to_median, init_to_sample
 
-    if site["fn"].support.is_discrete:
+    fn = site["fn"]
+    if fn.support.is_discrete:
         return init_to_sample(site)
-    return init_to_median(site)
+    try:
+        return init_to_median(site)
+    except NotImplementedError:
+        # A prior that cannot be sampled (a flat ImproperUniform): the point of its
+        # support that its bijection maps 0 to, as NUTS starts from.
+        return biject_to(fn.support)(torch.zeros(fn.shape()))
+
+
+def _init_draws(site: SiteInfo, node, options: InitOptions) -> torch.Tensor:
+    """Draws of the site's prior; for a prior that cannot be sampled (a flat
+    ``ImproperUniform``), draws around the set-up value instead: the value moved to the
+    unconstrained space, plus Normal noise of ``init_scale`` (default 1), mapped back."""
+    fn = node["fn"]
+    try:
+        return fn.sample((NUM_INIT_DRAWS,))
+    except NotImplementedError:
+        pass
+    transform = biject_to(fn.support)
+    centre = transform.inv(node["value"].detach().double())
+    scale = options.scale_of(site.name) or 1.0
+    noise = torch.randn((NUM_INIT_DRAWS,) + centre.shape, dtype=centre.dtype, device=centre.device)
+    return transform(centre + scale * noise)
 
 
 def initial_state(site: SiteInfo, family: Family, prototypes: Sequence[Prototype],
@@ -90,8 +114,7 @@ def initial_state(site: SiteInfo, family: Family, prototypes: Sequence[Prototype
 
 def initial_moments(site: SiteInfo, family: Family, node, options: InitOptions):
     """Moments for one set-up run's elements of the site."""
-    draws = node["fn"].sample((NUM_INIT_DRAWS,))
-    moments = family.init_moments(draws, site.event_shape)
+    moments = family.init_moments(_init_draws(site, node, options), site.event_shape)
     relocate_to = node["value"] if options.init_loc_fn is not None else None
     scale = options.scale_of(site.name)
     if relocate_to is None and scale is None:

@@ -32,7 +32,6 @@ def check_latent_distribution(name: str, fn) -> None:
     :param name: the site's name.
     :param fn: its prior.
     :raises ValueError: for a Delta (a fixed value belongs in ``pyro.deterministic``).
-    :raises NotImplementedError: for an ImproperUniform (it cannot be sampled).
     """
     base = _unwrapped(fn)
     if isinstance(base, dist.Delta):
@@ -41,13 +40,6 @@ def check_latent_distribution(name: str, fn) -> None:
             "random variable, so no particle drawn from q would hit it exactly (log P_hat "
             f"would be -inf). Record a computed value with pyro.deterministic('{name}', "
             f"value) instead of pyro.sample('{name}', dist.Delta(value))."
-        )
-    if isinstance(base, dist.ImproperUniform):
-        raise NotImplementedError(
-            f"Latent site '{name}' has an ImproperUniform (flat, improper) prior, which "
-            "cannot be sampled, so pyro_qem cannot initialise q from the prior. Give the "
-            "site a proper, wide prior on the same support instead, e.g. dist.Normal(0., "
-            "100.) for a real site or dist.HalfNormal(100.) for a positive one."
         )
 
 

@@ -14,6 +14,7 @@ spread).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -128,8 +129,10 @@ class _SampleTree:
         tree: "OrderedDict[frozenset, List[torch.Tensor]]" = OrderedDict()
         dim_to_size: Dict[str, int] = {}
         self.queries = {}
+        # A model may mix float32 priors with float64 data: sample in the widest dtype.
+        dtype = functools.reduce(torch.promote_types, (f.tensor.dtype for f in factors))
         for factor in factors:
-            term = factor.tensor[...]  # a fresh object: the ring tags it
+            term = factor.tensor.to(dtype)[...]  # a fresh object: the ring tags it
             term._pyro_dims = factor.dims
             tree.setdefault(factor.ordinal, []).append(term)
             dim_to_size.update(zip(factor.dims, term.shape))

@@ -217,19 +217,6 @@ def test_uniform_with_fixed_bounds_fits_or_names_the_site_and_the_families():
 
 # -------------------------------------------- 4. distributions q cannot replace
 
-def test_improper_uniform_latent():
-    def model(y):
-        x = pyro.sample("x", dist.ImproperUniform(constraints.real, (), ()))
-        pyro.sample("obs", dist.Normal(x, 1.0), obs=y)
-
-    with pytest.raises(NotImplementedError, match=r"Latent site 'x' has an ImproperUniform.*proper, wide prior"):
-        step(model, torch.tensor(1.0))
-    # Also when init_loc_fn gives it a value, so that the set-up run succeeds.
-    guide = AutoQEM(model, init_loc_fn=init_to_value(values={"x": torch.tensor(0.0)}))
-    with pytest.raises(NotImplementedError, match=r"Latent site 'x' has an ImproperUniform"):
-        guide.setup(torch.tensor(1.0))
-
-
 def test_delta_latent():
     def model(y):
         mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
