@@ -47,34 +47,56 @@ def nuts_model(bm: BenchmarkModel):
 def centred_draws(bm: BenchmarkModel, model, samples: Dict[str, torch.Tensor],
                   train) -> Dict[str, torch.Tensor]:
     """Draws of every latent site of ``bm.model`` from NUTS draws of ``model``."""
-    names = [n for n, site in pyro.poutine.trace(bm.model).get_trace(train).nodes.items()
+    return latent_draws(bm.model, model, samples, train)
+
+
+def latent_draws(model, sampled_model, samples: Dict[str, torch.Tensor], *args,
+                 **kwargs) -> Dict[str, torch.Tensor]:
+    """Draws (float64) of every latent site of ``model`` from NUTS draws of
+    ``sampled_model``, a reparameterisation of it whose sites of the same names
+    (sampled or deterministic) hold the original values."""
+    names = [n for n, site in pyro.poutine.trace(model).get_trace(*args, **kwargs).nodes.items()
              if site["type"] == "sample" and not site["is_observed"]]
-    predictive = Predictive(model, posterior_samples=samples, return_sites=names)
-    return {k: v.double() for k, v in predictive(train).items()}
+    predictive = Predictive(sampled_model, posterior_samples=samples, return_sites=names)
+    return {k: v.double() for k, v in predictive(*args, **kwargs).items()}
+
+
+def moments_of(draws: Dict[str, torch.Tensor]) -> Moments:
+    """Mean and sd over the first (draw) dim of every site."""
+    return {k: {"mean": v.mean(0).numpy(), "sd": v.std(0).numpy()} for k, v in draws.items()}
+
+
+def nuts(model, sampled_model, args: tuple, warmup: int, samples: int, seed: int = 0,
+         full_mass: bool = False, jit_compile: bool = True,
+         kwargs: Optional[Dict] = None) -> Tuple[Dict[str, torch.Tensor], Dict]:
+    """One seeded chain of Pyro's NUTS on ``sampled_model(*args)``: draws of every latent
+    site of ``model`` (see :func:`latent_draws`), and a record of the run (time,
+    divergences, the minimum ESS over all coordinates)."""
+    kwargs = kwargs or {}
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    kernel = NUTS(sampled_model, target_accept_prob=0.9, full_mass=full_mass,
+                  jit_compile=jit_compile, ignore_jit_warnings=True)
+    mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, disable_progbar=True)
+    start = time.perf_counter()
+    mcmc.run(*args, **kwargs)
+    seconds = time.perf_counter() - start
+    draws = latent_draws(model, sampled_model, mcmc.get_samples(), *args, **kwargs)
+    info = {
+        "warmup": warmup, "samples": samples, "seed": seed, "seconds": round(seconds, 1),
+        "divergences": int(sum(len(v) for v in mcmc.diagnostics()["divergences"].values())),
+        "min_ess": float(min(effective_sample_size(v.unsqueeze(0)).min() for v in draws.values())),
+    }
+    return draws, info
 
 
 def run_nuts(bm: BenchmarkModel, warmup: int, samples: int, seed: int = 0) -> Tuple[Moments, Dict]:
     """Posterior means and sds of every latent site of ``bm`` (train data, c = 1)."""
     train, _ = bm.load("cpu")
-    pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
-    model = nuts_model(bm)
-    kernel = NUTS(model, target_accept_prob=0.9, full_mass=FULL_MASS[bm.name],
-                  jit_compile=True, ignore_jit_warnings=True)
-    mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, disable_progbar=True)
-    start = time.perf_counter()
-    mcmc.run(train)
-    seconds = time.perf_counter() - start
-    draws = centred_draws(bm, model, mcmc.get_samples(), train)
-    moments = {k: {"mean": v.mean(0).numpy(), "sd": v.std(0).numpy()} for k, v in draws.items()}
-    info = {
-        **predictive_loglik(bm, draws),
-        "model": bm.name, "warmup": warmup, "samples": samples, "seed": seed,
-        "seconds": round(seconds, 1),
-        "divergences": int(sum(len(v) for v in mcmc.diagnostics()["divergences"].values())),
-        "min_ess": float(min(effective_sample_size(v.unsqueeze(0)).min() for v in draws.values())),
-    }
-    return moments, info
+    draws, run = nuts(bm.model, nuts_model(bm), (train,), warmup, samples, seed,
+                      full_mass=FULL_MASS[bm.name])
+    info = {**predictive_loglik(bm, draws), "model": bm.name, **run}
+    return moments_of(draws), info
 
 
 def predictive_loglik(bm: BenchmarkModel, draws: Dict[str, torch.Tensor]) -> Dict[str, float]:
