@@ -69,13 +69,16 @@ def estimated_peak_bytes(sizes: Sequence[FactorSize]) -> int:
 
 
 def check_memory(records: Sequence[SiteRecord], structure: ModelStructure, num_particles: int,
-                 budget: float) -> None:
+                 budget: float) -> int:
     """Raise :class:`MemoryBudgetError` when weighing this run would exceed ``budget``
-    bytes, naming the largest factor and what to do."""
+    bytes, naming the largest factor and what to do.
+
+    :returns: the number of entries of the largest factor.
+    """
     sizes = factor_sizes(records)
     peak = estimated_peak_bytes(sizes)
     if peak <= budget:
-        return
+        return max((s.bytes // 8 for s in sizes), default=0)
     largest = max(sizes, key=lambda s: s.bytes)
     groups = [g for g in structure.groups if len(g.sites) > 0]
     raise MemoryBudgetError(
