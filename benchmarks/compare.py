@@ -1,4 +1,5 @@
-"""Compare QEM, MP-VI / MP-RWS (when the engine has them) and Pyro SVI side by side.
+"""Compare QEM, MP-VI / MP-RWS (when the engine has them) and Pyro SVI side by side
+(and NumPyro's jit-compiled SVI when numpyro is installed: ``pip install -e .[bench]``).
 
 Example::
 
@@ -15,6 +16,7 @@ configuration); writes ``table.md``, ``headline.md``, ``results.json`` (raw curv
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -26,7 +28,7 @@ from typing import Dict, List
 import torch
 
 from . import headline, plots, reference, rescaled, summary, table
-from .methods import MethodConfig, available
+from .methods import NUMPYRO_SVI, MethodConfig, NumPyroSVIFit, available
 from .models import MODELS, BenchmarkModel
 from .runner import Curve, Settings, Task, run
 
@@ -84,7 +86,12 @@ def method_grid(quick: bool, steps: int) -> List[MethodConfig]:
         else:
             print(f"{method}: not available in this pyro_qem (pyro_qem.infer has no "
                   f"{method.replace('-', '')}); skipped")
-    return grid + [MethodConfig("SVI", lr) for lr in adam_lrs]
+    grid += [MethodConfig("SVI", lr) for lr in adam_lrs]
+    if available(NUMPYRO_SVI):
+        grid += [MethodConfig(NUMPYRO_SVI, lr) for lr in adam_lrs]
+    else:
+        print(f"{NUMPYRO_SVI}: numpyro / jax not installed (pip install -e .[bench]); skipped")
+    return grid
 
 
 def make_task(bm: BenchmarkModel, c: float, device: str, reference_moments) -> Task:
@@ -102,9 +109,14 @@ def run_model(bm: BenchmarkModel, args, settings: Settings) -> Dict:
         moments = {s: {k: v.to(args.device) for k, v in m.items()} for s, m in moments.items()}
     task = make_task(bm, 1.0, args.device, moments)
     grid = method_grid(args.quick, settings.steps)
-    curves = [_run_logged(config, task, settings) for config in grid]
+    curves, numpyro_setups = [], {}
+    for config in grid:
+        curves.append(_run_logged(config, task, settings_for(config, settings)))
+        if config.method == NUMPYRO_SVI and NumPyroSVIFit.setups:
+            numpyro_setups[curves[-1].label] = NumPyroSVIFit.setups.pop()
     nuts = reference.info_of(bm.name) if moments is not None else {}
     result = {"curves": curves, "rows": summary.rows(curves),
+              "numpyro": numpyro_rows(curves, numpyro_setups),
               "checks": summary.checks(curves) + summary.reference_lines(nuts),
               "targets": summary.targets(curves), "reference": nuts}
     if not args.no_rescaled:
@@ -114,6 +126,52 @@ def run_model(bm: BenchmarkModel, args, settings: Settings) -> Dict:
         result["rescaled_curves"] = again
         result["rescaled"] = rescaled.compare(curves, again)
     return result
+
+
+def settings_for(config: MethodConfig, settings: Settings) -> Settings:
+    """NumPyro SVI takes as many steps as Pyro SVI, without the time cap: its first step
+    compiles (seconds), every other one takes well under a millisecond."""
+    if config.method != NUMPYRO_SVI:
+        return settings
+    return dataclasses.replace(settings, steps=settings.svi_steps, max_seconds=None)
+
+
+def numpyro_rows(curves: List[Curve], setups: Dict[str, Dict[str, float]]) -> List[Dict]:
+    """Each NumPyro SVI run's setup (jitted init + ``svi.update`` compilation) apart from
+    its steady-state step, and its times to the common targets with and without setup."""
+    goal = summary.targets(curves)
+    out = []
+    for c in curves:
+        if c.label not in setups:
+            continue
+        setup = setups[c.label]
+        row = {"label": c.label, **setup, "ms_per_step": 1e3 * c.time_per_step,
+               "pred_ll": summary.final(c.pred_ll), "elbo": summary.final(c.elbo)}
+        for key in ("pred_ll", "elbo"):
+            t = summary.time_to(c, key, goal[key])
+            row[f"t_{key}"] = t
+            row[f"t_{key}_no_compile"] = t - setup["setup_s"]
+        out.append(row)
+    return out
+
+
+def numpyro_markdown(name: str, rows: List[Dict]) -> str:
+    """The NumPyro SVI rows of one model: compilation apart from steady state."""
+    if not rows:
+        return ""
+    lines = [f"NumPyro SVI on {name} (setup = jitted svi.init + svi.update compilation, "
+             "inside the first step; times to the selected Pyro SVI's final scores):", "",
+             "| method | init (s) | compile (s) | steady ms/step | pred-ll | ELBO "
+             "| t to pred (s) | t to pred w/o setup (s) | t to ELBO (s) "
+             "| t to ELBO w/o setup (s) |", "|" + "---|" * 10]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {table.number(r['init_s'], 2)} | {table.number(r['compile_s'], 2)} "
+            f"| {table.number(r['ms_per_step'], 3)} | {table.number(r['pred_ll'])} "
+            f"| {table.number(r['elbo'])} | {table.number(r['t_pred_ll'], 2)} "
+            f"| {table.number(r['t_pred_ll_no_compile'], 2)} | {table.number(r['t_elbo'], 2)} "
+            f"| {table.number(r['t_elbo_no_compile'], 2)} |")
+    return "\n".join(lines) + "\n"
 
 
 def _run_logged(config: MethodConfig, task: Task, settings: Settings) -> Curve:
@@ -136,6 +194,8 @@ def report(results: Dict[str, Dict], args, settings: Settings) -> str:
     parts = [f"Machine: {machine(args.device)}. Settings: {asdict(settings)}.", ""]
     for name, result in results.items():
         parts.append(table.markdown(name, result["rows"], result["checks"]))
+        if result.get("numpyro"):
+            parts.append(numpyro_markdown(name, result["numpyro"]))
         if "rescaled" in result:
             parts.append(rescaled.markdown(name, result["rescaled"], MODELS[name].rescale))
     return "\n".join(parts)
@@ -153,6 +213,7 @@ def save(results: Dict[str, Dict], text: str, args, settings: Settings) -> None:
             "curves": [asdict(c) for c in result["curves"]],
             "rescaled": result.get("rescaled", []), "reference": result.get("reference", {}),
             "rescaled_curves": [asdict(c) for c in result.get("rescaled_curves", [])],
+            "numpyro": result.get("numpyro", []),
         }
     (args.out / "results.json").write_text(json.dumps(payload, default=_jsonable) + "\n")
     summary_text = headline.markdown(payload["models"], payload["machine"])

@@ -4,13 +4,18 @@
 - ``QEM``: :class:`pyro_qem.Inference` on an :class:`pyro_qem.AutoQEM` guide;
 - ``MP-VI`` / ``MP-RWS``: gradient updates on the same estimator, from
   ``pyro_qem.infer`` when the engine provides them (skipped otherwise);
-- ``SVI``: Pyro's ``SVI`` with ``AutoNormal``, ``Trace_ELBO`` and Adam.
+- ``SVI``: Pyro's ``SVI`` with ``AutoNormal``, ``Trace_ELBO`` and Adam;
+- ``NumPyro SVI``: the same in NumPyro, ``svi.update`` jit-compiled, on the NumPyro twin
+  of the model (:mod:`benchmarks.numpyro_models`; only when numpyro is installed).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import pyro
 import pyro_qem
@@ -23,13 +28,14 @@ from .posterior import Posterior, autonormal_posterior, gradient_normal_posterio
 
 Groups = Sequence[Sequence[str]]
 GRADIENT_ENGINE_METHODS = {"MP-VI": "MPVI", "MP-RWS": "MPRWS"}
+NUMPYRO_SVI = "NumPyro SVI"
 
 
 @dataclass(frozen=True)
 class MethodConfig:
     """One configuration of one method.
 
-    :param method: ``QEM``, ``MP-VI``, ``MP-RWS`` or ``SVI``.
+    :param method: ``QEM``, ``MP-VI``, ``MP-RWS``, ``SVI`` or ``NumPyro SVI``.
     :param lr: QEM's smoothing step, or Adam's learning rate.
     :param K: particles per group (None for SVI).
     :param average_from: QEM only: average the iterates from this step on.
@@ -51,6 +57,8 @@ def available(method: str) -> bool:
     """Whether the engine (or Pyro) provides ``method`` in this installation."""
     if method in GRADIENT_ENGINE_METHODS:
         return hasattr(pyro_qem.infer, GRADIENT_ENGINE_METHODS[method])
+    if method == NUMPYRO_SVI:
+        return all(importlib.util.find_spec(m) is not None for m in ("numpyro", "jax"))
     return method in ("QEM", "SVI")
 
 
@@ -99,6 +107,41 @@ class SVIFit:
         return autonormal_posterior(self.guide)
 
 
+class NumPyroSVIFit:
+    """NumPyro SVI (AutoNormal, Trace_ELBO, Adam) on the NumPyro twin of ``model`` (a
+    benchmark model, or ``functools.partial`` of one with ``c`` bound).
+
+    The first ``step`` initialises the guide and compiles ``svi.update`` (both jitted),
+    so the runner's training time includes compilation; every later step is one call
+    of the compiled update. The setup's split is appended to :attr:`setups`.
+    """
+
+    setups: List[Dict[str, float]] = []
+
+    def __init__(self, model: Callable, groups: Groups, config: MethodConfig) -> None:
+        from .models import MODELS
+
+        func = model.func if isinstance(model, functools.partial) else model
+        self.c = model.keywords.get("c", 1.0) if isinstance(model, functools.partial) else 1.0
+        names = [name for name, bm in MODELS.items() if bm.model is func]
+        if not names:
+            raise ValueError("NumPyro SVI runs only the benchmark models with a NumPyro twin")
+        self.name, self.lr, self.fit = names[0], config.lr, None
+
+    def step(self, data: Data) -> float:
+        if self.fit is None:
+            from .numpyro_models import JittedSVI, to_jax
+
+            start = time.perf_counter()
+            self.fit = JittedSVI(self.name, to_jax(data), self.lr, self.c)
+            self.setups.append({"init_s": self.fit.init_s, "compile_s": self.fit.compile_s,
+                                "setup_s": time.perf_counter() - start})
+        return self.fit.step()
+
+    def posterior(self) -> Posterior:
+        return self.fit.posterior()
+
+
 def build(model: Callable, groups: Sequence[Sequence[str]], config: MethodConfig):
     """A fresh fit of ``config`` on ``model`` (the param store should be empty)."""
     if config.method == "QEM":
@@ -107,4 +150,7 @@ def build(model: Callable, groups: Sequence[Sequence[str]], config: MethodConfig
         return SVIFit(model, groups, config)
     if config.method in GRADIENT_ENGINE_METHODS:
         return EngineGradientFit(model, groups, config)
-    raise ValueError(f"Unknown method {config.method!r}; expected QEM, MP-VI, MP-RWS or SVI.")
+    if config.method == NUMPYRO_SVI:
+        return NumPyroSVIFit(model, groups, config)
+    raise ValueError(f"Unknown method {config.method!r}; expected QEM, MP-VI, MP-RWS, SVI "
+                     f"or {NUMPYRO_SVI}.")
