@@ -273,6 +273,8 @@ def discover(
     check_something_to_infer(sites, trace)
     nesting = _resolve_max_plate_nesting(max_plate_nesting, needed)
     links, indexed = find_links(prototype.index_uses, _plate_sizes(trace))
+    if groups is None and links:
+        groups = _global_group(sites)
     grouped = group_sites(sites, groups, nesting)
     _check_tensor_dims(grouped, nesting, sites)
     structure = ModelStructure(

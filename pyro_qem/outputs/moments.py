@@ -71,8 +71,11 @@ def posterior_moments(
     Example::
 
         means = posterior_moments(inference, y)                       # E[z]
-        second = posterior_moments(inference, y, fn=lambda z: z ** 2, sites=["mu"])
-        sd = (second["mu"] - means["mu"] ** 2).sqrt()
+        # E[z] and E[z^2] from the same particle runs, so that their difference is a
+        # variance (two separate calls use different runs and can even go negative):
+        both = posterior_moments(inference, y, fn=lambda z: torch.stack([z, z ** 2], -1),
+                                 sites=["mu"])["mu"]
+        sd = (both[..., 1] - both[..., 0] ** 2).sqrt()
 
     Parameters as for :func:`moment_runs`.
 

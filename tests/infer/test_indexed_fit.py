@@ -74,3 +74,16 @@ def test_indexed_varying_intercepts_match_the_exact_posterior():
     joint = torch.cat([draws["mu"].reshape(-1, 1), draws["a"].reshape(-1, C), draws["b"].reshape(-1, 1)], 1)
     assert ((joint.mean(0) - mean).abs() / sd).max() < 0.2
     assert ((joint.std(0) / sd) - 1).abs().max() < 0.15
+
+
+def test_indexed_models_share_one_particle_dim_among_their_global_latents():
+    """Each row's log density spans the dims of every global it reads: separate globals
+    would cost K^G per row. Without groups=, AutoQEM groups the globals; with groups=,
+    the user's choice stands."""
+    x, county, y = data()
+    guide = AutoQEM(model)
+    structure = guide.setup(x, county, y)
+    assert structure.group_of("mu") is structure.group_of("b")
+    assert structure.group_of("a") is not structure.group_of("mu")
+    chosen = AutoQEM(model, groups=[["a"]]).setup(x, county, y)
+    assert chosen.group_of("mu") is not chosen.group_of("b")
