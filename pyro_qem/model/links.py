@@ -47,17 +47,19 @@ def find_links(uses: Iterable[IndexUse], plates: PlateSizes) -> Tuple[Dict[str, 
     """
     parents: Dict[str, Set[str]] = {}
     sites: Dict[Tuple[str, str], str] = {}
+    indexed: Set[str] = set()
     for use in uses:
         child = consumer_plate(use, plates)
         if child is None or child == use.plate:
             continue
         parents.setdefault(child, set()).add(use.plate)
         sites.setdefault((child, use.plate), use.site)
+        indexed.add(use.site)
     links = {child: next(iter(found)) for child, found in parents.items() if len(found) == 1}
     for child, found in parents.items():
         if len(found) > 1:
             links[child] = _innermost(child, sorted(found), links, sites)
-    return links, frozenset(sites.values())
+    return links, frozenset(indexed)
 
 
 def _innermost(child: str, found: Sequence[str], links: Mapping[str, str],

@@ -87,3 +87,21 @@ def test_indexed_models_share_one_particle_dim_among_their_global_latents():
     assert structure.group_of("a") is not structure.group_of("mu")
     chosen = AutoQEM(model, groups=[["a"]]).setup(x, county, y)
     assert chosen.group_of("mu") is not chosen.group_of("b")
+
+
+def test_the_latents_rows_read_from_one_plate_share_a_particle_dim():
+    """A county's intercept and slope, both read by every house of the county: apart
+    they would cost K^2 per house."""
+    def slopes(x, county, y=None):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+        with pyro.plate("county", C):
+            a = pyro.sample("a", dist.Normal(mu, 1.0))
+            b = pyro.sample("b", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+        with pyro.plate("house", len(x)):
+            pyro.sample("y", dist.Normal(a[..., county] + b[..., county] * x, SIGMA), obs=y)
+
+    x, county, y = data()
+    structure = AutoQEM(slopes).setup(x, county, y)
+    assert structure.indexed_sites == {"a", "b"}
+    assert structure.group_of("a") is structure.group_of("b")
+    assert structure.group_of("mu") is not structure.group_of("a")
