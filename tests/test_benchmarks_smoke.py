@@ -121,3 +121,12 @@ def test_evaluation_steps_put_the_final_window_in_the_last_fifth():
 
     steps = evaluation_steps(200, 20)
     assert steps[0] == 1 and steps[-FINAL_WINDOW:] == [160, 180, 200]
+
+
+def test_scale_accuracy_quick_run_prints_its_table():
+    from benchmarks import scale_accuracy
+
+    rows = scale_accuracy.main(["--quick"])
+    assert {r["method"] for r in rows} == {"QEM K=10", "QEM K=30", "SVI AutoNormal",
+                                            "SVI AutoMultivariateNormal"}
+    assert all(r["q"]["sd_min"] > 0 for r in rows)
