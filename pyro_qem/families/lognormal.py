@@ -33,6 +33,17 @@ class LogNormal(Family):
     stat_names = ("log_z", "log_z2")
     event_dims = ANY_EVENT_DIMS
 
+    def inflate(self, params: Params, factor: float) -> Params:
+        return {**params, "scale": params["scale"] * factor}
+
+    def split_moments(self, moments: Moments, event_shape: torch.Size) -> Params:
+        first, second = moments
+        return {"loc": first, "variance": second - first * first}
+
+    def join_moments(self, coordinates: Params, event_shape: torch.Size) -> Moments:
+        loc = coordinates["loc"]
+        return loc, coordinates["variance"].clamp_min(0) + loc * loc
+
     def concentration(self, coordinates: Params) -> torch.Tensor:
         return coordinates["precision"]
 

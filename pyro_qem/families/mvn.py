@@ -64,6 +64,17 @@ class MultivariateNormal(Family):
     stat_names = ("z", "zzT")
     event_dims = (1,)
 
+    def inflate(self, params: Params, factor: float) -> Params:
+        return {**params, "scale_tril": params["scale_tril"] * factor}
+
+    def split_moments(self, moments: Moments, event_shape: torch.Size) -> Params:
+        first, second = moments
+        return {"loc": first, "covariance": second - first.unsqueeze(-1) * first.unsqueeze(-2)}
+
+    def join_moments(self, coordinates: Params, event_shape: torch.Size) -> Moments:
+        loc = coordinates["loc"]
+        return loc, coordinates["covariance"] + loc.unsqueeze(-1) * loc.unsqueeze(-2)
+
     def concentration(self, coordinates: Params) -> torch.Tensor:
         return coordinates["precision"].diagonal(dim1=-2, dim2=-1)
 

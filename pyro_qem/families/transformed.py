@@ -96,6 +96,17 @@ class Unconstrained(Family):
         """The event shape of ``u``, e.g. ``(3,)`` for a 3x3 ``corr_cholesky`` site."""
         return self.transform(event_shape).inverse_shape(event_shape)
 
+    def inflate(self, params: Params, factor: float) -> Params:
+        return {**params, "scale": params["scale"] * factor}
+
+    def split_moments(self, moments: Moments, event_shape: torch.Size) -> Params:
+        first, second = moments
+        return {"loc": first, "variance": second - first * first}
+
+    def join_moments(self, coordinates: Params, event_shape: torch.Size) -> Moments:
+        loc = coordinates["loc"]
+        return loc, coordinates["variance"].clamp_min(0) + loc * loc
+
     def concentration(self, coordinates: Params) -> torch.Tensor:
         return coordinates["precision"]
 

@@ -85,6 +85,7 @@ class QEMGuide(Messenger):
         self.structure: Optional[ModelStructure] = None
         self.families: Dict[str, Family] = {}
         self._num_particles: Optional[int] = None
+        self._inflation: Dict[str, float] = {}
         self._reparameterized = True
         self.selection: Selection = []
         self._subsamples: Dict[str, torch.Tensor] = {}
@@ -141,6 +142,7 @@ class QEMGuide(Messenger):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._subsamples, self._draws, self.particle_draws = {}, {}, {}
+        self._inflation = {}
 
     # ----------------------------------------------------------------- set-up
 
@@ -193,7 +195,8 @@ class QEMGuide(Messenger):
     # ------------------------------------------------------------ the handler
 
     @contextlib.contextmanager
-    def particles(self, num_particles: int, reparameterized: bool = True
+    def particles(self, num_particles: int, reparameterized: bool = True,
+                  inflation: Optional[Mapping[str, float]] = None
                   ) -> Iterator[Dict[str, ParticleDraw]]:
         """Within this context the guide draws ``num_particles`` values per site; the
         context yields a dict that fills with a :class:`~pyro_qem.handlers.ParticleDraw`
@@ -201,9 +204,13 @@ class QEMGuide(Messenger):
 
         :param reparameterized: draw gradient-fitted sites with ``rsample`` (for
             gradients through the particles, as MP-VI needs); False for RWS.
+        :param inflation: site -> width factor of its proposal
+            (:meth:`~pyro_qem.families.Family.inflate`), for the sites outside a
+            subsampled plate.
         """
         self._num_particles = num_particles
         self._reparameterized = reparameterized
+        self._inflation = dict(inflation or {})
         self.particle_draws = {}
         try:
             with self:
@@ -329,7 +336,9 @@ class QEMGuide(Messenger):
         """q of the site on this run's plate elements, and the parameters it read
         (None for a moment-matched site)."""
         if site.name in self.families:
-            return self.proposal(site, self._selection(msg), differentiable=differentiable), None
+            inflation = self._inflation.get(site.name) if not differentiable else None
+            return self.proposal(site, self._selection(msg), differentiable=differentiable,
+                                 inflation=inflation), None
         self.selection = self._selection(msg)
         with ParamCollector() as collector:
             q = self.get_posterior(site.name, msg["fn"])
@@ -379,11 +388,12 @@ class QEMGuide(Messenger):
     # ------------------------------------------------------------- q and state
 
     def proposal(self, site: SiteInfo, selection: Selection = (), averaged: bool = False,
-                 differentiable: bool = False):
+                 differentiable: bool = False, inflation: Optional[float] = None):
         """q of ``site`` on the plate elements ``selection`` picks, in the model's dtype.
 
         :param differentiable: read the state through ``pyro.param`` so that gradient
             methods (e.g. SVI) see and fit it.
+        :param inflation: widen q by this factor (the proposal for a minibatch step).
         """
         family = self.families[site.name]
         batch_ndim = len(site.batch_shape)
@@ -395,6 +405,8 @@ class QEMGuide(Messenger):
         else:
             moments = self._moments(site, family, selection, averaged)
         params = family.params_from_moments(moments, site.event_shape)
+        if inflation is not None and inflation > 1:
+            params = family.inflate(dict(params), inflation)
         dtype = _float_dtype(site)
         params = {k: v.to(dtype=dtype, device=site.device) for k, v in params.items()}
         return family.distribution(params, site.event_shape)

@@ -50,15 +50,19 @@ class ParticleRun:
 
 
 def run_particles(model: Callable, guide: QEMGuide, num_particles: int, args: tuple,
-                  kwargs: dict, reparameterized: bool = True) -> ParticleRun:
+                  kwargs: dict, reparameterized: bool = True,
+                  inflation: Optional[Dict[str, float]] = None) -> ParticleRun:
     """Run ``model(*args, **kwargs)`` once with ``num_particles`` particles of every
-    latent site drawn from ``guide`` (set up on the first call), recording every site."""
+    latent site drawn from ``guide`` (set up on the first call), recording every site.
+
+    :param inflation: site -> width factor of its proposal (minibatch steps).
+    """
     structure = guide.setup(*args, **kwargs)
     recorder = SiteRecorder()
     # The probe hands indexed latents to the model as IndexedValue, after the recorder
     # has kept their plain values; a model without indexed groups runs without it.
     probe = IndexProbe(structure.indexed_sites) if structure.links else contextlib.nullcontext()
-    with recorder, probe, guide.particles(num_particles, reparameterized) as draws, \
+    with recorder, probe, guide.particles(num_particles, reparameterized, inflation) as draws, \
             particle_run_errors(recorder, num_particles):
         model(*args, **kwargs)
     for record in recorder.sites:

@@ -75,8 +75,11 @@ def test_only_the_minibatch_elements_move(y):
 
 
 def test_subsampled_fit_keeps_means_and_warns_about_spread(y):
-    """Means are right with minibatches; the spread of the global site is distorted
-    (see the warning), so only its order of magnitude is checked here."""
+    """Means are right with minibatches; the global site's spread is kept by smoothing
+    its location and variance apart from a sqrt(N/B)-wide proposal (mean-parameter
+    smoothing gave ~1.9x the exact sd). Averaging 300 iterates whose centres wander by
+    ~sqrt(N/B) posterior sds leaves ~0.2 sd of Monte Carlo error in the mean and ~10%
+    in the sd; the tolerances are about 2.5 of those."""
     m_mu, s_mu, *_ = exact(y)
     guide = AutoQEM(model)
     inference = Inference(model, guide, K=30, lr=0.1, average_from=300)
@@ -84,5 +87,5 @@ def test_subsampled_fit_keeps_means_and_warns_about_spread(y):
         for _ in range(600):
             inference.step(y, B)
     q = guide.distributions()["mu"]
-    assert abs(q.mean - m_mu) < 0.5 * s_mu * math.sqrt(N / B)
-    assert 0.3 < q.stddev / s_mu < 4
+    assert abs(q.mean - m_mu) < 0.5 * s_mu
+    assert 0.75 < q.stddev / s_mu < 1.25
