@@ -205,12 +205,12 @@ class Inference:
             warnings.warn(
                 f"pyro.plate('{plate}') is subsampled (N/B = {scale:g}). The sites outside "
                 f"it ({outside}) are fitted to a different minibatch's posterior each "
-                "step: location families (Normal, LogNormal, MultivariateNormal, "
-                "Unconstrained) are smoothed in location and variance apart from a "
-                "proposal widened by sqrt(N/B) (Normal hierarchy: sd 0.95x exact at N/B "
-                "= 4, 0.94x at 20, 0.89-0.94x and means up to 1 sd off at 100); other "
-                "families' spread comes out too wide. Use full batches for final "
-                "uncertainty estimates where it matters.",
+                "step: scalar sites of location families, alone in their group, are "
+                "smoothed in location and variance apart from a proposal widened by "
+                "sqrt(N/B) (Normal hierarchy: sd 0.95x exact at N/B = 4, 0.94x at 20, "
+                "0.89-0.94x and means up to 1 sd off at 100); for vector sites, groups "
+                "and other families the fitted spread comes out too wide (2-7x). Use full "
+                "batches for final uncertainty estimates.",
                 SubsampleWarning,
                 stacklevel=3,
             )
