@@ -9,14 +9,14 @@ import pyro.distributions as dist
 
 from ._special import safe_log
 from .base import ANY_EVENT_DIMS, Family, Moments, Params
-from .normal import Normal, normal_from_natural, normal_inverse_cdf, normal_natural
+from .normal import Normal, NormalCoordinates, normal_inverse_cdf
 
 # The variance of log z is the squared relative spread of z, so its floor is absolute
 # and still scale-invariant; 1e-12 matches Normal's relative variance floor.
 LOG_VARIANCE_FLOOR = 1e-12
 
 
-class LogNormal(Family):
+class LogNormal(NormalCoordinates, Family):
     """q(z) = LogNormal(loc, scale), independently per coordinate.
 
     Statistics ``(log z, (log z)^2)``; the M-step is Normal's on ``log z``.
@@ -32,20 +32,6 @@ class LogNormal(Family):
     support = constraints.positive
     stat_names = ("log_z", "log_z2")
     event_dims = ANY_EVENT_DIMS
-
-    def inflate(self, params: Params, factor: float) -> Params:
-        return {**params, "scale": params["scale"] * factor}
-
-    def split_moments(self, moments: Moments, event_shape: torch.Size) -> Params:
-        first, second = moments
-        return {"loc": first, "variance": second - first * first}
-
-    def join_moments(self, coordinates: Params, event_shape: torch.Size) -> Moments:
-        loc = coordinates["loc"]
-        return loc, coordinates["variance"].clamp_min(0) + loc * loc
-
-    def concentration(self, coordinates: Params) -> torch.Tensor:
-        return coordinates["precision"]
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         log_z = safe_log(value)
@@ -70,12 +56,6 @@ class LogNormal(Family):
         self, params: Params, probs: torch.Tensor, event_shape: torch.Size
     ) -> torch.Tensor:
         return normal_inverse_cdf(params["loc"], params["scale"], probs).exp()
-
-    def to_average(self, moments: Moments, event_shape: torch.Size) -> Params:
-        return normal_natural(moments)
-
-    def from_average(self, coordinates: Params, event_shape: torch.Size) -> Moments:
-        return normal_from_natural(coordinates)
 
     def noise_compensation(self, moments: Moments, event_shape: torch.Size) -> Moments:
         first, second = moments

@@ -29,33 +29,27 @@ def normal_inverse_cdf(loc: torch.Tensor, scale: torch.Tensor, probs: torch.Tens
     return loc.double() + scale.double() * torch.special.ndtri(probs)
 
 
-def normal_natural(moments: Moments) -> Params:
-    """A Normal's natural parameters ``(loc / variance, 1 / variance)``, the coordinates
-    its iterates are averaged in: a wandering centre does not widen the average, and
-    early, wider iterates (small precision) weigh little against converged ones."""
-    first, second = moments
-    precision = 1.0 / floored_variance(first, second)
-    return {"precision_loc": precision * first, "precision": precision}
+class NormalCoordinates:
+    """What every family that is a Normal on some coordinate (z itself, log z, or an
+    unconstrained u; statistics ``(u, u^2)``, parameters ``loc`` and ``scale``) does
+    alike: average its iterates in natural parameters, widen its proposal, and smooth
+    minibatch steps in location and variance apart. Mixed in before :class:`Family`."""
 
+    def to_average(self, moments: Moments, event_shape: torch.Size) -> Params:
+        """Natural parameters ``(loc / variance, 1 / variance)``: a wandering centre
+        does not widen the average, and early, wider iterates (small precision) weigh
+        little against converged ones."""
+        first, second = moments
+        precision = 1.0 / floored_variance(first, second)
+        return {"precision_loc": precision * first, "precision": precision}
 
-def normal_from_natural(coordinates: Params) -> Moments:
-    """Mean parameters ``(E z, E z^2)`` from :func:`normal_natural` coordinates."""
-    precision = coordinates["precision"]
-    loc = coordinates["precision_loc"] / precision
-    return loc, 1.0 / precision + loc * loc
+    def from_average(self, coordinates: Params, event_shape: torch.Size) -> Moments:
+        precision = coordinates["precision"]
+        loc = coordinates["precision_loc"] / precision
+        return loc, 1.0 / precision + loc * loc
 
-
-class Normal(Family):
-    """q(z) = Normal(loc, scale), independently per coordinate of a vector site.
-
-    Statistics (z, z^2); M-step ``loc = E z``, ``scale = sqrt(E z^2 - (E z)^2)``.
-    """
-
-    name = "Normal"
-    support = constraints.real
-    stat_names = ("z", "z2")
-    event_dims = ANY_EVENT_DIMS
-    default_for = ("real",)
+    def concentration(self, coordinates: Params) -> torch.Tensor:
+        return coordinates["precision"]
 
     def inflate(self, params: Params, factor: float) -> Params:
         return {**params, "scale": params["scale"] * factor}
@@ -68,8 +62,18 @@ class Normal(Family):
         loc = coordinates["loc"]
         return loc, coordinates["variance"].clamp_min(0) + loc * loc
 
-    def concentration(self, coordinates: Params) -> torch.Tensor:
-        return coordinates["precision"]
+
+class Normal(NormalCoordinates, Family):
+    """q(z) = Normal(loc, scale), independently per coordinate of a vector site.
+
+    Statistics (z, z^2); M-step ``loc = E z``, ``scale = sqrt(E z^2 - (E z)^2)``.
+    """
+
+    name = "Normal"
+    support = constraints.real
+    stat_names = ("z", "z2")
+    event_dims = ANY_EVENT_DIMS
+    default_for = ("real",)
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         return value, value.square()
@@ -93,12 +97,6 @@ class Normal(Family):
         self, params: Params, probs: torch.Tensor, event_shape: torch.Size
     ) -> torch.Tensor:
         return normal_inverse_cdf(params["loc"], params["scale"], probs)
-
-    def to_average(self, moments: Moments, event_shape: torch.Size) -> Params:
-        return normal_natural(moments)
-
-    def from_average(self, coordinates: Params, event_shape: torch.Size) -> Moments:
-        return normal_from_natural(coordinates)
 
     def noise_compensation(self, moments: Moments, event_shape: torch.Size) -> Moments:
         first, second = moments

@@ -14,7 +14,7 @@ import pyro.distributions as dist
 from ._special import CENTRE_MARGIN, safe_log, scipy_elementwise
 from .base import ANY_EVENT_DIMS, Family, Moments, Params
 from .dirichlet import Beta
-from .support import interval_bounds, same_bounds
+from .support import check_same_support, interval_bounds
 
 Bound = Union[float, torch.Tensor]
 
@@ -109,12 +109,7 @@ class ScaledBeta(Family):
 
     def check_site(self, site_name: str, support: constraints.Constraint) -> None:
         """Raise ``ValueError`` if the site's interval has other bounds than ours."""
-        if not same_bounds(self.support, support):
-            raise ValueError(
-                f"Site '{site_name}' has support {support!r} but the family given for it is "
-                f"{self!r}; pass families={{'{site_name}': 'ScaledBeta'}} to take the "
-                f"site's own bounds."
-            )
+        check_same_support(self, site_name, support, "bounds")
 
     def _bounds(self, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(low, width)`` in the dtype and on the device of ``like``."""

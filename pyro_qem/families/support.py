@@ -217,3 +217,15 @@ def unwrap_prior(prior: Optional[torch.distributions.Distribution]) -> Any:
     while isinstance(prior, wrappers):
         prior = prior.base_dist
     return prior
+
+
+def check_same_support(family, site_name: str, support: constraints.Constraint, noun: str) -> None:
+    """Raise ``ValueError`` when a family instance that carries its own support (an
+    interval's bounds, a bijection's set) is given for a site whose support is another
+    set; ``noun`` says what differs ("bounds", "support")."""
+    if not same_bounds(family.support, support):
+        raise ValueError(
+            f"Site '{site_name}' has support {support!r} but the family given for it is "
+            f"{family!r}; pass families={{'{site_name}': '{family.name}'}} to take the "
+            f"site's own {noun}."
+        )

@@ -12,14 +12,14 @@ from torch.distributions.transforms import IndependentTransform, Transform
 import pyro.distributions as dist
 
 from .base import ANY_EVENT_DIMS, Family, Moments, Params
-from .normal import Normal, normal_from_natural, normal_inverse_cdf, normal_natural
-from .support import any_bijective, has_bijection, same_bounds, unwrap_support
+from .normal import Normal, NormalCoordinates, normal_inverse_cdf
+from .support import any_bijective, check_same_support, has_bijection, unwrap_support
 
 # The Normal M-step, noise compensation and robust start, on the unconstrained values.
 _NORMAL = Normal()
 
 
-class Unconstrained(Family):
+class Unconstrained(NormalCoordinates, Family):
     """q(z) = the pushforward of a diagonal Normal(loc, scale) on the unconstrained space
     through ``T = biject_to(support)``, for a site with any continuous support that
     ``torch.distributions.biject_to`` knows (``corr_cholesky`` of ``LKJCholesky``,
@@ -73,12 +73,7 @@ class Unconstrained(Family):
 
     def check_site(self, site_name: str, support: constraints.Constraint) -> None:
         """Raise ``ValueError`` if the site's support is another set than ours."""
-        if not same_bounds(self.support, support):
-            raise ValueError(
-                f"Site '{site_name}' has support {support!r} but the family given for it is "
-                f"{self!r}; pass families={{'{site_name}': 'Unconstrained'}} to take the "
-                f"site's own support."
-            )
+        check_same_support(self, site_name, support, "support")
 
     def transform(self, event_shape: torch.Size) -> Transform:
         """The bijection from the unconstrained space onto the support of a site with
@@ -95,20 +90,6 @@ class Unconstrained(Family):
     def unconstrained_shape(self, event_shape: torch.Size) -> torch.Size:
         """The event shape of ``u``, e.g. ``(3,)`` for a 3x3 ``corr_cholesky`` site."""
         return self.transform(event_shape).inverse_shape(event_shape)
-
-    def inflate(self, params: Params, factor: float) -> Params:
-        return {**params, "scale": params["scale"] * factor}
-
-    def split_moments(self, moments: Moments, event_shape: torch.Size) -> Params:
-        first, second = moments
-        return {"loc": first, "variance": second - first * first}
-
-    def join_moments(self, coordinates: Params, event_shape: torch.Size) -> Moments:
-        loc = coordinates["loc"]
-        return loc, coordinates["variance"].clamp_min(0) + loc * loc
-
-    def concentration(self, coordinates: Params) -> torch.Tensor:
-        return coordinates["precision"]
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
         value = value.to(torch.promote_types(value.dtype, torch.get_default_dtype()))
@@ -133,12 +114,6 @@ class Unconstrained(Family):
         """Normal's robust (median, interquartile range) start, on ``u``."""
         u = self.transform(event_shape).inv(draws.double())
         return _NORMAL.init_moments(u, self.unconstrained_shape(event_shape))
-
-    def to_average(self, moments: Moments, event_shape: torch.Size) -> Params:
-        return normal_natural(moments)
-
-    def from_average(self, coordinates: Params, event_shape: torch.Size) -> Moments:
-        return normal_from_natural(coordinates)
 
     def noise_compensation(self, moments: Moments, event_shape: torch.Size) -> Moments:
         return _NORMAL.noise_compensation(moments, event_shape)
