@@ -30,7 +30,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutoGradientNormal", "AutoQEM", "FitHistory", "Inference", "MPRWS", "MPVI",
-    "MemoryBudgetError", "QEMCollapseWarning", "QEMDiagnosticWarning", "QEMGuide", "RobbinsMonro", "StateCollisionError", "SubsampleWarning",
+    "MemoryBudgetError", "QEMCollapseWarning", "QEMDiagnosticWarning", "QEMGuide",
+    "RobbinsMonro", "StateCollisionError", "SubsampleWarning",
     "__version__", "diagnose", "fit", "log_likelihood", "log_predictive_density", "moment_runs",
     "posterior_moments", "posterior_predictive", "predictive_log_likelihood", "sample_guide",
     "sample_posterior", "to_inference_data",

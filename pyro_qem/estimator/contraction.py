@@ -94,26 +94,39 @@ def _aligned(term: torch.Tensor, dims: str, output: str) -> torch.Tensor:
     return term.reshape([next(sizes) if d in dims else 1 for d in output])
 
 
+def term_tree(factors: Sequence[LogFactor]
+              ) -> Tuple["OrderedDict[frozenset, List[torch.Tensor]]", Dict[str, int], List[torch.Tensor]]:
+    """The factors as :mod:`pyro.ops.contract` takes them: ``ordinal -> terms``, each a
+    fresh tensor object tagged with its dims, in the widest dtype of the factors (a
+    model may mix float32 priors with float64 data); the size of every dim; and the
+    terms in the order of ``factors``."""
+    tree: "OrderedDict[frozenset, List[torch.Tensor]]" = OrderedDict()
+    dim_to_size: Dict[str, int] = {}
+    terms = []
+    dtype = functools.reduce(torch.promote_types, (f.tensor.dtype for f in factors))
+    for factor in factors:
+        term = factor.tensor.to(dtype)[...]  # a fresh object: the ring tags it with _pyro_dims
+        term._pyro_dims = factor.dims
+        tree.setdefault(factor.ordinal, []).append(term)
+        dim_to_size.update(zip(factor.dims, term.shape))
+        terms.append(term)
+    return tree, dim_to_size, terms
+
+
+def plate_ring(dim_to_size: Dict[str, int], plate_scales: Mapping[str, float]) -> PlateScaledLogRing:
+    """A fresh :class:`PlateScaledLogRing` for one contraction."""
+    return PlateScaledLogRing(cache={}, dim_to_size=dim_to_size, plate_scales=plate_scales)
+
+
 def log_marginal(factors: Sequence[LogFactor], plate_scales: Mapping[str, float]) -> torch.Tensor:
     """``log P_hat``: contract all factors to a scalar.
 
     :param factors: packed factors; plate symbols are those in their ordinals.
     :param plate_scales: ``N / B`` per subsampled plate symbol.
     """
-    tensor_tree: "OrderedDict[frozenset, List[torch.Tensor]]" = OrderedDict()
-    dim_to_size: Dict[str, int] = {}
-    plates = set()
-    # A model may mix float32 priors with float64 data: contract in the widest dtype.
-    dtype = functools.reduce(torch.promote_types, (f.tensor.dtype for f in factors))
-    for factor in factors:
-        term = factor.tensor.to(dtype)[...]  # a fresh object: the ring tags it with _pyro_dims
-        term._pyro_dims = factor.dims
-        tensor_tree.setdefault(factor.ordinal, []).append(term)
-        dim_to_size.update(zip(factor.dims, term.shape))
-        plates |= factor.ordinal
-    sum_dims = set(dim_to_size) - plates
-    ring = PlateScaledLogRing(cache={}, dim_to_size=dim_to_size, plate_scales=plate_scales)
-    return contract_to_tensor(tensor_tree, sum_dims, ring=ring)
+    tree, dim_to_size, _ = term_tree(factors)
+    plates = frozenset().union(*(f.ordinal for f in factors))
+    return contract_to_tensor(tree, set(dim_to_size) - plates, ring=plate_ring(dim_to_size, plate_scales))
 
 
 @dataclass

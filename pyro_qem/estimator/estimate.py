@@ -16,7 +16,7 @@ import torch
 
 from ..handlers import SiteRecord
 from ..model.structure import ModelStructure
-from .contraction import PlateScaledLogRing, Source, check_finite, log_marginal, make_sources, normalised_weights
+from .contraction import Source, check_finite, log_marginal, make_sources, normalised_weights
 from .factors import LogFactor, log_factors, subsample_scales
 from .linked import PlateLink, fold_links
 
@@ -69,16 +69,12 @@ def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_parti
     plate_links = plate_links_of(records, structure, links or {})
     terms = factors + [s.factor for s in sources]
     if plate_links:
-        terms, reduced = fold_links(terms, plate_links, local_dims(structure), scales, _ring)
+        terms, reduced = fold_links(terms, plate_links, local_dims(structure), scales)
         log_p_hat = log_marginal(terms, reduced)
     else:
         log_p_hat = log_marginal(terms, scales)
     check_finite(log_p_hat, factors)
     return Estimate(factors, sources, scales, log_p_hat, plate_links)
-
-
-def _ring(dim_to_size, scales):
-    return PlateScaledLogRing(cache={}, dim_to_size=dim_to_size, plate_scales=scales)
 
 
 def local_dims(structure: ModelStructure) -> Dict[str, FrozenSet[str]]:

@@ -13,13 +13,13 @@ rows, never with the number of groups times the largest group.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
 import torch
 from pyro.ops.contract import contract_tensor_tree
 
+from .contraction import plate_ring, term_tree
 from .factors import LogFactor
 
 
@@ -52,7 +52,7 @@ def link_order(links: Mapping[str, PlateLink]) -> List[PlateLink]:
 
 def fold_links(factors: Sequence[LogFactor], links: Mapping[str, PlateLink],
                local_dims: Mapping[str, FrozenSet[str]], plate_scales: Mapping[str, float],
-               ring_factory, rows_of: Optional[Dict[str, List[LogFactor]]] = None
+               rows_of: Optional[Dict[str, List[LogFactor]]] = None
                ) -> Tuple[List[LogFactor], Dict[str, float]]:
     """Replace the factors of every indexed (child) plate by factors inside its parent.
 
@@ -60,7 +60,6 @@ def fold_links(factors: Sequence[LogFactor], links: Mapping[str, PlateLink],
     :param links: child plate symbol -> :class:`PlateLink`.
     :param local_dims: plate symbol -> the particle dims of the groups inside it.
     :param plate_scales: ``N / B`` per subsampled plate symbol.
-    :param ring_factory: ``dim_to_size, plate_scales -> ring`` for the row contractions.
     :param rows_of: if given, filled with each child plate's factors before folding
         (what joint sampling needs to draw the rows' own particles afterwards).
     :returns: the new factors and the plate scales that still apply.
@@ -74,23 +73,17 @@ def fold_links(factors: Sequence[LogFactor], links: Mapping[str, PlateLink],
         factors = [f for f in factors if link.child not in f.ordinal]
         if rows_of is not None:
             rows_of[link.child] = rows
-        folded = _fold(rows, link, local_dims.get(link.child, frozenset()), scales, ring_factory)
+        folded = _fold(rows, link, local_dims.get(link.child, frozenset()), scales)
         factors.append(folded)
         scales.pop(link.child, None)
     return factors, scales
 
 
 def _fold(rows: Sequence[LogFactor], link: PlateLink, local: FrozenSet[str],
-          scales: Mapping[str, float], ring_factory) -> LogFactor:
+          scales: Mapping[str, float]) -> LogFactor:
     target = frozenset.intersection(*(f.ordinal for f in rows))
-    tree: "OrderedDict[FrozenSet[str], List[torch.Tensor]]" = OrderedDict()
-    dim_to_size: Dict[str, int] = {}
-    for factor in rows:
-        term = factor.tensor[...]  # a fresh object: the ring tags it with _pyro_dims
-        term._pyro_dims = factor.dims
-        tree.setdefault(factor.ordinal, []).append(term)
-        dim_to_size.update(zip(factor.dims, term.shape))
-    ring = ring_factory(dim_to_size, scales)
+    tree, dim_to_size, _ = term_tree(rows)
+    ring = plate_ring(dim_to_size, scales)
     present: Set[str] = set(dim_to_size)
     contracted = contract_tensor_tree(tree, set(local & present), ring=ring)
     terms = [ring.product(term, ordinal - target) if ordinal - target else term

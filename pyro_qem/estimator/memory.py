@@ -80,20 +80,21 @@ def check_memory(records: Sequence[SiteRecord], structure: ModelStructure, num_p
     if peak <= budget:
         return max((s.bytes // 8 for s in sizes), default=0)
     largest = max(sizes, key=lambda s: s.bytes)
-    groups = [g for g in structure.groups if len(g.sites) > 0]
     raise MemoryBudgetError(
         f"This step would need about {_gb(peak)} (budget {_gb(budget)}): the largest factor, "
         f"site '{largest.site}''s log density over the particle dims of the groups it "
         f"depends on, has shape {tuple(largest.shape)} ({_gb(largest.bytes)}) at K = "
-        f"{num_particles}. Its size grows as K to the number of particle groups it depends "
-        f"on ({len(groups)} groups in the model). Use a smaller K, put sites that depend on "
-        "each other in one group (AutoQEM(..., groups=[[...]]) costs K, not K^2, per pair), "
+        f"{num_particles}. Its size grows as K to the number of particle groups it "
+        f"depends on ({len(structure.groups)} groups in the model). Use a smaller K, put "
+        "sites that depend on each other in one group (AutoQEM(..., groups=[[...]]) costs K, not K^2, per pair), "
         "or raise Inference(..., max_memory=<bytes>) if the machine has the memory."
     )
 
 
 def _gb(num_bytes: float) -> str:
-    return f"{num_bytes / 2 ** 30:.2f} GiB" if num_bytes >= 2 ** 26 else f"{num_bytes / 2 ** 20:.1f} MiB"
+    if num_bytes >= 2 ** 26:
+        return f"{num_bytes / 2 ** 30:.2f} GiB"
+    return f"{num_bytes / 2 ** 20:.1f} MiB"
 
 
 def available_memory(device: Optional[torch.device] = None) -> float:

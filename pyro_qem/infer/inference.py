@@ -162,7 +162,7 @@ class Inference:
         check_params(run.params, self.optim)
         result = estimate(run.sites, run.structure, self.K, links=run.links)
         self._warn_subsampling(result.plate_scales)
-        self._inflation = minibatch_inflation(run.structure, result.plate_scales)
+        self._inflation = minibatch_inflation(self.guide, result.plate_scales)
         source_grads, param_grads = backward(result.log_p_hat, result.sources, run.params,
                                              run.sites, self.objective)
         if param_grads:

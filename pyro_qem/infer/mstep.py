@@ -59,16 +59,24 @@ def noise_compensated(family: Family, estimates: Sequence[torch.Tensor], current
     return out
 
 
-def _smoothed_apart(family: Family, site: SiteInfo, subsampled, structure) -> bool:
-    """Whether this step smooths the site in its split coordinates: a scalar site of a
-    location family, alone in its particle group, outside every subsampled plate of a
-    minibatch step. A widened proposal in D joint dimensions (a vector site, or a
-    group) leaves an effective sample size that falls like (sqrt(N/B))^-D: measured on
-    5 logistic-regression coefficients in one vector site, q came out 0.16-0.59x the
+def splits_minibatch_steps(guide: QEMGuide, name: str) -> bool:
+    """Whether a site's minibatch steps are smoothed in location and variance apart
+    from a widened proposal: a scalar site of a location family, alone in its particle
+    group. A widened proposal in D joint dimensions (a vector site, or a group) leaves
+    an effective sample size that falls like (sqrt(N/B))^-D: measured on 5
+    logistic-regression coefficients in one vector site, q came out 0.16-0.59x the
     exact sd, overconfident, so such sites keep the mean-parameter update (too wide)."""
-    return (bool(subsampled) and not set(site.plates) & subsampled
-            and type(family).split_moments is not Family.split_moments
-            and not site.event_shape and len(structure.group_of(site.name).sites) == 1)
+    family = guide.families.get(name)
+    return (family is not None and type(family).split_moments is not Family.split_moments
+            and not guide.structure.sites[name].event_shape
+            and len(guide.structure.group_of(name).sites) == 1)
+
+
+def _smoothed_apart(guide: QEMGuide, site: SiteInfo, subsampled) -> bool:
+    """Whether this step smooths the site in its split coordinates: it is outside every
+    subsampled plate of a minibatch step and :func:`splits_minibatch_steps`."""
+    return bool(subsampled) and not set(site.plates) & subsampled \
+        and splits_minibatch_steps(guide, site.name)
 
 
 def minibatch_step(family: Family, current: Sequence[torch.Tensor], estimates: Sequence[torch.Tensor],
@@ -93,18 +101,19 @@ def minibatch_step(family: Family, current: Sequence[torch.Tensor], estimates: S
     return list(family.join_moments(stepped, site.event_shape))
 
 
-def minibatch_inflation(structure, plate_scales: Mapping[str, float]) -> Dict[str, float]:
+def minibatch_inflation(guide: QEMGuide, plate_scales: Mapping[str, float]) -> Dict[str, float]:
     """site -> ``sqrt(N / B)`` of the subsampled plates it is outside of (the largest),
-    for the next step's proposals of the sites that :func:`_smoothed_apart` updates;
+    for the next step's proposals of the sites that :func:`splits_minibatch_steps`;
     empty for a full-batch step."""
     if not plate_scales:
         return {}
+    structure = guide.structure
     names = structure.symbols.plate_names
     scales = {names[symbol]: scale for symbol, scale in plate_scales.items()}
     out = {}
     for name, site in structure.sites.items():
         outside = [scale for plate, scale in scales.items() if plate not in site.plates]
-        if outside and not site.event_shape and len(structure.group_of(name).sites) == 1:
+        if outside and splits_minibatch_steps(guide, name):
             out[name] = max(outside) ** 0.5
     return out
 
@@ -143,7 +152,7 @@ def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Ma
         weight = weights[record.draw.group]
         estimates = weighted_statistics(family, record.value, weight, site)
         selection = selection_of(record.frames, subsamples)
-        if _smoothed_apart(family, site, subsampled, structure):
+        if _smoothed_apart(guide, site, subsampled):
             current = guide.state.selected(site.name, family.stat_names, selection,
                                            len(site.batch_shape))
             estimates = minibatch_step(family, current, estimates, lr, site)

@@ -67,9 +67,10 @@ def run_particles(model: Callable, guide: QEMGuide, num_particles: int, args: tu
         model(*args, **kwargs)
     for record in recorder.sites:
         record.draw = draws.get(record.name)
-    links = run_indices(probe.uses, structure.links, _plate_sizes(recorder.sites)) \
-        if structure.links else {}
-    _check_links_found(structure, links, recorder.sites)
+    links = {}
+    if structure.links:
+        links = run_indices(probe.uses, structure.links, _plate_sizes(recorder.sites))
+        _check_links_found(structure, links, recorder.sites)
     return ParticleRun(structure, num_particles, recorder.sites, recorder.subsamples,
                        recorder.params, links)
 

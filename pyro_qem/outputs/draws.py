@@ -14,9 +14,7 @@ spread).
 
 from __future__ import annotations
 
-import functools
 import math
-from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -24,7 +22,8 @@ from pyro.ops.contract import contract_tensor_tree
 from pyro.ops.einsum.adjoint import require_backward
 from pyro.ops.rings import SampleRing
 
-from ..estimator import LogFactor, PlateScaledLogRing
+from ..estimator import LogFactor
+from ..estimator.contraction import term_tree
 from ..estimator.estimate import local_dims
 from ..estimator.linked import fold_links, link_order, row_index
 from ..guides.qem_guide import QEMGuide
@@ -101,8 +100,7 @@ def _index_draws(run: WeightedRun, num_draws: int):
     query_of = {s.factor.name: s.group for s in run.sources}
     rows_of: Dict[str, List[LogFactor]] = {}
     if links:
-        factors, _ = fold_links(factors, links, local_dims(run.structure), {}, _log_ring,
-                                rows_of=rows_of)
+        factors, _ = fold_links(factors, links, local_dims(run.structure), {}, rows_of=rows_of)
     outer = _SampleTree(factors, query_of)
     for _ in range(num_draws):
         drawn = outer.draw()
@@ -116,32 +114,21 @@ def _detached(factor: LogFactor) -> LogFactor:
     return LogFactor(factor.name, factor.tensor.detach(), factor.dims, factor.ordinal)
 
 
-def _log_ring(dim_to_size, scales):
-    return PlateScaledLogRing(cache={}, dim_to_size=dim_to_size, plate_scales=scales)
-
-
 class _SampleTree:
     """Factors contracted once with Pyro's :class:`~pyro.ops.rings.SampleRing`; each
     :meth:`draw` walks back to the source terms (the queries) and samples every
     group's particle index, per plate element."""
 
     def __init__(self, factors: Sequence[LogFactor], query_of: Dict[str, int]) -> None:
-        tree: "OrderedDict[frozenset, List[torch.Tensor]]" = OrderedDict()
-        dim_to_size: Dict[str, int] = {}
+        tree, dim_to_size, terms = term_tree(factors)
         self.queries = {}
-        # A model may mix float32 priors with float64 data: sample in the widest dtype.
-        dtype = functools.reduce(torch.promote_types, (f.tensor.dtype for f in factors))
-        for factor in factors:
-            term = factor.tensor.to(dtype)[...]  # a fresh object: the ring tags it
-            term._pyro_dims = factor.dims
-            tree.setdefault(factor.ordinal, []).append(term)
-            dim_to_size.update(zip(factor.dims, term.shape))
+        for factor, term in zip(factors, terms):
             if factor.name in query_of:
                 # A group's zero source term is its query: the backward pass leaves the
                 # group's sampled index on it.
                 require_backward(term)
                 self.queries[query_of[factor.name]] = term
-        plates = set().union(*tree) if tree else set()
+        plates = frozenset().union(*(f.ordinal for f in factors))
         ring = SampleRing(cache={}, dim_to_size=dim_to_size)
         with torch.no_grad():
             self.tree = contract_tensor_tree(tree, set(dim_to_size) - plates, ring=ring)
