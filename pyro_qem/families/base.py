@@ -282,6 +282,13 @@ class Family(ABC):
             f"guide.distributions() instead."
         )
 
+    def coupled_coordinates(self, event_shape: torch.Size) -> int:
+        """How many coordinates of a site the M-step estimates one joint spread for
+        from the same weights (1: each coordinate's spread apart). A D x D covariance
+        needs an effective sample size above D to be of full rank, which
+        :func:`~pyro_qem.outputs.diagnose` checks."""
+        return 1
+
     def supports_event_shape(self, event_shape: torch.Size) -> bool:
         """Whether this family can model a site with ``event_shape``."""
         return len(event_shape) in self.event_dims

@@ -67,6 +67,9 @@ class MultivariateNormal(Family):
     def inflate(self, params: Params, factor: float) -> Params:
         return {**params, "scale_tril": params["scale_tril"] * factor}
 
+    def coupled_coordinates(self, event_shape: torch.Size) -> int:
+        return event_shape[-1]
+
     def split_moments(self, moments: Moments, event_shape: torch.Size) -> Params:
         first, second = moments
         return {"loc": first, "covariance": second - first.unsqueeze(-1) * first.unsqueeze(-2)}

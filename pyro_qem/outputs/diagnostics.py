@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
 import torch
@@ -136,6 +136,9 @@ class Diagnostics:
     :ivar khat: Pareto k-hat of the guide's importance weights (None if not computed).
     :ivar khat_threshold: the threshold for ``num_samples`` draws.
     :ivar flagged: the sites whose smallest ESS is below ``min_ess``.
+    :ivar rank_deficient: the sites with a full-covariance q of D coordinates whose
+        smallest ESS is at most D: the weighted covariance the M-step takes from such
+        weights has rank below D (``{site: (min ESS, D)}``).
     """
 
     ess: Dict[str, torch.Tensor]
@@ -143,6 +146,7 @@ class Diagnostics:
     khat: Optional[float]
     khat_threshold: float
     flagged: Dict[str, float]
+    rank_deficient: Dict[str, tuple] = field(default_factory=dict)
 
     def summary(self) -> Dict[str, Dict[str, float]]:
         """Per site: min, median and max of the ESS over its plate elements."""
@@ -169,12 +173,17 @@ def diagnose(inference: Inference, *args, num_samples: int = 1000,
     ess = weight_ess(inference, *args, **kwargs)
     threshold = max(2.0, inference.K / 10) if min_ess is None else float(min_ess)
     flagged = {name: v.min().item() for name, v in ess.items() if v.min().item() < threshold}
+    rank_deficient = {}
+    for name, family in inference.guide.families.items():
+        coupled = family.coupled_coordinates(inference.guide.structure.sites[name].event_shape)
+        if coupled > 1 and ess[name].min().item() <= coupled:
+            rank_deficient[name] = (ess[name].min().item(), coupled)
     khat, khat_max = None, math.nan
     if num_samples:
         log_w = guide_log_weights(inference.model, inference.guide, *args,
                                   num_samples=num_samples, **kwargs)
         khat, khat_max = pareto_khat(log_w), khat_threshold(num_samples)
-    report = Diagnostics(ess, threshold, khat, khat_max, flagged)
+    report = Diagnostics(ess, threshold, khat, khat_max, flagged, rank_deficient)
     if warn:
         _warn(report, inference.K)
     return report
@@ -187,6 +196,19 @@ def _warn(report: Diagnostics, K: int) -> None:
             f"{value:.2f} of K = {K} on its worst plate element (threshold "
             f"{report.min_ess:g}), so one particle carries its posterior estimate: q does "
             "not cover the posterior there. Fit longer, or raise K or q's initial scale.",
+            QEMDiagnosticWarning,
+            stacklevel=3,
+        )
+    for name, (value, coupled) in report.rank_deficient.items():
+        warnings.warn(
+            f"Site '{name}': its q has a full {coupled} x {coupled} covariance, but the "
+            f"effective sample size of its particle weights is {value:.2f} <= {coupled} on "
+            "its worst plate element, so each step's weighted covariance has rank below "
+            f"{coupled} and the fitted covariance is noise in the missing directions "
+            "(strongly correlated posteriors do this when q is still far wider than the "
+            "posterior). Raise K well above the dimension, fit longer from a closer start "
+            "(init_loc_fn, a smaller init_scale), or reparameterise the coordinates to be "
+            "less correlated.",
             QEMDiagnosticWarning,
             stacklevel=3,
         )

@@ -58,3 +58,25 @@ def test_no_warning_for_a_converged_fit():
     assert report.ess["theta"].shape == (J, 1)
     assert 1 <= summary["theta"]["min"] <= summary["theta"]["max"] <= inference.K + 1e-6
     assert np.isfinite(summary["mu"]["median"])
+
+
+def correlated_regression(x, y):
+    beta = pyro.sample("beta", dist.Normal(torch.zeros(x.shape[-1], dtype=x.dtype), 10.0).to_event(1))
+    with pyro.plate("data", y.shape[0]):
+        pyro.sample("obs", dist.Normal((x * beta).sum(-1), 0.1), obs=y)
+
+
+def test_full_covariance_q_with_fewer_effective_particles_than_dims_is_flagged():
+    """Eight nearly collinear predictors: from the prior, K = 30 particles leave an ESS
+    near 1, below the 8 a full covariance needs, and the warning says so."""
+    from pyro_qem.families import MultivariateNormal
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(200, 1, generator=g, dtype=torch.float64)
+    x = base + 0.05 * torch.randn(200, 8, generator=g, dtype=torch.float64)
+    y = x @ torch.ones(8, dtype=torch.float64) + 0.1 * torch.randn(200, generator=g, dtype=torch.float64)
+    guide = AutoQEM(correlated_regression, families={"beta": MultivariateNormal()})
+    inference = Inference(correlated_regression, guide, K=30)
+    with pytest.warns(QEMDiagnosticWarning) as record:
+        report = diagnose(inference, x, y, num_samples=0)
+    assert report.rank_deficient["beta"][1] == 8 and report.rank_deficient["beta"][0] <= 8
+    assert any("full 8 x 8 covariance" in str(w.message) for w in record)
