@@ -10,6 +10,11 @@ Subsampled plates need one change that ``einsum`` cannot express: the plate-redu
 term (the sum over the B elements of their per-element logsumexp) is multiplied by
 N / B. :class:`PlateScaledLogRing` does exactly that in the ring's ``product``.
 
+A plate whose elements are split across processes (a sharded data plate) needs one
+more: its plate-reduced term, the sum over this process's elements, is completed by a
+*plate reducer* (a callable, e.g. a differentiable all-reduce over the processes)
+before the scale. The estimator only calls it; what it does is the caller's business.
+
 The same ring skips the log-space einsum where it does not pay: where nothing is summed
 across operands (a permutation, or a product of factors with no particle dim to
 eliminate; Pyro's log einsum exponentiates and takes logs of the whole operand even
@@ -24,7 +29,7 @@ import functools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from pyro.ops.contract import contract_to_tensor
@@ -40,14 +45,26 @@ from .factors import LogFactor
 # Products with at most this many entries are built whole (see the module docstring).
 DIRECT_LIMIT = 1 << 16
 
+# plate symbol -> a function completing that plate's reduced term (this process's sum
+# over its elements) to the sum over all elements; it must keep the gradient to the
+# local term, e.g. ``x + (all_reduce(x.detach()) - x.detach())``.
+PlateReducers = Mapping[str, Callable[[torch.Tensor], torch.Tensor]]
+
 
 class PlateScaledLogRing(LogRing):
     """:class:`~pyro.ops.rings.LogRing` whose product over a subsampled plate is
-    scaled by ``N / B`` after the sum over the minibatch elements."""
+    scaled by ``N / B`` after the sum over the minibatch elements, and whose product
+    over a sharded plate is completed by that plate's reducer (before the scale).
 
-    def __init__(self, cache=None, dim_to_size=None, plate_scales: Mapping[str, float] = ()):
+    :param plate_scales: plate symbol -> ``N / B``.
+    :param plate_reducers: plate symbol -> reducer (see :data:`PlateReducers`).
+    """
+
+    def __init__(self, cache=None, dim_to_size=None, plate_scales: Mapping[str, float] = (),
+                 plate_reducers: PlateReducers = ()):
         super().__init__(cache=cache, dim_to_size=dim_to_size)
         self._plate_scales = dict(plate_scales)
+        self._plate_reducers = dict(plate_reducers)
 
     def sumproduct(self, terms, dims):
         inputs = [term._pyro_dims for term in terms]
@@ -72,6 +89,21 @@ class PlateScaledLogRing(LogRing):
             if dim in term._pyro_dims:
                 scale *= self._plate_scales.get(dim, 1.0)
         result = super().product(term, ordinal)
+        reducers = [self._plate_reducers[d] for d in sorted(ordinal)
+                    if d in term._pyro_dims and d in self._plate_reducers]
+        if len(reducers) > 1:
+            raise NotImplementedError("one product reduces two sharded plates at once; "
+                                      "shard one plate only")
+        if reducers:
+            # Cached by term: a reducer may be a collective, which every process must
+            # call the same number of times.
+            key = "reduced", id(term), frozenset(ordinal)
+            if key not in self._cache:
+                dims = result._pyro_dims
+                reduced = reducers[0](result)
+                reduced._pyro_dims = dims
+                self._cache[key] = reduced
+            result = self._cache[key]
         if scale != 1.0:
             dims = result._pyro_dims
             result = result * scale
@@ -113,20 +145,26 @@ def term_tree(factors: Sequence[LogFactor]
     return tree, dim_to_size, terms
 
 
-def plate_ring(dim_to_size: Dict[str, int], plate_scales: Mapping[str, float]) -> PlateScaledLogRing:
+def plate_ring(dim_to_size: Dict[str, int], plate_scales: Mapping[str, float],
+               plate_reducers: PlateReducers = ()) -> PlateScaledLogRing:
     """A fresh :class:`PlateScaledLogRing` for one contraction."""
-    return PlateScaledLogRing(cache={}, dim_to_size=dim_to_size, plate_scales=plate_scales)
+    return PlateScaledLogRing(cache={}, dim_to_size=dim_to_size, plate_scales=plate_scales,
+                              plate_reducers=plate_reducers)
 
 
-def log_marginal(factors: Sequence[LogFactor], plate_scales: Mapping[str, float]) -> torch.Tensor:
+def log_marginal(factors: Sequence[LogFactor], plate_scales: Mapping[str, float],
+                 plate_reducers: PlateReducers = ()) -> torch.Tensor:
     """``log P_hat``: contract all factors to a scalar.
 
     :param factors: packed factors; plate symbols are those in their ordinals.
     :param plate_scales: ``N / B`` per subsampled plate symbol.
+    :param plate_reducers: plate symbol -> the reducer that completes the plate's
+        reduced terms across processes (sharded plates only).
     """
     tree, dim_to_size, _ = term_tree(factors)
     plates = frozenset().union(*(f.ordinal for f in factors))
-    return contract_to_tensor(tree, set(dim_to_size) - plates, ring=plate_ring(dim_to_size, plate_scales))
+    ring = plate_ring(dim_to_size, plate_scales, plate_reducers)
+    return contract_to_tensor(tree, set(dim_to_size) - plates, ring=ring)
 
 
 @dataclass

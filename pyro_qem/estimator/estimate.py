@@ -10,7 +10,7 @@ touches Pyro's handlers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -21,13 +21,35 @@ from .factors import LogFactor, log_factors, subsample_scales
 from .linked import PlateLink, fold_links
 
 
+@dataclass(frozen=True)
+class PlateReduction:
+    """How a plate whose elements are split across processes is reduced.
+
+    :ivar reduce: completes a plate-reduced term (this process's sum over its
+        elements) to the sum over every process's elements, keeping the gradient to
+        the local term (e.g. ``x + (all_reduce(x.detach()) - x.detach())``).
+    :ivar scale: the plate's ``N / B`` over all processes (``B`` the elements of this
+        step on every process together): it replaces the ``N / B_r`` of this process's
+        own subsample; 1 when the processes together cover the plate.
+
+    Example::
+
+        reduction = PlateReduction(lambda x: x + (total(x.detach()) - x.detach()), 1.0)
+        estimate(records, structure, K, plate_reducers={"row": reduction})
+    """
+
+    reduce: Callable[[torch.Tensor], torch.Tensor]
+    scale: float = 1.0
+
+
 @dataclass
 class Estimate:
     """The contraction of one particle run.
 
     :ivar factors: the model's packed log factors (no source terms).
     :ivar sources: one zero source term per particle group (empty if not asked for).
-    :ivar plate_scales: ``N / B`` per subsampled plate symbol.
+    :ivar plate_scales: ``N / B`` per subsampled plate symbol (over all processes for a
+        sharded plate; a sharded plate that the processes cover is not listed).
     :ivar log_p_hat: the scalar ``log P_hat`` (differentiable in the sources and in
         whatever the factors depend on).
     """
@@ -48,8 +70,8 @@ class Estimate:
 
 
 def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_particles: int,
-             with_sources: bool = True, links: Optional[Mapping[str, torch.Tensor]] = None
-             ) -> Estimate:
+             with_sources: bool = True, links: Optional[Mapping[str, torch.Tensor]] = None,
+             plate_reducers: Optional[Mapping[str, PlateReduction]] = None) -> Estimate:
     """Contract one recorded particle run to ``log P_hat``.
 
     :param records: every sample site of the run, latent sites with their
@@ -60,19 +82,31 @@ def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_parti
     :param links: for each plate whose rows read latents of another plate through an
         index (``structure.links``), this run's index: the rows are folded into the
         other plate (:mod:`pyro_qem.estimator.linked`).
+    :param plate_reducers: plate name -> :class:`PlateReduction`, for plates whose
+        elements are split across processes: every plate-reduced term of the plate is
+        completed by its reducer, so ``log P_hat`` (and the weights of the groups outside
+        the plate) are those of all elements together.
     :raises FloatingPointError: when ``log P_hat`` is not finite.
     """
     symbols = structure.symbols
     factors = log_factors(records, structure, symbols, num_particles)
     sources = make_sources(records, structure, symbols) if with_sources else []
     scales = subsample_scales(records, symbols)
+    reducers = {}
+    for plate, reduction in (plate_reducers or {}).items():
+        symbol = symbols.plate[plate]
+        reducers[symbol] = reduction.reduce
+        scales.pop(symbol, None)
+        if reduction.scale != 1.0:
+            scales[symbol] = reduction.scale
     plate_links = plate_links_of(records, structure, links or {})
     terms = factors + [s.factor for s in sources]
     if plate_links:
-        terms, reduced = fold_links(terms, plate_links, local_dims(structure), scales)
-        log_p_hat = log_marginal(terms, reduced)
+        terms, reduced = fold_links(terms, plate_links, local_dims(structure), scales,
+                                    plate_reducers=reducers)
+        log_p_hat = log_marginal(terms, reduced, reducers)
     else:
-        log_p_hat = log_marginal(terms, scales)
+        log_p_hat = log_marginal(terms, scales, reducers)
     check_finite(log_p_hat, factors)
     return Estimate(factors, sources, scales, log_p_hat, plate_links)
 

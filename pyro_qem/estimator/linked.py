@@ -6,7 +6,9 @@ group ``index[n]`` only. The estimator then treats P as nested in Q with ragged
 membership: it contracts P's own particle dims row by row (everything that lives in P),
 which leaves one log factor per row over the particle dims of the groups the rows read,
 and adds the rows of each group into a factor inside plate Q (a scatter-add, scaled by
-N / B when P is subsampled). Q's contraction is then the ordinary nested one, and each
+N / B when P is subsampled; completed by P's plate reducer first when P's rows are
+split across processes, so that a group whose rows live on several processes gets the
+sum of all of them). Q's contraction is then the ordinary nested one, and each
 group's particles are weighed by exactly its own rows. Memory grows with the number of
 rows, never with the number of groups times the largest group.
 """
@@ -19,7 +21,7 @@ from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tupl
 import torch
 from pyro.ops.contract import contract_tensor_tree
 
-from .contraction import plate_ring, term_tree
+from .contraction import PlateReducers, plate_ring, term_tree
 from .factors import LogFactor
 
 
@@ -52,7 +54,8 @@ def link_order(links: Mapping[str, PlateLink]) -> List[PlateLink]:
 
 def fold_links(factors: Sequence[LogFactor], links: Mapping[str, PlateLink],
                local_dims: Mapping[str, FrozenSet[str]], plate_scales: Mapping[str, float],
-               rows_of: Optional[Dict[str, List[LogFactor]]] = None
+               rows_of: Optional[Dict[str, List[LogFactor]]] = None,
+               plate_reducers: PlateReducers = ()
                ) -> Tuple[List[LogFactor], Dict[str, float]]:
     """Replace the factors of every indexed (child) plate by factors inside its parent.
 
@@ -62,6 +65,10 @@ def fold_links(factors: Sequence[LogFactor], links: Mapping[str, PlateLink],
     :param plate_scales: ``N / B`` per subsampled plate symbol.
     :param rows_of: if given, filled with each child plate's factors before folding
         (what joint sampling needs to draw the rows' own particles afterwards).
+    :param plate_reducers: plate symbol -> reducer of a sharded plate (see
+        :data:`~pyro_qem.estimator.contraction.PlateReducers`): a sharded child plate's
+        folded factor is completed by it; reducers of plates nested in a child apply in
+        the child's own contraction.
     :returns: the new factors and the plate scales that still apply.
     """
     factors = list(factors)
@@ -73,17 +80,18 @@ def fold_links(factors: Sequence[LogFactor], links: Mapping[str, PlateLink],
         factors = [f for f in factors if link.child not in f.ordinal]
         if rows_of is not None:
             rows_of[link.child] = rows
-        folded = _fold(rows, link, local_dims.get(link.child, frozenset()), scales)
+        folded = _fold(rows, link, local_dims.get(link.child, frozenset()), scales,
+                       dict(plate_reducers))
         factors.append(folded)
         scales.pop(link.child, None)
     return factors, scales
 
 
 def _fold(rows: Sequence[LogFactor], link: PlateLink, local: FrozenSet[str],
-          scales: Mapping[str, float]) -> LogFactor:
+          scales: Mapping[str, float], reducers: PlateReducers) -> LogFactor:
     target = frozenset.intersection(*(f.ordinal for f in rows))
     tree, dim_to_size, _ = term_tree(rows)
-    ring = plate_ring(dim_to_size, scales)
+    ring = plate_ring(dim_to_size, scales, reducers)
     present: Set[str] = set(dim_to_size)
     contracted = contract_tensor_tree(tree, set(local & present), ring=ring)
     terms = [ring.product(term, ordinal - target) if ordinal - target else term
@@ -96,6 +104,10 @@ def _fold(rows: Sequence[LogFactor], link: PlateLink, local: FrozenSet[str],
     shape[position] = link.parent_size
     index = link.index.to(values.device)
     grouped = values.new_zeros(shape).index_add(position, index, values)
+    if link.child in reducers:
+        # Rows of one group may live on several processes: sum the folded group
+        # factor over them (the scale above is the global N / B, so this is exact).
+        grouped = reducers[link.child](grouped)
     ordinal = (target - {link.child}) | {link.parent}
     new_dims = dims.replace(link.child, link.parent)
     if link.parent in dims:

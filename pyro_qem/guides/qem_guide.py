@@ -86,6 +86,10 @@ class QEMGuide(Messenger):
         self.families: Dict[str, Family] = {}
         self._num_particles: Optional[int] = None
         self._inflation: Dict[str, float] = {}
+        # hook(site, particles, selection) -> particles, called at each drawn (not
+        # enumerated) site before log q is taken: a distributed fit gives every
+        # process rank 0's particles of the global sites through it.
+        self.particle_hook: Optional[Callable] = None
         self._reparameterized = True
         self.selection: Selection = []
         self._subsamples: Dict[str, torch.Tensor] = {}
@@ -143,6 +147,7 @@ class QEMGuide(Messenger):
         self.__dict__.update(state)
         self._subsamples, self._draws, self.particle_draws = {}, {}, {}
         self._inflation = {}
+        self.particle_hook = None
 
     # ----------------------------------------------------------------- set-up
 
@@ -327,6 +332,8 @@ class QEMGuide(Messenger):
             q, params = self._q(site, msg, differentiable=False)
             draw = q.rsample if self._reparameterized and q.has_rsample else q.sample
             value = in_dim(draw((self._num_particles,)), q, group.dim)
+            if self.particle_hook is not None:
+                value = self.particle_hook(site, value, self._selection(msg))
             log_q = q.log_prob(value)
         self.particle_draws[site.name] = ParticleDraw(log_q, group.index, site.enumerated, params)
         msg["value"] = value

@@ -11,6 +11,14 @@ from ..estimator import estimate
 from ..estimator.memory import check_memory, default_budget
 from ..guides.qem_guide import QEMGuide
 from .collapse import CollapseMonitor
+from .distributed import (
+    ProcessGroup,
+    Sharding,
+    as_process_group,
+    setup_guide,
+    setup_sharding,
+    whole_plate_view,
+)
 from .fit import FitHistory, fit
 from .threads import check_num_threads, step_threads
 from .gradients import apply, backward, check_objective, check_params
@@ -91,6 +99,15 @@ class Inference:
         K = 30 took 70 ms a step with 2 threads and 6.5 ms with 1 beside one busy
         process) and torch's own setting otherwise; an int fixes the count; None leaves
         torch's setting alone. The setting is restored after each step.
+    :param process_group: None (a single-process fit), or a
+        :class:`~pyro_qem.infer.distributed.ProcessGroup` (or a
+        :mod:`torch.distributed` process group, wrapped with the default timeout) for
+        a fit across processes: each process passes its own rows of the data plate and
+        declares them with ``pyro.plate("data", N, subsample=rows)``. The shards are
+        checked at the first step (disjoint, covering 0..N-1); every step then gives
+        every process the exact full-data ``log P_hat`` and the same global q's
+        (:mod:`pyro_qem.infer.distributed`). Gradient-fitted sites and ``optim`` are
+        not supported with it.
     """
 
     def __init__(
@@ -106,6 +123,7 @@ class Inference:
         noise_compensation: bool = True,
         max_memory: Optional[float] = None,
         num_threads: Union[None, int, str] = "auto",
+        process_group=None,
     ) -> None:
         if not isinstance(guide, QEMGuide):
             raise TypeError(
@@ -136,6 +154,16 @@ class Inference:
         self._largest_factor: Optional[int] = None
         self._inflation: Dict[str, float] = {}
         self._warned_plates: set = set()
+        self.process_group: Optional[ProcessGroup] = as_process_group(process_group)
+        if self.process_group is not None and optim is not None:
+            raise NotImplementedError(
+                "process_group with optim=: the gradients of pyro.params would need their own "
+                "all-reduce, which a distributed QEM fit does not do yet. Fit the parameters "
+                "in a single process, or make them latent sites fitted by QEM."
+            )
+        #: The distributed fit's plan (sharded plate, every process's rows), made at
+        #: the first step; None in a single-process fit.
+        self.sharding: Optional[Sharding] = None
 
     def run_particles(self, *args, **kwargs) -> ParticleRun:
         """Run the model once with K particles per latent site, recording every site."""
@@ -143,24 +171,61 @@ class Inference:
 
     def _run(self, args: tuple, kwargs: dict, inflation: Optional[Dict[str, float]] = None
              ) -> ParticleRun:
+        run = self._particle_run(args, kwargs, inflation)
+        if self.sharding is not None:
+            # Outputs: a run over shards that cover the plate is a full-data run.
+            run = whole_plate_view(run, self.sharding)
+        return run
+
+    def _particle_run(self, args: tuple, kwargs: dict, inflation: Optional[Dict[str, float]] = None
+                      ) -> ParticleRun:
+        hook = None
+        if self.process_group is not None:
+            if self.sharding is None:
+                self._setup_sharding(args, kwargs)
+            hook = self.sharding.particle_hook
         run = run_particles(self.model, self.guide, self.K, args, kwargs,
-                            reparameterized=self.objective == "vi", inflation=inflation)
+                            reparameterized=self.objective == "vi", inflation=inflation,
+                            particle_hook=hook)
         if self._budget is None:
             site = next(iter(run.structure.sites.values()), None)
             self._budget = default_budget(site.device if site is not None else None)
         self._largest_factor = check_memory(run.sites, run.structure, self.K, self._budget)
+        if self.sharding is not None:
+            run.plate_reducers = self.sharding.reductions(run.subsamples)
         return run
+
+    def _setup_sharding(self, args: tuple, kwargs: dict) -> None:
+        self.process_group.what = "set-up"
+        structure = setup_guide(self.guide, args, kwargs)
+        gradient_sites = sorted(name for name, site in structure.sites.items()
+                                if not site.enumerated and name not in self.guide.families)
+        if gradient_sites:
+            raise NotImplementedError(
+                f"process_group: sites {gradient_sites} are fitted by gradient, which a "
+                "distributed QEM fit does not support yet; fit them by moment matching "
+                "(AutoQEM) or run in a single process."
+            )
+
+        def probe():
+            run = run_particles(self.model, self.guide, 2, args, kwargs)
+            return run.sites, run.subsamples
+
+        self.sharding = setup_sharding(self.process_group, self.guide, probe, self.K)
 
     def step(self, *args, **kwargs) -> float:
         """One QEM update (and one gradient step on parameters, if any). Returns
         ``-log P_hat`` of the particles this update used."""
+        if self.process_group is not None:
+            self.process_group.what = f"step {self.guide.state.num_updates() + 1}"
         with step_threads(self.num_threads, self._largest_factor):
             return self._step(args, kwargs)
 
     def _step(self, args: tuple, kwargs: dict) -> float:
-        run = self._run(args, kwargs, self._inflation)
+        run = self._particle_run(args, kwargs, self._inflation)
         check_params(run.params, self.optim)
-        result = estimate(run.sites, run.structure, self.K, links=run.links)
+        result = estimate(run.sites, run.structure, self.K, links=run.links,
+                          plate_reducers=run.plate_reducers)
         self._warn_subsampling(result.plate_scales)
         self._inflation = minibatch_inflation(self.guide, result.plate_scales)
         source_grads, param_grads = backward(result.log_p_hat, result.sources, run.params,
@@ -171,20 +236,41 @@ class Inference:
         count = self.guide.state.num_updates()
         lr = check_lr(self.lr(count), "lr schedule value")
         average = self.average_from is not None and count >= self.average_from
-        moment_update(self.guide, run.sites, run.subsamples, weights, lr, average,
-                      self.noise_compensation)
+        self._moment_update(run, weights, lr, average)
         loss = -result.log_p_hat.item()
         self._collapse.observe(run.structure, weights, lr, loss, self._unfitted_groups())
         return loss
 
+    def _moment_update(self, run: ParticleRun, weights, lr: float, average: bool) -> None:
+        sharding = self.sharding
+        if sharding is None or run.plate_reducers[sharding.plate].scale != 1.0:
+            moment_update(self.guide, run.sites, run.subsamples, weights, lr, average,
+                          self.noise_compensation)
+            return
+        # The processes together cover the plate, so this is a full-batch step, but
+        # each process's frames show its shard as a subsample, and moment_update would
+        # give the global sites the minibatch update. Update the global sites without
+        # the shard's records, the local ones apart, and count one update.
+        count = self.guide.state.num_updates()
+        latent = [r for r in run.sites if r.draw is not None]
+        local = [r for r in latent if any(f.name == sharding.plate for f in r.frames)]
+        outside = [r for r in latent if not any(f.name == sharding.plate for f in r.frames)]
+        for records in (outside, local):
+            moment_update(self.guide, records, run.subsamples, weights, lr, average,
+                          self.noise_compensation)
+        with torch.no_grad():
+            self.guide.state.leaf("num_updates").fill_(count + 1)
+
     @torch.no_grad()
     def evaluate_loss(self, *args, **kwargs) -> float:
         """``-log P_hat`` for fresh particles from the current q, without updating it."""
+        if self.process_group is not None:
+            self.process_group.what = "evaluate_loss"
         with step_threads(self.num_threads, self._largest_factor):
             run = self.run_particles(*args, **kwargs)
             check_params(run.params, self.optim)
             return -estimate(run.sites, run.structure, self.K, with_sources=False,
-                             links=run.links).log_p_hat.item()
+                             links=run.links, plate_reducers=run.plate_reducers).log_p_hat.item()
 
     def _unfitted_groups(self) -> set:
         """Groups whose spread the M-step does not set (enumerated or gradient-fitted)."""

@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..estimator import Estimate, LogFactor, Source, estimate
+from ..estimator.estimate import PlateReduction
 from ..guides.qem_guide import QEMGuide
 from ..handlers import IndexProbe, SiteRecord, SiteRecorder
 from ..model import ModelStructure, Symbols
@@ -34,6 +35,8 @@ class ParticleRun:
     :ivar params: every ``pyro.param`` the model and guide read (unconstrained leaves).
     :ivar links: for each linked plate (``structure.links``), this run's index of its
         rows into the parent plate.
+    :ivar plate_reducers: plate name -> how a plate split across processes is reduced
+        (empty for a single-process run; :mod:`pyro_qem.infer.distributed`).
     """
 
     structure: ModelStructure
@@ -42,6 +45,7 @@ class ParticleRun:
     subsamples: Dict[str, torch.Tensor]
     params: Dict[str, torch.Tensor]
     links: Dict[str, torch.Tensor] = field(default_factory=dict)
+    plate_reducers: Dict[str, PlateReduction] = field(default_factory=dict)
 
     @property
     def latent(self) -> Dict[str, SiteRecord]:
@@ -51,20 +55,28 @@ class ParticleRun:
 
 def run_particles(model: Callable, guide: QEMGuide, num_particles: int, args: tuple,
                   kwargs: dict, reparameterized: bool = True,
-                  inflation: Optional[Dict[str, float]] = None) -> ParticleRun:
+                  inflation: Optional[Dict[str, float]] = None,
+                  particle_hook: Optional[Callable] = None) -> ParticleRun:
     """Run ``model(*args, **kwargs)`` once with ``num_particles`` particles of every
     latent site drawn from ``guide`` (set up on the first call), recording every site.
 
     :param inflation: site -> width factor of its proposal (minibatch steps).
+    :param particle_hook: ``hook(site, particles, selection) -> particles`` for the
+        guide's draws (:attr:`~pyro_qem.guides.QEMGuide.particle_hook`), e.g. rank 0's
+        particles of the global sites in a distributed fit.
     """
     structure = guide.setup(*args, **kwargs)
     recorder = SiteRecorder()
     # The probe hands indexed latents to the model as IndexedValue, after the recorder
     # has kept their plain values; a model without indexed groups runs without it.
     probe = IndexProbe(structure.indexed_sites) if structure.links else contextlib.nullcontext()
-    with recorder, probe, guide.particles(num_particles, reparameterized, inflation) as draws, \
-            particle_run_errors(recorder, num_particles):
-        model(*args, **kwargs)
+    guide.particle_hook = particle_hook
+    try:
+        with recorder, probe, guide.particles(num_particles, reparameterized, inflation) as draws, \
+                particle_run_errors(recorder, num_particles):
+            model(*args, **kwargs)
+    finally:
+        guide.particle_hook = None
     for record in recorder.sites:
         record.draw = draws.get(record.name)
     links = {}
@@ -95,7 +107,9 @@ def _check_links_found(structure: ModelStructure, links: Dict[str, torch.Tensor]
 
 @dataclass
 class WeightedRun:
-    """A particle run and its estimate: what every posterior output starts from.
+    """A particle run and its estimate: what every posterior output starts from. In a
+    distributed fit the run carries its plate reducers, so the estimate (and every
+    output read off it) is that of all processes' rows together.
 
     :ivar weights: each particle group's normalised weights (broadcast layout,
         particles in dim 0), or None when not computed.
@@ -136,7 +150,8 @@ def weigh(run: ParticleRun, weights: bool = True) -> WeightedRun:
     off the source terms (one backward pass; it runs even under ``torch.no_grad``).
     The source terms are there either way: joint resampling walks back to them."""
     with torch.enable_grad():
-        result = estimate(run.sites, run.structure, run.num_particles, links=run.links)
+        result = estimate(run.sites, run.structure, run.num_particles, links=run.links,
+                          plate_reducers=run.plate_reducers)
         marginals = result.weights() if weights else None
     result.log_p_hat = result.log_p_hat.detach()
     return WeightedRun(run, result, marginals)

@@ -11,6 +11,7 @@ from .diagnostics import (
     weight_ess,
 )
 from .draws import resample_run, sample_guide, sample_posterior
+from .gather import gather_local
 from .inference_data import to_inference_data
 from .moments import moment_runs, posterior_moments
 from .predictive import (
@@ -24,6 +25,7 @@ __all__ = [
     "Diagnostics",
     "QEMDiagnosticWarning",
     "diagnose",
+    "gather_local",
     "guide_log_weights",
     "khat_threshold",
     "log_likelihood",
