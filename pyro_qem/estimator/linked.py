@@ -104,14 +104,15 @@ def _fold(rows: Sequence[LogFactor], link: PlateLink, local: FrozenSet[str],
     shape[position] = link.parent_size
     index = link.index.to(values.device)
     grouped = values.new_zeros(shape).index_add(position, index, values)
-    if link.child in reducers:
-        # Rows of one group may live on several processes: sum the folded group
-        # factor over them (the scale above is the global N / B, so this is exact).
-        grouped = reducers[link.child](grouped)
     ordinal = (target - {link.child}) | {link.parent}
     new_dims = dims.replace(link.child, link.parent)
     if link.parent in dims:
         raise ValueError("an indexed plate's rows already carry the parent plate's dim")
+    if link.child in reducers:
+        # Rows of one group may live on several processes: sum the folded group
+        # factor over them (the scale above is the global N / B, so this is exact).
+        grouped._pyro_dims = new_dims
+        grouped = reducers[link.child](grouped)
     return LogFactor(f"rows:{link.child}", grouped, new_dims, frozenset(ordinal))
 
 

@@ -104,6 +104,9 @@ class ProcessGroup:
         self.shard = None if shard is None else _as_index(shard, "shard")
         self.backend = dist.get_backend(self.group)
         self.what = "set-up"  # the step being run, for error messages
+        #: Collectives called and bytes this process put into them, since creation.
+        self.messages = 0
+        self.bytes = 0
 
     def __repr__(self) -> str:
         return (f"ProcessGroup(rank={self.rank}, world_size={self.world_size}, "
@@ -116,6 +119,10 @@ class ProcessGroup:
         if self.backend == "nccl" and tensor.device.type != "cuda":
             return tensor.cuda()
         return tensor
+
+    def _count(self, tensor: torch.Tensor) -> None:
+        self.messages += 1
+        self.bytes += tensor.numel() * tensor.element_size()
 
     def _wait(self, work, what: str) -> None:
         try:
@@ -133,6 +140,7 @@ class ProcessGroup:
     def all_reduce(self, tensor: torch.Tensor, what: str) -> torch.Tensor:
         """The sum of ``tensor`` over the processes (a new tensor; not differentiable)."""
         buffer = self._device(tensor.detach().clone().contiguous())
+        self._count(buffer)
         self._wait(dist.all_reduce(buffer, group=self.group, async_op=True), what)
         return buffer.to(tensor.device)
 
@@ -141,6 +149,7 @@ class ProcessGroup:
         value = tensor.detach()
         is_bool = value.dtype == torch.bool
         buffer = self._device((value.to(torch.uint8) if is_bool else value).clone().contiguous())
+        self._count(buffer)
         self._wait(dist.broadcast(buffer, src=self._global_rank(self.src), group=self.group,
                                   async_op=True), what)
         buffer = buffer.to(tensor.device)
@@ -150,6 +159,7 @@ class ProcessGroup:
         """Every process's ``tensor`` (same shape on all), in rank order."""
         value = self._device(tensor.detach().contiguous())
         out = [torch.empty_like(value) for _ in range(self.world_size)]
+        self._count(value)
         self._wait(dist.all_gather(out, value, group=self.group, async_op=True), what)
         return [t.to(tensor.device) for t in out]
 
@@ -236,6 +246,13 @@ class Sharding:
             return value
         return self.group.broadcast(value, f"the particles of site '{site.name}'")
 
+    def synchronise_random_stream(self) -> None:
+        """Reseed torch's random stream on every process from rank ``src``'s, so that
+        what is sampled next from identical inputs is identical (the global sites'
+        indices in joint resampling; local draws consume different amounts)."""
+        seed = torch.randint(0, 2 ** 62, (1,), dtype=torch.int64)
+        torch.manual_seed(int(self.group.broadcast(seed, "the random seed of an output")))
+
     def reductions(self, subsamples: Mapping[str, torch.Tensor]) -> Dict[str, PlateReduction]:
         """This step's :class:`~pyro_qem.estimator.estimate.PlateReduction` of the
         sharded plate: its reducer and ``N / (rows of every process)``."""
@@ -257,8 +274,8 @@ class _ShardSetup(Messenger):
 
     The guide's set-up walks subsampled plates chunk by chunk to initialise q of every
     element, and refuses explicit indices; a process of a distributed fit has only its
-    own rows, which are then its every chunk (their elements are initialised, the
-    others keep zeros and are never used by this process).
+    own rows, which are then its every chunk (the other rows' initial state comes from
+    their processes afterwards).
     """
 
     def _pyro_sample(self, msg) -> None:
@@ -337,7 +354,9 @@ def setup_sharding(group: ProcessGroup, guide: QEMGuide, run_probe: Callable[[],
     shards = group.all_gather_rows(shard, sizes, f"the shards of pyro.plate('{plate}')")
     check_shards(shards, plate, size)
     _share_global_state(group, guide, structure, plate)
-    return Sharding(group, plate, size, shards)
+    sharding = Sharding(group, plate, size, shards)
+    _share_initial_rows(guide, sharding)
+    return sharding
 
 
 def _signature(structure: ModelStructure, plate: str) -> int:
@@ -427,6 +446,20 @@ def _share_global_state(group: ProcessGroup, guide: QEMGuide, structure: ModelSt
         leaf.copy_(group.broadcast(leaf, f"the set-up state '{key}'"))
 
 
+@torch.no_grad()
+def _share_initial_rows(guide: QEMGuide, sharding: Sharding) -> None:
+    """Every process's initial state of its rows of the local sites, on every process:
+    set-up initialised only this process's rows, and q of every row must be valid
+    (e.g. for ``guide.distributions()``), though only this process's rows are fitted
+    here."""
+    gathered = gathered_state_dict(guide, sharding)["state"]
+    structure = guide.structure
+    for key, value in gathered.items():
+        site = _site_of_key(key)
+        if site is not None and site in structure.sites and sharding.is_local(structure.sites[site]):
+            guide.state.leaf(key).copy_(value)
+
+
 def _site_of_key(key: str) -> Optional[str]:
     """The site of a state key ``<stat>.<site>`` (None for ``num_updates``)."""
     return key.split(".", 1)[1] if "." in key else None
@@ -436,8 +469,9 @@ def whole_plate_view(run, sharding: Sharding):
     """A particle run over shards that together cover the plate, seen as the full-data
     run it is: the sharded plate's frames and scales as if not subsampled (its
     reducer completes every plate-reduced term), so outputs that require whole plates
-    accept it. Local sites keep this process's rows. A run of a minibatch step
-    (``N / B`` over all processes above 1) is returned as it is."""
+    accept it. Local sites keep this process's rows (the run's structure gives them
+    this process's batch shape). A run of a minibatch step (``N / B`` over all
+    processes above 1) is returned as it is."""
     plate = sharding.plate
     reduction = run.plate_reducers.get(plate)
     if reduction is None or reduction.scale != 1.0:
@@ -456,7 +490,16 @@ def whole_plate_view(run, sharding: Sharding):
             scale = 1.0
         sites.append(dataclasses.replace(record, frames=frames, scale=scale))
     subsamples = {name: index for name, index in run.subsamples.items() if name != plate}
-    return dataclasses.replace(run, sites=sites, subsamples=subsamples)
+    structure = run.structure
+    dim, rows = structure.plates[plate].dim, sharding.shard.numel()
+    local = {}
+    for name, site in structure.sites.items():
+        if sharding.is_local(site) and len(site.batch_shape) >= -dim:
+            shape = list(site.batch_shape)
+            shape[dim] = rows
+            local[name] = dataclasses.replace(site, batch_shape=torch.Size(shape))
+    structure = dataclasses.replace(structure, sites={**structure.sites, **local})
+    return dataclasses.replace(run, sites=sites, subsamples=subsamples, structure=structure)
 
 
 # ----------------------------------------------------------------- checkpoints

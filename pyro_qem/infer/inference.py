@@ -173,8 +173,10 @@ class Inference:
              ) -> ParticleRun:
         run = self._particle_run(args, kwargs, inflation)
         if self.sharding is not None:
-            # Outputs: a run over shards that cover the plate is a full-data run.
+            # Outputs: a run over shards that cover the plate is a full-data run, and
+            # what outputs sample from it must agree on the global sites.
             run = whole_plate_view(run, self.sharding)
+            self.sharding.synchronise_random_stream()
         return run
 
     def _particle_run(self, args: tuple, kwargs: dict, inflation: Optional[Dict[str, float]] = None

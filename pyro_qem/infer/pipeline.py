@@ -10,6 +10,7 @@ the numeric part (:func:`pyro_qem.estimator.estimate`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -113,11 +114,17 @@ class WeightedRun:
 
     :ivar weights: each particle group's normalised weights (broadcast layout,
         particles in dim 0), or None when not computed.
+    :ivar complements: in a distributed run, one factor per plate-reduced term of the
+        sharded plate: the other processes' part of it (detached), at the ordinal the
+        term was reduced to. With them, :attr:`factors` contract to the full-data
+        ``log P_hat`` in any ring (joint resampling samples the global groups from
+        their full-data marginal).
     """
 
     run: ParticleRun
     estimate: Estimate
     weights: Optional[Dict[int, torch.Tensor]]
+    complements: List[LogFactor] = field(default_factory=list)
 
     @property
     def structure(self) -> ModelStructure:
@@ -134,7 +141,7 @@ class WeightedRun:
 
     @property
     def factors(self) -> List[LogFactor]:
-        return self.estimate.factors
+        return self.estimate.factors + self.complements
 
     @property
     def sources(self) -> List[Source]:
@@ -149,9 +156,24 @@ def weigh(run: ParticleRun, weights: bool = True) -> WeightedRun:
     """Contract a particle run and, if ``weights``, read each group's particle weights
     off the source terms (one backward pass; it runs even under ``torch.no_grad``).
     The source terms are there either way: joint resampling walks back to them."""
+    complements: List[LogFactor] = []
+    plates = frozenset(run.structure.symbols.plate.values())
+    reducers = {name: dataclasses.replace(r, reduce=_recording(r.reduce, complements, plates))
+                for name, r in run.plate_reducers.items()}
     with torch.enable_grad():
         result = estimate(run.sites, run.structure, run.num_particles, links=run.links,
-                          plate_reducers=run.plate_reducers)
+                          plate_reducers=reducers)
         marginals = result.weights() if weights else None
     result.log_p_hat = result.log_p_hat.detach()
-    return WeightedRun(run, result, marginals)
+    return WeightedRun(run, result, marginals, complements)
+
+
+def _recording(reduce: Callable, complements: List[LogFactor], plates: frozenset) -> Callable:
+    """``reduce``, keeping what it added to each term as a factor of its own."""
+    def recorded(term: torch.Tensor) -> torch.Tensor:
+        total = reduce(term)
+        dims = term._pyro_dims
+        complements.append(LogFactor(f"shards:{len(complements)}", (total - term).detach(), dims,
+                                     frozenset(d for d in dims if d in plates)))
+        return total
+    return recorded

@@ -22,7 +22,7 @@ from pyro_qem import AutoQEM, Inference
 from pyro_qem.estimator import estimate
 from pyro_qem.infer.distributed import DistributedError, ProcessGroup, check_shards, save_checkpoint
 from pyro_qem.infer.pipeline import run_particles
-from pyro_qem.outputs import gather_local, posterior_moments
+from pyro_qem.outputs import gather_local, posterior_moments, sample_posterior
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 
@@ -221,7 +221,11 @@ def _fit(rank, world, out):
     inference, losses = fit(rows, ProcessGroup(timeout=30))
     q = inference.guide.distributions()["mu"]
     moments = posterior_moments(inference, Y_FIT[rows], rows, num_runs=2)
-    return {"rows": rows, "losses": losses, "mu": (q.loc.item(), q.scale.item()),
+    draws = sample_posterior(inference, Y_FIT[rows], rows, num_samples=200)
+    # q of every row is valid on every rank (the other ranks' rows at their initial state).
+    z_scale = inference.guide.distributions()["z"].scale
+    return {"draws": draws, "gathered_draws": gather_local(inference, draws, leading=1),
+            "z_scale_positive": bool((z_scale > 0).all()) and z_scale.shape == (N_FIT,),"rows": rows, "losses": losses, "mu": (q.loc.item(), q.scale.item()),
             "state": {k: v for k, v in inference.guide.state_dict()["state"].items() if k.endswith(".mu")},
             "moments": moments, "gathered": gather_local(inference, moments),
             "exactness": _exactness(rank, world, out)}
@@ -358,10 +362,18 @@ def test_two_processes_exact_fit_and_outputs(tmp_path):
     # Outputs: global moments identical on every rank, local rows per rank, gathered.
     assert torch.equal(first["moments"]["mu"], second["moments"]["mu"])
     for r in results:
+        assert r["z_scale_positive"]
         assert r["moments"]["z"].shape == (len(r["rows"]),)
         assert torch.equal(r["gathered"]["z"][r["rows"]], r["moments"]["z"])
         assert r["gathered"]["z"].shape == (N_FIT,)
     assert torch.equal(first["gathered"]["z"], second["gathered"]["z"])
+    # Joint draws: the same global draws on every rank, from the full-data posterior.
+    assert torch.equal(first["draws"]["mu"], second["draws"]["mu"])
+    assert abs(first["draws"]["mu"].mean().item() - mean) < 0.5 * sd
+    assert 0.75 < first["draws"]["mu"].std().item() / sd < 1.25
+    for r in results:
+        assert r["draws"]["z"].shape == (200, len(r["rows"]))
+        assert torch.equal(r["gathered_draws"]["z"][:, r["rows"]], r["draws"]["z"])
 
 
 def test_a_dead_process_fails_the_others_clearly_and_the_checkpoint_resumes(tmp_path):
