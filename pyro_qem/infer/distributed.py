@@ -414,12 +414,16 @@ def check_shards(shards: Sequence[torch.Tensor], plate: str, size: int) -> None:
         taken = owner[shard] >= 0
         counts = torch.bincount(shard, minlength=size)
         if taken.any() or (counts > 1).any():
-            row = int(shard[taken][0]) if taken.any() else int((counts > 1).nonzero()[0])
-            other = int(owner[row]) if owner[row] >= 0 else rank
+            if taken.any():
+                row = int(shard[taken][0])
+                where = f"row {row} is held by rank {int(owner[row])} and rank {rank}"
+            else:
+                row = int((counts > 1).nonzero()[0])
+                where = f"row {row} appears {int(counts[row])} times in rank {rank}'s rows"
             raise ValueError(
-                f"process_group: the shards of pyro.plate('{plate}') overlap: row {row} is "
-                f"held by rank {other} and rank {rank}. Each row must belong to exactly one "
-                "process (e.g. rows = torch.arange(rank, N, world_size))."
+                f"process_group: the shards of pyro.plate('{plate}') overlap: {where}. Each "
+                "row must belong to exactly one process (e.g. rows = torch.arange(rank, N, "
+                "world_size))."
             )
         owner[shard] = rank
     missing = (owner < 0).nonzero().flatten()

@@ -20,7 +20,13 @@ import torch.multiprocessing as mp
 
 from pyro_qem import AutoQEM, Inference
 from pyro_qem.estimator import estimate
-from pyro_qem.infer.distributed import DistributedError, ProcessGroup, check_shards, save_checkpoint
+from pyro_qem.infer.distributed import (
+    DistributedError,
+    ProcessGroup,
+    check_shards,
+    save_checkpoint,
+    setup_guide,
+)
 from pyro_qem.infer.pipeline import run_particles
 from pyro_qem.outputs import gather_local, posterior_moments, sample_posterior
 
@@ -135,8 +141,26 @@ def _exactness(rank, world, out):
     return results
 
 
-def reference(model, values):
-    """log P_hat and weights of one process on the full data with ``values``."""
+def _minibatch(rank, world, out):
+    """Minibatches inside the shards: 2 rows of each process's shard."""
+    pyro.clear_param_store()
+    state = reference_state(plain_model)
+    pyro.set_rng_seed(100 + rank)
+    guide = AutoQEM(plain_model)
+    guide.load_state_dict(state)
+    rows = shard(rank, world)
+    inference = Inference(plain_model, guide, K=K, process_group=ProcessGroup(timeout=30, shard=rows))
+    run = inference._particle_run((data()[rows[:2]], rows[:2]), {})
+    result = estimate(run.sites, run.structure, K, plate_reducers=run.plate_reducers)
+    weights = result.weights()
+    return {"rows": rows[:2], "log_p_hat": result.log_p_hat.item(), "scales": result.plate_scales,
+            "values": {n: r.value.detach() for n, r in run.latent.items()},
+            "weights": {n: weights[run.structure.group_of(n).index].detach() for n in run.latent}}
+
+
+def reference(model, values, rows=None):
+    """log P_hat and weights of one process on the full data (or on ``rows`` of it, a
+    minibatch) with ``values``."""
     pyro.clear_param_store()
     guide = AutoQEM(model)
     guide.load_state_dict(reference_state(model))
@@ -144,7 +168,9 @@ def reference(model, values):
     def inject(site, value, selection):
         return values[site.name].to(value)
 
-    run = run_particles(model, guide, K, (data(), torch.arange(N)), {}, particle_hook=inject)
+    rows = torch.arange(N) if rows is None else rows
+    setup_guide(guide, (data()[rows], rows), {})
+    run = run_particles(model, guide, K, (data()[rows], rows), {}, particle_hook=inject)
     result = estimate(run.sites, run.structure, K, links=run.links)
     weights = result.weights()
     return result.log_p_hat.item(), {n: weights[run.structure.group_of(n).index] for n in run.latent}
@@ -222,9 +248,17 @@ def _fit(rank, world, out):
     q = inference.guide.distributions()["mu"]
     moments = posterior_moments(inference, Y_FIT[rows], rows, num_runs=2)
     draws = sample_posterior(inference, Y_FIT[rows], rows, num_samples=200)
+    # An indexed-group fit: the county sites end every step the same on every rank.
+    county = Inference(indexed_model, AutoQEM(indexed_model, prefix="county"), K=5, lr=0.5,
+                       process_group=ProcessGroup(timeout=30))
+    county_rows = shard(rank, world)
+    county_losses = [county.step(data()[county_rows], county_rows) for _ in range(5)]
+    county_state = {k: v for k, v in county.guide.state_dict()["state"].items()
+                    if k.endswith(".a") or k.endswith(".mu")}
     # q of every row is valid on every rank (the other ranks' rows at their initial state).
     z_scale = inference.guide.distributions()["z"].scale
     return {"draws": draws, "gathered_draws": gather_local(inference, draws, leading=1),
+            "county_losses": county_losses, "county_state": county_state,
             "z_scale_positive": bool((z_scale > 0).all()) and z_scale.shape == (N_FIT,),"rows": rows, "losses": losses, "mu": (q.loc.item(), q.scale.item()),
             "state": {k: v for k, v in inference.guide.state_dict()["state"].items() if k.endswith(".mu")},
             "moments": moments, "gathered": gather_local(inference, moments),
@@ -305,7 +339,8 @@ def _bad_inputs(rank, world, out):
 
     inference = Inference(whole, AutoQEM(whole), K=K, process_group=ProcessGroup(timeout=30))
     messages["unsharded"] = _error_of(lambda: inference.step(y))
-    return {"messages": messages, "exactness": _exactness(rank, world, out)}
+    return {"messages": messages, "exactness": _exactness(rank, world, out),
+            "minibatch": _minibatch(rank, world, out)}
 
 
 def _error_of(call):
@@ -335,6 +370,18 @@ def test_three_processes_exact_and_bad_inputs_fail_clearly(tmp_path):
         assert messages["model"].startswith("DistributedError") and "disagree" in messages["model"]
         assert messages["unsharded"].startswith("ValueError") and "no pyro.plate" in messages["unsharded"]
         assert "subsample=rows" in messages["unsharded"]
+    # Minibatches inside the shards: the plate's scale is N over every process's rows
+    # (12 / 6), and the estimate is one process's on the union of the minibatches.
+    minibatches = [r["minibatch"] for r in results]
+    rows = torch.cat([m["rows"] for m in minibatches])
+    values = dict(minibatches[0]["values"])
+    values["z"] = torch.cat([m["values"]["z"] for m in minibatches], -1)
+    log_p_hat, weights = reference(plain_model, values, rows)
+    for m in minibatches:
+        assert list(m["scales"].values()) == [2.0]
+        assert abs(m["log_p_hat"] - log_p_hat) < 1e-10
+        for site in ("mu", "s"):
+            assert (m["weights"][site] - weights[site]).abs().max() < 1e-10
 
 
 def test_two_processes_exact_fit_and_outputs(tmp_path):
@@ -343,8 +390,11 @@ def test_two_processes_exact_fit_and_outputs(tmp_path):
     first, second = results
     # Every rank ends every step with the same global q, and the same log P_hat.
     assert first["losses"] == second["losses"]
-    for key, value in first["state"].items():
-        assert torch.equal(value, second["state"][key]), key
+    assert first["county_losses"] == second["county_losses"]
+    for name in ("state", "county_state"):
+        assert first[name] and first[name].keys() == second[name].keys()
+        for key, value in first[name].items():
+            assert torch.equal(value, second[name][key]), key
     # The fit is the exact posterior up to Monte Carlo error (single-process fits of
     # this set-up over 10 seeds: mean error 0.065 posterior sd, sd ratio 0.96-1.09),
     # as is the single-process fit from the same seed.
@@ -414,6 +464,8 @@ def test_shards_must_be_disjoint_and_cover_the_plate():
         check_shards([torch.arange(0, 5), torch.arange(5, 9)], "data", 10)
     with pytest.raises(ValueError, match=r"outside 0..9"):
         check_shards([torch.arange(0, 5), torch.arange(5, 11)], "data", 10)
+    with pytest.raises(ValueError, match=r"row 3 appears 2 times in rank 0's rows"):
+        check_shards([torch.tensor([0, 1, 2, 3, 3, 4]), torch.arange(5, 10)], "data", 10)
     with pytest.raises(ValueError, match=r"rank 1 has no rows"):
         check_shards([torch.arange(0, 10), torch.arange(0)], "data", 10)
 
