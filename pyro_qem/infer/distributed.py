@@ -340,15 +340,17 @@ def setup_sharding(group: ProcessGroup, guide: QEMGuide, run_probe: Callable[[],
     size = structure.plates[plate].size
     rows = subsamples[plate].long().cpu()
     shard = group.shard if group.shard is not None else rows
-    if group.shard is not None and not torch.isin(rows, shard).all():
-        raise ValueError(
-            f"process_group: this process (rank {group.rank}) subsampled rows of "
-            f"pyro.plate('{plate}') outside the shard it declared (ProcessGroup(shard=...)); "
-            "minibatches must be drawn from the process's own shard."
-        )
-    header = torch.tensor([num_particles, size, shard.numel(), _signature(structure, plate)],
-                          dtype=torch.int64)
+    inside = group.shard is None or bool(torch.isin(rows, shard).all())
+    header = torch.tensor([num_particles, size, shard.numel(), _signature(structure, plate),
+                           int(inside)], dtype=torch.int64)
     headers = group.all_gather(header, "the set-up check")
+    outside = [r for r, h in enumerate(headers) if not h[4]]
+    if outside:  # raised on every process alike, so that none waits for the others
+        raise ValueError(
+            f"process_group: rank(s) {outside} subsampled rows of pyro.plate('{plate}') "
+            "outside the shard declared with ProcessGroup(shard=...); minibatches must be "
+            "drawn from each process's own shard."
+        )
     _check_agreement(headers, plate, group.rank)
     sizes = [int(h[2]) for h in headers]
     shards = group.all_gather_rows(shard, sizes, f"the shards of pyro.plate('{plate}')")
@@ -409,17 +411,18 @@ def check_shards(shards: Sequence[torch.Tensor], plate: str, size: int) -> None:
                 f"process_group: rank {rank}'s rows of pyro.plate('{plate}', {size}) include "
                 f"{bad[:5].tolist()}, outside 0..{size - 1}."
             )
-    owner = torch.full((size,), -1, dtype=torch.long)
+    # 2 bytes a row: a set-up check of 1e9 rows needs 2 GB, not the 8 of int64.
+    owner = torch.full((size,), -1, dtype=torch.int16 if len(shards) < 2 ** 15 else torch.int32)
     for rank, shard in enumerate(shards):
         taken = owner[shard] >= 0
-        counts = torch.bincount(shard, minlength=size)
+        values, counts = torch.unique(shard, return_counts=True)
         if taken.any() or (counts > 1).any():
             if taken.any():
                 row = int(shard[taken][0])
                 where = f"row {row} is held by rank {int(owner[row])} and rank {rank}"
             else:
-                row = int((counts > 1).nonzero()[0])
-                where = f"row {row} appears {int(counts[row])} times in rank {rank}'s rows"
+                row = int(values[counts > 1][0])
+                where = f"row {row} appears {int(counts[counts > 1][0])} times in rank {rank}'s rows"
             raise ValueError(
                 f"process_group: the shards of pyro.plate('{plate}') overlap: {where}. Each "
                 "row must belong to exactly one process (e.g. rows = torch.arange(rank, N, "

@@ -325,6 +325,10 @@ def _bad_inputs(rank, world, out):
         inference = Inference(plain_model, AutoQEM(plain_model), K=K, process_group=ProcessGroup(timeout=30))
         messages[case] = _error_of(lambda: inference.step(y[rows], rows))
     rows = shard(rank, world)
+    declared = ProcessGroup(timeout=30, shard=rows)
+    batch = rows[:2] if rank != 2 else shard(0, world)[:2]
+    inference = Inference(plain_model, AutoQEM(plain_model), K=K, process_group=declared)
+    messages["outside"] = _error_of(lambda: inference.step(y[batch], batch))
     inference = Inference(plain_model, AutoQEM(plain_model), K=3 if rank else 4,
                           process_group=ProcessGroup(timeout=30))
     messages["K"] = _error_of(lambda: inference.step(y[rows], rows))
@@ -366,6 +370,7 @@ def test_three_processes_exact_and_bad_inputs_fail_clearly(tmp_path):
         assert "overlap" in messages["overlap"] and "pyro.plate('data')" in messages["overlap"]
         assert "row 1 is held by rank 1 and rank 2" in messages["overlap"]
         assert "miss 1 rows" in messages["missing"] and "torch.arange(rank, N, world_size)" in messages["missing"]
+        assert "rank(s) [2] subsampled rows of pyro.plate('data') outside the shard" in messages["outside"]
         assert messages["K"].startswith("DistributedError") and "rank 0: 4, rank 1: 3" in messages["K"]
         assert messages["model"].startswith("DistributedError") and "disagree" in messages["model"]
         assert messages["unsharded"].startswith("ValueError") and "no pyro.plate" in messages["unsharded"]
