@@ -178,6 +178,10 @@ class Source:
     tensor: torch.Tensor
     factor: LogFactor
 
+    #: The position of the group's particles in ``tensor`` (0 unless a plate of
+    #: particle sets lies left of them).
+    particle_dim: int = 0
+
 
 def make_sources(records: Sequence[SiteRecord], structure: ModelStructure,
                  symbols: Symbols) -> List[Source]:
@@ -192,18 +196,24 @@ def make_sources(records: Sequence[SiteRecord], structure: ModelStructure,
         if group.index in seen:
             continue
         seen.add(group.index)
-        num_particles = record.value.shape[0]
-        shape = [1] * -group.dim
-        shape[0] = num_particles
+        num_particles = record.value.shape[group.dim - len(record.fn.event_shape)]
         frames = sorted(record.frames, key=lambda f: f.dim)
+        # A plate left of the group's dim (the particle sets of a vectorised run)
+        # widens the layout beyond the group's own dim.
+        shape = [1] * max([-group.dim] + [-f.dim for f in frames])
+        shape[len(shape) + group.dim] = num_particles
         for frame in frames:
             shape[len(shape) + frame.dim] = frame.size
         log_q = record.draw.log_q
         tensor = torch.zeros(shape, dtype=log_q.dtype, device=log_q.device, requires_grad=True)
-        packed = tensor.reshape([num_particles] + [f.size for f in frames])
-        dims = symbols.group[group.index] + "".join(symbols.plate[f.name] for f in frames)
+        # The packed view names the non-singleton dims in the tensor's own order.
+        named = sorted([(group.dim, symbols.group[group.index], num_particles)]
+                       + [(f.dim, symbols.plate[f.name], f.size) for f in frames])
+        packed = tensor.reshape([size for _, _, size in named])
+        dims = "".join(symbol for _, symbol, _ in named)
         ordinal = frozenset(symbols.plate[f.name] for f in frames)
-        sources.append(Source(group.index, tensor, LogFactor(f"source:{group.index}", packed, dims, ordinal)))
+        sources.append(Source(group.index, tensor, LogFactor(f"source:{group.index}", packed, dims, ordinal),
+                              len(shape) + group.dim))
     return sources
 
 
@@ -221,7 +231,7 @@ def log_marginal_and_weights(
 def normalised_weights(sources: Sequence[Source], grads: Sequence[torch.Tensor]) -> Dict[int, torch.Tensor]:
     """Each group's source gradient, normalised to sum to 1 over its particles (in a
     subsampled plate the gradient carries the plate's N / B scale)."""
-    return {s.group: g / g.sum(0, keepdim=True) for s, g in zip(sources, grads)}
+    return {s.group: g / g.sum(s.particle_dim, keepdim=True) for s, g in zip(sources, grads)}
 
 
 def check_finite(log_p_hat: torch.Tensor, factors: Sequence[LogFactor] = ()) -> None:

@@ -20,6 +20,14 @@ def in_dim(draws: torch.Tensor, q: dist.Distribution, dim: int) -> torch.Tensor:
     return draws.reshape(shape)
 
 
+def in_sets_dim(draws: torch.Tensor, q: dist.Distribution, dim: int, sets_dim: int) -> torch.Tensor:
+    """Like :func:`in_dim` for draws of shape ``(S, K) + q's shape`` (S independent
+    particle sets): the sets go to tensor dim ``sets_dim``, left of ``dim``."""
+    particles = in_dim(draws.reshape((-1,) + draws.shape[2:]), q, dim)
+    shape = draws.shape[:1] + (1,) * (dim - sets_dim - 1) + draws.shape[1:2] + particles.shape[1:]
+    return particles.reshape(shape)
+
+
 def enumerated_support(prior: dist.Distribution, dim: int) -> torch.Tensor:
     """The prior's support in tensor dim ``dim``: exact enumeration replaces particles."""
     support = prior.enumerate_support(expand=False)

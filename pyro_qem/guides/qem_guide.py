@@ -31,10 +31,10 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from ..families import Family
 from ..handlers import ParamCollector, ParticleDraw
-from ..model import ModelStructure, Prototype, Selection, SiteInfo, discover, gather
+from ..model import ModelStructure, PlateInfo, Prototype, Selection, SiteInfo, discover, gather
 from ..model import prototype_traces, rng_preserved, selection_of
 from .initialisation import InitOptions, default_init_loc, initial_state
-from .layout import enumerated_support, in_dim, is_observed
+from .layout import enumerated_support, in_dim, in_sets_dim, is_observed
 from .state import MomentState
 
 
@@ -146,7 +146,7 @@ class QEMGuide(Messenger):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._subsamples, self._draws, self.particle_draws = {}, {}, {}
-        self._inflation = {}
+        self._inflation, self._sets = {}, None
         self.particle_hook = None
 
     # ----------------------------------------------------------------- set-up
@@ -201,7 +201,8 @@ class QEMGuide(Messenger):
 
     @contextlib.contextmanager
     def particles(self, num_particles: int, reparameterized: bool = True,
-                  inflation: Optional[Mapping[str, float]] = None
+                  inflation: Optional[Mapping[str, float]] = None,
+                  sets: Optional[PlateInfo] = None,
                   ) -> Iterator[Dict[str, ParticleDraw]]:
         """Within this context the guide draws ``num_particles`` values per site; the
         context yields a dict that fills with a :class:`~pyro_qem.handlers.ParticleDraw`
@@ -212,8 +213,12 @@ class QEMGuide(Messenger):
         :param inflation: site -> width factor of its proposal
             (:meth:`~pyro_qem.families.Family.inflate`), for the sites outside a
             subsampled plate.
+        :param sets: the plate of independent particle sets
+            (:meth:`~pyro_qem.model.ModelStructure.particle_sets_plate`) when the model
+            runs inside it: each set gets its own ``num_particles`` draws.
         """
         self._num_particles = num_particles
+        self._sets = sets
         self._reparameterized = reparameterized
         self._inflation = dict(inflation or {})
         self.particle_draws = {}
@@ -222,6 +227,7 @@ class QEMGuide(Messenger):
                 yield self.particle_draws
         finally:
             self._num_particles = None
+            self._sets = None
 
     def __enter__(self):
         self._subsamples = {}
@@ -298,10 +304,14 @@ class QEMGuide(Messenger):
         while isinstance(support, constraints.independent):
             support = support.base_constraint
         own_dims = self.structure.max_plate_nesting + len(site.event_shape)
+        sets_dim = None if self._sets is None else self._sets.dim - len(site.event_shape)
         for bound in vars(support).values():
             if not isinstance(bound, torch.Tensor):
                 continue
-            if any(n > 1 for n in bound.shape[:-own_dims or None]):
+            # The particle-sets plate expands the prior over its dim, like a model plate.
+            lead = [n for i, n in enumerate(bound.shape[:-own_dims or None])
+                    if sets_dim is None or i != bound.dim() + sets_dim]
+            if any(n > 1 for n in lead):
                 raise ValueError(
                     f"Site '{site.name}' has a dependent support: the bounds of its "
                     f"{type(support).__name__.lstrip('_')} support depend on another latent "
@@ -331,7 +341,11 @@ class QEMGuide(Messenger):
                 self._check_fixed_support(site, msg["fn"])
             q, params = self._q(site, msg, differentiable=False)
             draw = q.rsample if self._reparameterized and q.has_rsample else q.sample
-            value = in_dim(draw((self._num_particles,)), q, group.dim)
+            if self._sets is None:
+                value = in_dim(draw((self._num_particles,)), q, group.dim)
+            else:
+                value = in_sets_dim(draw((self._sets.size, self._num_particles)), q,
+                                    group.dim, self._sets.dim)
             if self.particle_hook is not None:
                 value = self.particle_hook(site, value, self._selection(msg))
             log_q = q.log_prob(value)

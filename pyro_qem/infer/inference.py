@@ -169,9 +169,9 @@ class Inference:
         """Run the model once with K particles per latent site, recording every site."""
         return self._run(args, kwargs)
 
-    def _run(self, args: tuple, kwargs: dict, inflation: Optional[Dict[str, float]] = None
-             ) -> ParticleRun:
-        run = self._particle_run(args, kwargs, inflation)
+    def _run(self, args: tuple, kwargs: dict, inflation: Optional[Dict[str, float]] = None,
+             num_sets: int = 1) -> ParticleRun:
+        run = self._particle_run(args, kwargs, inflation, num_sets)
         if self.sharding is not None:
             # Outputs: a run over shards that cover the plate is a full-data run, and
             # what outputs sample from it must agree on the global sites.
@@ -179,8 +179,8 @@ class Inference:
             self.sharding.synchronise_random_stream()
         return run
 
-    def _particle_run(self, args: tuple, kwargs: dict, inflation: Optional[Dict[str, float]] = None
-                      ) -> ParticleRun:
+    def _particle_run(self, args: tuple, kwargs: dict, inflation: Optional[Dict[str, float]] = None,
+                      num_sets: int = 1) -> ParticleRun:
         hook = None
         if self.process_group is not None:
             if self.sharding is None:
@@ -188,7 +188,7 @@ class Inference:
             hook = self.sharding.particle_hook
         run = run_particles(self.model, self.guide, self.K, args, kwargs,
                             reparameterized=self.objective == "vi", inflation=inflation,
-                            particle_hook=hook)
+                            num_sets=num_sets, particle_hook=hook)
         if self._budget is None:
             site = next(iter(run.structure.sites.values()), None)
             self._budget = default_budget(site.device if site is not None else None)

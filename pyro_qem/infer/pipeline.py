@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import pyro
 import torch
 
 from ..estimator import Estimate, LogFactor, Source, estimate
@@ -21,6 +22,7 @@ from ..estimator.estimate import PlateReduction
 from ..guides.qem_guide import QEMGuide
 from ..handlers import IndexProbe, SiteRecord, SiteRecorder
 from ..model import ModelStructure, Symbols
+from ..model.structure import PARTICLE_SETS
 from ..model.links import run_indices
 from .checks import particle_run_errors
 
@@ -56,7 +58,7 @@ class ParticleRun:
 
 def run_particles(model: Callable, guide: QEMGuide, num_particles: int, args: tuple,
                   kwargs: dict, reparameterized: bool = True,
-                  inflation: Optional[Dict[str, float]] = None,
+                  inflation: Optional[Dict[str, float]] = None, num_sets: int = 1,
                   particle_hook: Optional[Callable] = None) -> ParticleRun:
     """Run ``model(*args, **kwargs)`` once with ``num_particles`` particles of every
     latent site drawn from ``guide`` (set up on the first call), recording every site.
@@ -65,16 +67,26 @@ def run_particles(model: Callable, guide: QEMGuide, num_particles: int, args: tu
     :param particle_hook: ``hook(site, particles, selection) -> particles`` for the
         guide's draws (:attr:`~pyro_qem.guides.QEMGuide.particle_hook`), e.g. rank 0's
         particles of the global sites in a distributed fit.
+    :param num_sets: run this many independent particle sets in one vectorised model
+        call, inside the plate of
+        :meth:`~pyro_qem.model.ModelStructure.particle_sets_plate` (the run's
+        structure then has that plate; outputs that need many fresh runs use it).
     """
     structure = guide.setup(*args, **kwargs)
+    sets = None
+    if num_sets > 1:
+        structure = structure.with_particle_sets(num_sets)
+        sets = structure.plates[PARTICLE_SETS]
     recorder = SiteRecorder()
     # The probe hands indexed latents to the model as IndexedValue, after the recorder
     # has kept their plain values; a model without indexed groups runs without it.
     probe = IndexProbe(structure.indexed_sites) if structure.links else contextlib.nullcontext()
+    sets_plate = (pyro.plate(sets.name, sets.size, dim=sets.dim) if sets is not None
+                  else contextlib.nullcontext())
     guide.particle_hook = particle_hook
     try:
-        with recorder, probe, guide.particles(num_particles, reparameterized, inflation) as draws, \
-                particle_run_errors(recorder, num_particles):
+        with recorder, probe, guide.particles(num_particles, reparameterized, inflation, sets) as draws, \
+                particle_run_errors(recorder, num_particles), sets_plate:
             model(*args, **kwargs)
     finally:
         guide.particle_hook = None

@@ -6,11 +6,17 @@ compiled) without rediscovering anything.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from opt_einsum import get_symbol
+
+
+# The name of the plate that stacks independent particle runs (outputs that need
+# many fresh particle sets run them in one vectorised model call).
+PARTICLE_SETS = "_pyro_qem_particle_sets"
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,19 @@ class ModelStructure:
                 plate = self.links[plate]
                 found.add(plate)
         return frozenset(found)
+
+    def particle_sets_plate(self, size: int) -> PlateInfo:
+        """The plate of ``size`` independent particle sets in one run: one tensor dim
+        left of every particle group's dim, so that each set's particles combine only
+        with the same set's particles (see :meth:`with_particle_sets`)."""
+        return PlateInfo(PARTICLE_SETS, -(self.max_plate_nesting + len(self.groups) + 1), size)
+
+    def with_particle_sets(self, size: int) -> "ModelStructure":
+        """This structure with the plate of :meth:`particle_sets_plate` added: a run
+        whose model call sits inside that plate holds ``size`` independent particle
+        runs, which the estimator contracts as one plate element each."""
+        plates = {**self.plates, PARTICLE_SETS: self.particle_sets_plate(size)}
+        return dataclasses.replace(self, plates=plates)
 
     def group_at_dim(self, dim: int) -> Optional[GroupInfo]:
         """The group whose particles live in tensor dim ``dim`` (None for a plate dim)."""

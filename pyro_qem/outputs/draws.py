@@ -15,7 +15,8 @@ spread).
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+import warnings
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from pyro.ops.contract import contract_tensor_tree
@@ -26,64 +27,162 @@ from ..estimator import LogFactor
 from ..estimator.contraction import term_tree
 from ..estimator.estimate import local_dims
 from ..estimator.linked import fold_links, link_order, row_index
+from ..estimator.memory import MemoryBudgetError
 from ..guides.qem_guide import QEMGuide
 from ..infer.pipeline import WeightedRun
+from ..model.structure import PARTICLE_SETS
 from .sites import select_sites, weighted_run
 
 from ..infer.inference import Inference
+
+
+# One vectorised run holds at most this many factor entries over all its particle
+# sets (the largest factor of one set times the number of sets): 2^21 float64 entries
+# are 16 MB, where the run is still far from memory-bound and the per-run Python
+# overhead, not arithmetic, is what the sets save.
+SETS_ENTRIES = 1 << 21
+
+
+# draws_per_run="auto" takes as many draws from each particle set as keep the design
+# effect of the repeats at most 1 + REPEAT_COST (effective draws >= 80% of the draws).
+REPEAT_COST = 0.25
+
+
+class JointDraws(dict):
+    """The dict of :func:`sample_posterior` (``{site: draws}``) and how it was drawn.
+
+    :ivar draws_per_set: joint draws taken from each particle set.
+    :ivar num_sets: independent particle sets drawn.
+    :ivar effective_draws: the number of independent draws with the same Monte Carlo
+        error for the worst-resolved group: ``num_samples / (1 + (draws_per_set - 1)
+        * rho)``, where ``rho = sum_k w_k^2`` (averaged over plate elements and sets)
+        is the chance that two draws from one set repeat that group's particle.
+    """
+
+    draws_per_set: int = 1
+    num_sets: int = 0
+    effective_draws: float = 0.0
 
 
 def sample_posterior(
     inference: Inference,
     *args,
     num_samples: int = 1000,
-    draws_per_run: int = 1,
+    draws_per_run: Union[int, str] = "auto",
     sites: Optional[Sequence[str]] = None,
     **kwargs,
-) -> Dict[str, torch.Tensor]:
+) -> JointDraws:
     """Joint posterior draws by importance resampling of particle indices.
 
-    One particle run holds at most K distinct values per site and plate element, so by
-    default every draw comes from a fresh run (``draws_per_run=1``): the draws are then
-    independent, each distributed as sampling-importance-resampling with K particles
-    (close to the posterior once q overlaps it). ``draws_per_run > 1`` reuses a run for
-    several draws, which is faster but repeats values: fine for plots, not for tests of
-    the distribution.
+    Each draw comes from a set of K particles per group, resampled jointly (each
+    distributed as sampling-importance-resampling with K particles: close to the
+    posterior once q overlaps it). Fresh sets are independent; they are drawn many at a
+    time, as one vectorised model run inside an extra plate (one tensor dim left of the
+    particle dims; see :meth:`~pyro_qem.model.ModelStructure.with_particle_sets`), as
+    many as keep that run's largest factor below ``SETS_ENTRIES`` entries. A model
+    that cannot run with that extra batch dim falls back to one run per set, with a
+    warning.
+
+    Several draws from one set cost only a backward pass each but can repeat a
+    particle: with ``draws_per_run="auto"`` (default) each set gives as many draws as
+    keep the effective number of independent draws at 80% of ``num_samples`` or more
+    (from the particle weights of the first set: one draw per set when they are
+    degenerate). The result reports what it got (:class:`JointDraws`). Pass
+    ``draws_per_run=1`` for strictly independent draws.
 
     Example::
 
         draws = sample_posterior(inference, y, num_samples=500)
-        Predictive(model, posterior_samples=draws)(None)
+        draws.effective_draws            # independent-draw equivalent
+        Predictive(model, posterior_samples=dict(draws))(None)
 
     :param inference: the :class:`~pyro_qem.infer.Inference` that fitted the guide.
     :param args: the model's arguments (all plate elements: no subsampling).
     :param num_samples: the number of joint draws.
-    :param draws_per_run: draws taken from each particle run.
+    :param draws_per_run: draws taken from each particle set, or ``"auto"``.
     :param sites: latent site names (default: all).
     :param kwargs: the model's keyword arguments.
-    :returns: ``{site: tensor (num_samples,) + batch_shape + event_shape}``.
+    :returns: ``{site: tensor (num_samples,) + batch_shape + event_shape}``, a
+        :class:`JointDraws`.
     """
-    for name, value in (("num_samples", num_samples), ("draws_per_run", draws_per_run)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    chunks: List[Dict[str, torch.Tensor]] = []
-    for _ in range(math.ceil(num_samples / draws_per_run)):
-        run = weighted_run(inference, args, kwargs, "sample_posterior", weights=False)
-        chunks.append(resample_run(run, draws_per_run, sites))
-    return {name: torch.cat([c[name] for c in chunks])[:num_samples] for name in chunks[0]}
+    _check_count("num_samples", num_samples)
+    if draws_per_run != "auto":
+        _check_count("draws_per_run", draws_per_run)
+    first = weighted_run(inference, args, kwargs, "sample_posterior", weights=True)
+    rho = _repeat_chance(first)
+    per_set = draws_per_run if draws_per_run != "auto" else 1 + int(REPEAT_COST / rho)
+    per_set = min(per_set, num_samples)
+    num_sets = math.ceil(num_samples / per_set)
+    chunks = [resample_run(first, per_set, sites)]
+    for run in particle_sets(inference, args, kwargs, num_sets - 1, "sample_posterior", first):
+        chunks.append(resample_run(run, per_set, sites))
+    draws = JointDraws({name: torch.cat([c[name] for c in chunks])[:num_samples]
+                        for name in chunks[0]})
+    draws.draws_per_set, draws.num_sets = per_set, num_sets
+    draws.effective_draws = num_samples / (1 + (per_set - 1) * rho)
+    return draws
+
+
+def _check_count(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+
+def _repeat_chance(run: WeightedRun) -> float:
+    """The largest over groups of the mean chance that two draws from one set pick
+    the same particle of the group (``sum_k w_k^2`` per plate element)."""
+    chances = [(w ** 2).sum(s.particle_dim).mean().item()
+               for s, w in ((s, run.weights[s.group]) for s in run.sources)]
+    return max(chances, default=1.0)
+
+
+def particle_sets(inference: Inference, args: tuple, kwargs: dict, num_sets: int, what: str,
+                  first: WeightedRun) -> Iterator[WeightedRun]:
+    """Weighted runs (without marginal weights) that hold ``num_sets`` independent
+    particle sets in all, several per vectorised run (see :func:`sample_posterior`).
+
+    :param first: a run of one set, whose factor sizes set the number per run.
+    """
+    largest = max(f.tensor.numel() for f in first.factors)
+    per_run, done = max(1, int(SETS_ENTRIES // max(largest, 1))), 0
+    while done < num_sets:
+        size = min(per_run, num_sets - done)
+        try:
+            run = weighted_run(inference, args, kwargs, what, weights=False, num_sets=size)
+        except MemoryBudgetError:
+            raise
+        except Exception as error:
+            if size == 1:
+                raise
+            warnings.warn(
+                f"{what}: the model failed when run for {size} particle sets at once in an "
+                f"extra batch dim ({type(error).__name__}: {error}); drawing one set per "
+                "model run instead (slower). Models that broadcast over dims left of "
+                "their plates (as they must over the particle dims) avoid this.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            per_run = 1
+            continue
+        done += size
+        yield run
 
 
 def resample_run(run: WeightedRun, num_draws: int, sites: Optional[Sequence[str]] = None
                  ) -> Dict[str, torch.Tensor]:
-    """``num_draws`` joint draws from one weighted particle run (see
-    :func:`sample_posterior`): ``{site: (num_draws,) + batch_shape + event_shape}``."""
+    """``num_draws`` joint draws from each particle set of one weighted run (see
+    :func:`sample_posterior`): ``{site: (num_draws * sets,) + batch_shape +
+    event_shape}``."""
     names = select_sites(run.structure, sites)
     draws: Dict[str, List[torch.Tensor]] = {name: [] for name in names}
     for indices in _index_draws(run, num_draws):
         for name in names:
             group = run.structure.group_of(name)
             draws[name].append(_gather(run, name, indices[group.index]))
-    return {name: torch.stack(values) for name, values in draws.items()}
+    sets = run.structure.plates.get(PARTICLE_SETS)
+    if sets is None:
+        return {name: torch.stack(values) for name, values in draws.items()}
+    return {name: torch.cat(values) for name, values in draws.items()}
 
 
 def _index_draws(run: WeightedRun, num_draws: int):
@@ -157,29 +256,32 @@ def _conditioned(factor: LogFactor, drawn: Dict[int, Tuple[torch.Tensor, str]], 
     group_of_symbol = {sym: g for g, sym in symbols.group.items()}
     tensor, dims = factor.tensor, factor.dims
     for symbol in [d for d in factor.dims if d in group_of_symbol and group_of_symbol[d] in drawn]:
-        index, index_dims = drawn[group_of_symbol[symbol]]
-        index = _rows_view(index, index_dims, dims, child, links)
+        index, index_dims = _rows_view(*drawn[group_of_symbol[symbol]], dims, child, links)
         position = dims.index(symbol)
         shape = list(tensor.shape)
         shape[position] = 1
-        aligned = _align(index, index_dims if set(index_dims) <= set(dims) else child, dims, symbol)
+        aligned = _align(index, index_dims, dims, symbol)
         tensor = tensor.gather(position, aligned.expand(shape)).squeeze(position)
         dims = dims.replace(symbol, "")
     return LogFactor(factor.name, tensor, dims, factor.ordinal)
 
 
-def _rows_view(index: torch.Tensor, index_dims: str, dims: str, child: str, links) -> torch.Tensor:
+def _rows_view(index: torch.Tensor, index_dims: str, dims: str, child: str, links
+               ) -> Tuple[torch.Tensor, str]:
     """The drawn index of a group, per element of the factor's plates: a group inside a
-    plate the rows nest in is read through the links' indexes."""
+    plate the rows nest in is read through the links' indexes (its plate's dim becomes
+    the rows' dim)."""
     outside = [d for d in index_dims if d not in dims]
     if not outside:
-        return index
-    if len(index_dims) != 1:
+        return index, index_dims
+    if len(outside) != 1:
         raise NotImplementedError(
             "sample_posterior: a group in several plates read through an index is not "
             "supported; use posterior_moments, or sample_guide for independent draws."
         )
-    return index[row_index(child, index_dims, links).to(index.device)]
+    position = index_dims.index(outside[0])
+    rows = row_index(child, outside[0], links).to(index.device)
+    return index.index_select(position, rows), index_dims.replace(outside[0], child)
 
 
 def _align(index: torch.Tensor, index_dims: str, dims: str, skip: str) -> torch.Tensor:
@@ -196,22 +298,31 @@ def _index_layout(run: WeightedRun, group_index: int, index: torch.Tensor, dims:
     plate_dims = [run.structure.plates[run.symbols.plate_names[d]].dim for d in dims]
     order = sorted(range(len(dims)), key=lambda i: plate_dims[i])
     index = index.permute(order)
-    shape = [1] * -group.dim
+    shape = [1] * max([-group.dim] + [-d for d in plate_dims])
     for position, i in enumerate(order):
         shape[len(shape) + plate_dims[i]] = index.shape[position]
     return index.reshape(shape)
 
 
 def _gather(run: WeightedRun, name: str, index: torch.Tensor) -> torch.Tensor:
+    """The site's drawn values: ``batch_shape + event_shape``, after a leading dim of
+    the particle sets when the run has them."""
     site = run.structure.sites[name]
+    event_ndim = len(site.event_shape)
     value = run.records[name].value.detach()
-    event_ndim = value.dim() - index.dim()
-    index = index.reshape(index.shape + (1,) * event_ndim)
+    ndim = max(index.dim() + event_ndim, value.dim())
+    index = index.reshape((1,) * (ndim - event_ndim - index.dim()) + index.shape + (1,) * event_ndim)
+    value = value.reshape((1,) * (ndim - value.dim()) + value.shape)
     # Broadcast by hand: torch.broadcast_shapes imports sympy on its first call (~1 s).
-    shape = tuple(max(a, b) for a, b in zip(index.shape[1:], value.shape[1:]))
-    value = value.expand(value.shape[:1] + shape)
-    picked = value.gather(0, index.expand((1,) + shape))
-    return picked.reshape(site.batch_shape + site.event_shape)
+    shape = [max(a, b) for a, b in zip(index.shape, value.shape)]
+    particle_dim = run.structure.group_of(name).dim - event_ndim
+    shape[particle_dim] = value.shape[particle_dim]
+    value = value.expand(shape)
+    shape[particle_dim] = 1
+    picked = value.gather(particle_dim, index.expand(shape))
+    sets = run.structure.plates.get(PARTICLE_SETS)
+    leading = (sets.size,) if sets is not None else ()
+    return picked.reshape(leading + site.batch_shape + site.event_shape)
 
 
 @torch.no_grad()

@@ -23,15 +23,17 @@ def check_inference(inference) -> None:
 
 
 def weighted_run(inference: Inference, args: tuple, kwargs: dict, what: str,
-                 weights: bool = True) -> WeightedRun:
+                 weights: bool = True, num_sets: int = 1) -> WeightedRun:
     """Run the model once with K particles per group and weigh the particles.
 
     :param what: the output being computed, for error messages.
     :param weights: compute the marginal weights (a backward pass); resampling does
         not need them.
+    :param num_sets: independent particle sets in the one vectorised run (a plate of
+        its own, :meth:`~pyro_qem.model.ModelStructure.with_particle_sets`).
     """
     check_inference(inference)
-    run = inference.run_particles(*args, **kwargs)
+    run = inference._run(args, kwargs, num_sets=num_sets)
     _check_full_plates(run.sites, what)
     return weigh(run, weights=weights)
 
