@@ -33,6 +33,7 @@ import dataclasses
 import datetime
 import math
 import os
+import warnings
 import zlib
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -50,6 +51,11 @@ try:  # torch builds without distributed support exist (some macOS wheels)
     import torch.distributed as dist
 except ImportError:  # pragma: no cover
     dist = None
+
+
+# Marks the exchange that starts an output run, so that processes running different
+# outputs (or an output against a step) fail at once instead of mixing messages.
+_OUTPUT_TAG = 0x514D
 
 
 class DistributedError(RuntimeError):
@@ -246,6 +252,43 @@ class Sharding:
             return value
         return self.group.broadcast(value, f"the particles of site '{site.name}'")
 
+    def start_output_run(self, num_sets: int) -> None:
+        """Check that every process starts the same output run (with the same number
+        of particle sets); warn once if the shards differ in size, as joint draws then
+        use up each process's random stream differently."""
+        previous, self.group.what = self.group.what, "an output"
+        try:
+            headers = self.group.all_gather(torch.tensor([_OUTPUT_TAG, num_sets]), "the start of an output run")
+        finally:
+            self.group.what = previous
+        if any(int(h[0]) != _OUTPUT_TAG for h in headers):
+            raise DistributedError(
+                "Distributed QEM: the processes are not running the same output (or one runs "
+                "an output while another steps). Call each output on every process, in the "
+                "same order, with the same arguments apart from the rows."
+            )
+        sets = [int(h[1]) for h in headers]
+        if len(set(sets)) > 1:
+            per_rank = ", ".join(f"rank {r}: {n}" for r, n in enumerate(sets))
+            raise DistributedError(
+                f"Distributed QEM: an output asked for different numbers of particle sets per "
+                f"run on different processes ({per_rank}). sample_posterior sizes its sets "
+                "from each process's factors and weights: give every process a shard of "
+                "the same size (e.g. rows = torch.arange(rank, N, world_size) with N a "
+                "multiple of world_size) and pass draws_per_run=1."
+            )
+        if not getattr(self, "_warned_unequal", False) and len({s.numel() for s in self.shards}) > 1:
+            self._warned_unequal = True
+            warnings.warn(
+                f"The shards of pyro.plate('{self.plate}') differ in size "
+                f"({sorted({s.numel() for s in self.shards})}): moments are exact and the "
+                "same on every process, but joint draws (sample_posterior) may give the "
+                "processes different draws of the global sites after the first draw of a "
+                "particle set. Use shards of equal size for joint draws.",
+                UserWarning,
+                stacklevel=4,
+            )
+
     def synchronise_random_stream(self) -> None:
         """Reseed torch's random stream on every process from rank ``src``'s, so that
         what is sampled next from identical inputs is identical (the global sites'
@@ -351,6 +394,16 @@ def setup_sharding(group: ProcessGroup, guide: QEMGuide, run_probe: Callable[[],
             "outside the shard declared with ProcessGroup(shard=...); minibatches must be "
             "drawn from each process's own shard."
         )
+    if len({int(h[3]) for h in headers}) > 1:
+        # Every process got here, so an object exchange cannot hang: name the sites.
+        described = [None] * group.world_size
+        dist.all_gather_object(described, _describe(structure, plate), group=group.group)
+        per_rank = "; ".join(f"rank {r}: {d}" for r, d in enumerate(described))
+        raise DistributedError(
+            f"Distributed QEM set-up (rank {group.rank}): the processes run different "
+            f"models ({per_rank}). Every process must run the same model; only the rows "
+            f"of pyro.plate('{plate}') differ."
+        )
     _check_agreement(headers, plate, group.rank)
     sizes = [int(h[2]) for h in headers]
     shards = group.all_gather_rows(shard, sizes, f"the shards of pyro.plate('{plate}')")
@@ -361,19 +414,24 @@ def setup_sharding(group: ProcessGroup, guide: QEMGuide, run_probe: Callable[[],
     return sharding
 
 
-def _signature(structure: ModelStructure, plate: str) -> int:
-    """A 31-bit fingerprint of what must match across processes: the latent sites, their
-    groups, and the shapes of those outside the sharded plate."""
+def _describe(structure: ModelStructure, plate: str) -> str:
+    """What must match across processes: the latent sites, their groups, and the shapes
+    of those outside the sharded plate; and the plates' sizes."""
     parts = []
     for name, site in sorted(structure.sites.items()):
         shape = "local" if plate in site.plates else tuple(site.batch_shape) + tuple(site.event_shape)
-        parts.append(f"{name}:{structure.group_of(name).index}:{shape}:{site.dtype}")
-    parts += [f"{name}={info.size}" for name, info in sorted(structure.plates.items())]
-    return zlib.crc32("|".join(parts).encode()) & 0x7FFFFFFF
+        parts.append(f"{name} (group {structure.group_of(name).index}, {shape}, {site.dtype})")
+    parts += [f"plate {name} of {info.size}" for name, info in sorted(structure.plates.items())]
+    return ", ".join(parts)
+
+
+def _signature(structure: ModelStructure, plate: str) -> int:
+    """A 31-bit fingerprint of :func:`_describe`."""
+    return zlib.crc32(_describe(structure, plate).encode()) & 0x7FFFFFFF
 
 
 def _check_agreement(headers: Sequence[torch.Tensor], plate: str, rank: int) -> None:
-    names = ("K", f"the size of pyro.plate('{plate}')", None, "the model's latent sites")
+    names = ("K", f"the size of pyro.plate('{plate}')")
     for column, what in enumerate(names):
         if what is None:
             continue

@@ -171,6 +171,8 @@ class Inference:
 
     def _run(self, args: tuple, kwargs: dict, inflation: Optional[Dict[str, float]] = None,
              num_sets: int = 1) -> ParticleRun:
+        if self.sharding is not None:
+            self.sharding.start_output_run(num_sets)
         run = self._particle_run(args, kwargs, inflation, num_sets)
         if self.sharding is not None:
             # Outputs: a run over shards that cover the plate is a full-data run, and

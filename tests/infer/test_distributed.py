@@ -11,6 +11,7 @@ import os
 import socket
 import time
 import traceback
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -343,6 +344,15 @@ def _bad_inputs(rank, world, out):
 
     inference = Inference(whole, AutoQEM(whole), K=K, process_group=ProcessGroup(timeout=30))
     messages["unsharded"] = _error_of(lambda: inference.step(y))
+    # Unequal shards: joint draws warn (or refuse clearly), never hang.
+    rows = [torch.arange(0, 6), torch.arange(6, 9), torch.arange(9, 12)][rank]
+    inference = Inference(plain_model, AutoQEM(plain_model, prefix="unequal"), K=K,
+                          process_group=ProcessGroup(timeout=30))
+    inference.step(y[rows], rows)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        messages["unequal"] = _error_of(lambda: sample_posterior(inference, y[rows], rows, num_samples=20))
+    messages["unequal_warning"] = " ".join(str(w.message) for w in caught)
     return {"messages": messages, "exactness": _exactness(rank, world, out),
             "minibatch": _minibatch(rank, world, out)}
 
@@ -370,9 +380,12 @@ def test_three_processes_exact_and_bad_inputs_fail_clearly(tmp_path):
         assert "overlap" in messages["overlap"] and "pyro.plate('data')" in messages["overlap"]
         assert "row 1 is held by rank 1 and rank 2" in messages["overlap"]
         assert "miss 1 rows" in messages["missing"] and "torch.arange(rank, N, world_size)" in messages["missing"]
+        assert "differ in size ([3, 6])" in messages["unequal_warning"]
+        assert messages["unequal"] is None or "different numbers of particle sets" in messages["unequal"]
         assert "rank(s) [2] subsampled rows of pyro.plate('data') outside the shard" in messages["outside"]
         assert messages["K"].startswith("DistributedError") and "rank 0: 4, rank 1: 3" in messages["K"]
-        assert messages["model"].startswith("DistributedError") and "disagree" in messages["model"]
+        assert messages["model"].startswith("DistributedError") and "different models" in messages["model"]
+        assert "rank 0: a (group 1, (4,)" in messages["model"] and "s (group 1" in messages["model"]
         assert messages["unsharded"].startswith("ValueError") and "no pyro.plate" in messages["unsharded"]
         assert "subsample=rows" in messages["unsharded"]
     # Minibatches inside the shards: the plate's scale is N over every process's rows
