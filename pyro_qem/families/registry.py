@@ -102,7 +102,8 @@ def default_family(
 ) -> Family:
     """The family a site gets when the user does not choose one, from its support.
 
-    real -> Normal (per coordinate for vectors and matrices); positive or nonnegative ->
+    real -> Normal (per coordinate for vectors and matrices), or MultivariateNormal for
+    a MultivariateNormal prior; positive or nonnegative ->
     Gamma; unit interval -> Beta; another interval with fixed bounds -> ScaledBeta;
     simplex -> Dirichlet; boolean -> Bernoulli; ``integer_interval(0, C - 1)`` ->
     Categorical, or Binomial when the prior is one; nonnegative integer -> Poisson;

@@ -111,7 +111,7 @@ def sample_posterior(
     first = weighted_run(inference, args, kwargs, "sample_posterior", weights=True)
     rho = _repeat_chance(first)
     per_set = draws_per_run if draws_per_run != "auto" else 1 + int(REPEAT_COST / rho)
-    per_set = min(per_set, num_samples)
+    per_set = _agreed(inference, min(per_set, num_samples))
     num_sets = math.ceil(num_samples / per_set)
     chunks = [resample_run(first, per_set, sites)]
     for run in particle_sets(inference, args, kwargs, num_sets - 1, "sample_posterior", first):
@@ -136,6 +136,15 @@ def _repeat_chance(run: WeightedRun) -> float:
     return max(chances, default=1.0)
 
 
+def _agreed(inference: Inference, count: int) -> int:
+    """``count`` as the first process decides it in a distributed fit (each process
+    sizes it from its own rows; they must run the same sets), else ``count``."""
+    group = inference.process_group
+    if group is None:
+        return count
+    return int(group.broadcast(torch.tensor([count]), "the draws' set sizes")[0])
+
+
 def particle_sets(inference: Inference, args: tuple, kwargs: dict, num_sets: int, what: str,
                   first: WeightedRun) -> Iterator[WeightedRun]:
     """Weighted runs (without marginal weights) that hold ``num_sets`` independent
@@ -144,7 +153,7 @@ def particle_sets(inference: Inference, args: tuple, kwargs: dict, num_sets: int
     :param first: a run of one set, whose factor sizes set the number per run.
     """
     largest = max(f.tensor.numel() for f in first.factors)
-    per_run, done = max(1, int(SETS_ENTRIES // max(largest, 1))), 0
+    per_run, done = _agreed(inference, max(1, int(SETS_ENTRIES // max(largest, 1)))), 0
     while done < num_sets:
         size = min(per_run, num_sets - done)
         try:
