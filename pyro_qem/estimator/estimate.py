@@ -51,13 +51,13 @@ class Estimate:
     :ivar plate_scales: ``N / B`` per subsampled plate symbol (over all processes for a
         sharded plate; a sharded plate that the processes cover is not listed).
     :ivar log_p_hat: the scalar ``log P_hat`` (differentiable in the sources and in
-        whatever the factors depend on).
+        whatever the factors depend on); None for ``estimate(..., contract=False)``.
     """
 
     factors: List[LogFactor]
     sources: List[Source]
     plate_scales: Dict[str, float]
-    log_p_hat: torch.Tensor
+    log_p_hat: Optional[torch.Tensor]
     links: Dict[str, PlateLink] = field(default_factory=dict)
 
     def weights(self, source_grads: Sequence[torch.Tensor] = None) -> Dict[int, torch.Tensor]:
@@ -71,7 +71,8 @@ class Estimate:
 
 def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_particles: int,
              with_sources: bool = True, links: Optional[Mapping[str, torch.Tensor]] = None,
-             plate_reducers: Optional[Mapping[str, PlateReduction]] = None) -> Estimate:
+             plate_reducers: Optional[Mapping[str, PlateReduction]] = None,
+             contract: bool = True) -> Estimate:
     """Contract one recorded particle run to ``log P_hat``.
 
     :param records: every sample site of the run, latent sites with their
@@ -86,6 +87,8 @@ def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_parti
         elements are split across processes: every plate-reduced term of the plate is
         completed by its reducer, so ``log P_hat`` (and the weights of the groups outside
         the plate) are those of all elements together.
+    :param contract: False: only the factors and source terms, no ``log P_hat`` (None),
+        for joint resampling, which contracts them itself.
     :raises FloatingPointError: when ``log P_hat`` is not finite.
     """
     symbols = structure.symbols
@@ -100,6 +103,8 @@ def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_parti
         if reduction.scale != 1.0:
             scales[symbol] = reduction.scale
     plate_links = plate_links_of(records, structure, links or {})
+    if not contract:
+        return Estimate(factors, sources, scales, None, plate_links)
     terms = factors + [s.factor for s in sources]
     if plate_links:
         terms, reduced = fold_links(terms, plate_links, local_dims(structure), scales,

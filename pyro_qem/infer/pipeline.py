@@ -144,6 +144,8 @@ class WeightedRun:
 
     @property
     def log_p_hat(self) -> float:
+        if self.estimate.log_p_hat is None:
+            raise RuntimeError("This run was weighed with contract=False: it has no log P_hat.")
         return self.estimate.log_p_hat.item()
 
     @property
@@ -164,19 +166,24 @@ class WeightedRun:
         return self.run.structure.symbols
 
 
-def weigh(run: ParticleRun, weights: bool = True) -> WeightedRun:
+def weigh(run: ParticleRun, weights: bool = True, contract: bool = True) -> WeightedRun:
     """Contract a particle run and, if ``weights``, read each group's particle weights
     off the source terms (one backward pass; it runs even under ``torch.no_grad``).
-    The source terms are there either way: joint resampling walks back to them."""
+    The source terms are there either way: joint resampling walks back to them.
+    ``contract=False`` (without ``weights``) leaves ``log P_hat`` uncomputed, for joint
+    resampling, which contracts the factors itself; a distributed run is contracted
+    anyway, as resampling needs what the other processes add to each plate."""
     complements: List[LogFactor] = []
     plates = frozenset(run.structure.symbols.plate.values())
     reducers = {name: dataclasses.replace(r, reduce=_recording(r.reduce, complements, plates))
                 for name, r in run.plate_reducers.items()}
     with torch.enable_grad():
         result = estimate(run.sites, run.structure, run.num_particles, links=run.links,
-                          plate_reducers=reducers)
+                          plate_reducers=reducers,
+                          contract=contract or weights or bool(reducers))
         marginals = result.weights() if weights else None
-    result.log_p_hat = result.log_p_hat.detach()
+    if result.log_p_hat is not None:
+        result.log_p_hat = result.log_p_hat.detach()
     return WeightedRun(run, result, marginals, complements)
 
 

@@ -157,7 +157,8 @@ def particle_sets(inference: Inference, args: tuple, kwargs: dict, num_sets: int
     while done < num_sets:
         size = min(per_run, num_sets - done)
         try:
-            run = weighted_run(inference, args, kwargs, what, weights=False, num_sets=size)
+            run = weighted_run(inference, args, kwargs, what, weights=False, num_sets=size,
+                               contract=False)
         except MemoryBudgetError:
             raise
         except Exception as error:

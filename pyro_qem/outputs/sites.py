@@ -23,7 +23,7 @@ def check_inference(inference) -> None:
 
 
 def weighted_run(inference: Inference, args: tuple, kwargs: dict, what: str,
-                 weights: bool = True, num_sets: int = 1) -> WeightedRun:
+                 weights: bool = True, num_sets: int = 1, contract: bool = True) -> WeightedRun:
     """Run the model once with K particles per group and weigh the particles.
 
     :param what: the output being computed, for error messages.
@@ -31,11 +31,12 @@ def weighted_run(inference: Inference, args: tuple, kwargs: dict, what: str,
         not need them.
     :param num_sets: independent particle sets in the one vectorised run (a plate of
         its own, :meth:`~pyro_qem.model.ModelStructure.with_particle_sets`).
+    :param contract: compute ``log P_hat`` (see :func:`~pyro_qem.infer.pipeline.weigh`).
     """
     check_inference(inference)
     run = inference._run(args, kwargs, num_sets=num_sets)
     _check_full_plates(run.sites, what)
-    return weigh(run, weights=weights)
+    return weigh(run, weights=weights, contract=contract)
 
 
 def _check_full_plates(records: Sequence[SiteRecord], what: str) -> None:
