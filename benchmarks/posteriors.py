@@ -27,7 +27,8 @@ timed apart (the issue asks for draws <= 10% of the fit). Pyro SVI with AutoNorm
 AutoMultivariateNormal: Trace_ELBO (TraceEnum_ELBO with the enumerated sites hidden from
 the guide for the mixture), ClippedAdam lr 0.02 decaying to 0.002 over 6000 steps,
 Pyro's default ``init_to_median`` (at a flat prior, which neither it nor
-``init_to_feasible`` can sample, the point the support's bijection maps 0 to), scored on 5000 draws of the guide. A method that raises is reported with its
+``init_to_feasible`` can sample, the point the support's bijection maps 0 to), scored
+on 5000 draws of the guide. A method that raises is reported with its
 error text instead of numbers.
 
 **Metrics**, over every coordinate of every latent site (enumerated sites excluded):
@@ -63,7 +64,6 @@ import math
 import statistics
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -78,7 +78,7 @@ from pyro.poutine.util import site_is_subsample
 from pyro_qem import sample_guide, sample_posterior
 
 from . import county
-from .county import FitResult, errors, guarded, machine, moments_of, noise_floor, to_json
+from .county import _f, FitResult, errors, guarded, machine, moments_of, noise_floor, to_json
 from .models.posteriors import POSTERIORS, HardPosterior, log_joint_numpyro, log_joint_pyro
 from .reference import DEFAULT_RESULTS
 
@@ -120,7 +120,8 @@ def _flat(value: np.ndarray, lead: int) -> np.ndarray:
     return np.asarray(value).reshape(value.shape[:lead] + (-1,))
 
 
-def run_nuts(hp: HardPosterior, settings: Settings, samples: int) -> Tuple[Dict[str, np.ndarray], Dict]:
+def run_nuts(hp: HardPosterior, settings: Settings,
+             samples: int) -> Tuple[Dict[str, np.ndarray], Dict]:
     """NumPyro NUTS on the twin of ``hp``: draws ``{site: (chains, draws, ...)}`` of the
     Pyro model's latent sites, and a record of the run."""
     import jax
@@ -348,14 +349,10 @@ METHODS: Dict[str, Callable[[HardPosterior, Mapping, Settings], FitResult]] = {
 
 # --------------------------------------------------------------------------- report
 
-def _f(value, digits: int = 2) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) \
-        else f"{value:.{digits}f}"
-
-
 def _span(values: Sequence[float], digits: int = 2) -> str:
     lo, hi = min(values), max(values)
-    return _f(lo, digits) if _f(lo, digits) == _f(hi, digits) else f"{_f(lo, digits)}-{_f(hi, digits)}"
+    low, high = _f(lo, digits), _f(hi, digits)
+    return low if low == high else f"{low}-{high}"
 
 
 def meets(e: Mapping, mean: float = TARGET_MEAN, sd: float = TARGET_SD) -> bool:
@@ -404,7 +401,8 @@ def rows(name: str, entry: Mapping) -> List[str]:
         draws = _span([r["draw_s"] for r in runs], 1)
         ratio = [r["extra"]["draws_over_fit"] for r in runs if "draws_over_fit" in r["extra"]]
         ratio_cell = f"{_span([100 * x for x in ratio], 0)}%" if ratio else "-"
-        outputs = (("joint", "joint draws"), ("q", "q")) if label.startswith("QEM") else (("q", ""),)
+        qem_run = label.startswith("QEM")
+        outputs = (("joint", "joint draws"), ("q", "q")) if qem_run else (("q", ""),)
         for key, suffix in outputs:
             scales = [r["extra"].get(f"{key}_scales", {}) for r in runs]
             method = f"{label}: {suffix}" if suffix else label
@@ -440,7 +438,8 @@ def markdown(report: Mapping) -> str:
         f"Timings are noisy: other processes shared the 2 cores during the run.", "",
         f"QEM: AutoQEM defaults, K={s['K']}, lr={s['lr']}, {s['steps']} steps, averaged from "
         f"{s['average_from']}; 'joint draws' = {s['joint_draws']} draws of sample_posterior "
-        f"(timed in 'draws (s)'; SVI: the guide draws), 'q' = {s['q_draws']} draws of the fitted mean-field q. "
+        f"(timed in 'draws (s)'; SVI: the guide draws), 'q' = {s['q_draws']} draws of the "
+        f"fitted mean-field q. "
         f"SVI: ClippedAdam lr {s['svi_lr']} -> {s['svi_final_lr']}, {s['svi_steps']} steps, "
         f"{s['svi_draws']} guide draws. Errors over every coordinate of every latent site: "
         f"worst |mean - NUTS mean| / NUTS sd (site where it occurs) and min-max of sd / NUTS "

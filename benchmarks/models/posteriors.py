@@ -333,7 +333,8 @@ def numpyro_twins() -> Dict[str, Callable]:
             if centred:
                 a = numpyro.sample("a", nd.Normal(mu, sigma_a))
             else:
-                a = numpyro.deterministic("a", mu + sigma_a * numpyro.sample("a_z", nd.Normal(0.0, 1.0)))
+                z = numpyro.sample("a_z", nd.Normal(0.0, 1.0))
+                a = numpyro.deterministic("a", mu + sigma_a * z)
         b = numpyro.sample("b", nd.Normal(0.0, 1.0))
         sigma = numpyro.sample("sigma", nd.HalfNormal(1.0))
         with numpyro.plate("house", len(floor)):
