@@ -11,9 +11,12 @@ row's group effect by an index column::
 :class:`IndexProbe` hands the model each chosen latent's value as an
 :class:`IndexedValue`, a tensor subclass that records every integer-tensor index
 applied to one of the site's plate dims (``value[..., index]``,
-``value.index_select(dim, index)``) with the plates active at that moment, and returns
-plain tensors from every operation, so nothing downstream changes. The estimator then
-knows that each house depends on one county's particles.
+``value.index_select(dim, index)``) with the plates active at that moment. Elementwise
+arithmetic keeps the record (:data:`ELEMENTWISE`: ``mu + sigma * a_raw``, the
+non-centred form, and the deterministic site of Pyro's ``LocScaleReparam``, are still
+one county's value per element); every other operation returns a plain tensor, so
+nothing downstream changes. The estimator then knows that each house depends on one
+county's particles.
 """
 
 from __future__ import annotations
@@ -50,6 +53,23 @@ class IndexUse:
     active: Tuple[ActivePlate, ...]
 
 
+# Operations whose output element i depends only on input element i (after
+# right-aligned broadcasting): a value derived by them from one latent is still that
+# latent's value per plate element. Anything else (reductions, reshapes, flips, matrix
+# products) returns a plain tensor, so an index applied afterwards is not recorded.
+ELEMENTWISE = frozenset(
+    getattr(owner, name)
+    for owner in (torch, torch.Tensor)
+    for name in ("add", "sub", "mul", "div", "true_divide", "neg", "exp", "log", "log1p",
+                 "expm1", "sigmoid", "tanh", "pow", "sqrt", "square", "abs", "clamp",
+                 "where", "softplus", "to", "double", "float", "clone", "contiguous",
+                 "expand", "expand_as", "__add__", "__radd__", "__sub__", "__rsub__",
+                 "__mul__", "__rmul__", "__truediv__", "__rtruediv__", "__neg__", "__pow__",
+                 "__rpow__")
+    if hasattr(owner, name)
+) | {torch.nn.functional.softplus}
+
+
 class IndexedValue(torch.Tensor):
     """A latent's value that records integer-tensor indexing of its plate dims."""
 
@@ -68,7 +88,29 @@ class IndexedValue(torch.Tensor):
             index = kwargs.get("index", args[2] if len(args) > 2 else None)
             _record(args[0], dim - args[0].dim() if dim >= 0 else dim, index)
         with torch._C.DisableTorchFunctionSubclass():
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+        if func in ELEMENTWISE:
+            return _derived(result, args, kwargs)
+        return result
+
+
+def _derived(result, args, kwargs):
+    """``result`` as an :class:`IndexedValue` of the one latent it was computed from
+    elementwise, when its plate dims are still in place; else ``result`` itself."""
+    sources = [a for a in list(args) + list(kwargs.values()) if isinstance(a, IndexedValue)]
+    if not isinstance(result, torch.Tensor) or isinstance(result, IndexedValue) or not sources:
+        return result
+    first = sources[0]
+    if any(s._qem_site != first._qem_site or s._qem_uses is not first._qem_uses
+           or s._qem_plates != first._qem_plates for s in sources[1:]):
+        return result
+    for dim in first._qem_plates:
+        if result.dim() < -dim or result.shape[dim] != first.shape[dim]:
+            return result
+    wrapped = result.as_subclass(IndexedValue)
+    wrapped._qem_site, wrapped._qem_plates = first._qem_site, first._qem_plates
+    wrapped._qem_event_ndim, wrapped._qem_uses = first._qem_event_ndim, first._qem_uses
+    return wrapped
 
 
 def _record_getitem(value: IndexedValue, key) -> None:

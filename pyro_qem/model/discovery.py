@@ -75,7 +75,8 @@ def prototype_traces(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Ca
             probe = IndexProbe()
             traced = poutine.trace(probe(chunker(init(_with_plate_advice(model)))))
             trace = traced.get_trace(*args, **kwargs)
-            runs.append(Prototype(trace, dict(chunker.indices), list(probe.uses)))
+            uses = list(probe.uses) or _uses_without_init(model, chunk, args, kwargs)
+            runs.append(Prototype(trace, dict(chunker.indices), uses))
             done.append(chunk)
             together = _plates_sharing_sites(trace, set(chunker.indices))
             if any(name not in num_chunks for name in chunker.num_chunks) or \
@@ -88,6 +89,24 @@ def prototype_traces(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Ca
                                if tuple(c.get(n, 0) for n in sorted(num_chunks)) not in seen]
         runs[0].dependencies = _dependencies(model, args, kwargs)
     return runs
+
+
+def _uses_without_init(model: Callable, chunk: Dict[str, int], args: tuple, kwargs: dict
+                       ) -> List[IndexUse]:
+    """The index uses of a run with prior draws instead of ``init_loc_fn``'s values.
+
+    Pyro hands a reparameterised site (``poutine.reparam`` with ``LocScaleReparam``)
+    its init value before the reparameterisation, which then computes the latent it
+    samples from that value, not the value from the latent: an index of the site's
+    value is then invisible to the probe. Without init the value comes from the latent.
+    Returns no uses where the model cannot run on prior draws (e.g. a flat prior).
+    """
+    probe = IndexProbe()
+    try:
+        probe(PlateChunkMessenger(dict(chunk))(model))(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - only a second look; the init run stands
+        return []
+    return list(probe.uses)
 
 
 def _plates_sharing_sites(trace: Trace, subsampled) -> List[FrozenSet[str]]:

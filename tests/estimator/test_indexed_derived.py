@@ -1,0 +1,95 @@
+"""Rows that read a value computed elementwise from a group latent (the non-centred
+``a = mu + sigma * a_raw``, written by hand or by Pyro's ``LocScaleReparam``) are folded
+into the group like rows reading the latent itself: log P_hat against brute-force
+enumeration over every combination of particle indices (float64, K = 3)."""
+
+import itertools
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer.reparam import LocScaleReparam
+
+from pyro_qem import AutoQEM, Inference
+from pyro_qem.estimator import estimate
+from pyro_qem.handlers.index_probe import IndexedValue, IndexProbe
+
+K, C = 3, 3
+COUNTY = torch.tensor([0, 0, 1, 2, 1])
+Y = torch.tensor([0.7, -1.3, 0.2, 1.5, 0.9], dtype=torch.float64)
+ONE = torch.tensor(1.0, dtype=torch.float64)
+
+
+def by_hand(y, county):
+    mu = pyro.sample("mu", dist.Normal(0.0 * ONE, 2.0))
+    with pyro.plate("county", C):
+        a_raw = pyro.sample("a_raw", dist.Normal(0.0 * ONE, 1.0))
+    a = mu + 1.0 * a_raw
+    with pyro.plate("house", len(y)):
+        pyro.sample("y", dist.Normal(a[..., county], 0.5), obs=y)
+
+
+def centred(y, county):
+    mu = pyro.sample("mu", dist.Normal(0.0 * ONE, 2.0))
+    with pyro.plate("county", C):
+        a = pyro.sample("a_raw", dist.Normal(mu, ONE))
+    with pyro.plate("house", len(y)):
+        pyro.sample("y", dist.Normal(a[..., county], 0.5), obs=y)
+
+
+reparameterised = pyro.poutine.reparam(centred, config={"a_raw": LocScaleReparam(0.0)})
+
+
+@pytest.mark.parametrize("model, latent", [(by_hand, "a_raw"), (reparameterised, "a_raw_decentered")])
+def test_non_centred_rows_fold_into_their_group_exactly(model, latent):
+    pyro.set_rng_seed(0)
+    inference = Inference(model, AutoQEM(model), K=K)
+    run = inference.run_particles(Y, COUNTY)
+    assert run.structure.links == {"house": "county"}
+    assert run.structure.indexed_sites == {latent}
+    result = estimate(run.sites, run.structure, K, links=run.links)
+    records = run.latent
+    mu = records["mu"].value.detach().reshape(K)
+    raw = records[latent].value.detach().reshape(K, C)
+    lq_mu = records["mu"].draw.log_q.detach().reshape(K)
+    lq_raw = records[latent].draw.log_q.detach().reshape(K, C)
+    terms = []
+    for k_mu, *k in itertools.product(range(K), repeat=1 + C):
+        lw = dist.Normal(0.0 * ONE, 2.0).log_prob(mu[k_mu]) - lq_mu[k_mu] - math.log(K)
+        for c in range(C):
+            lw = lw + dist.Normal(0.0 * ONE, 1.0).log_prob(raw[k[c], c]) - lq_raw[k[c], c] - math.log(K)
+        for n, c in enumerate(COUNTY.tolist()):
+            lw = lw + dist.Normal(mu[k_mu] + raw[k[c], c], 0.5).log_prob(Y[n])
+        terms.append(lw)
+    assert result.log_p_hat.item() == pytest.approx(torch.stack(terms).logsumexp(0).item(), abs=1e-10)
+
+
+def wrapped(value):
+    out = value.as_subclass(IndexedValue)
+    out._qem_site, out._qem_plates, out._qem_event_ndim, out._qem_uses = "a", {-1: "c"}, 0, []
+    return out
+
+
+def test_only_elementwise_operations_keep_the_record():
+    a = wrapped(torch.arange(4.0))
+    assert isinstance(2.0 * a.exp() + 1.0, IndexedValue)
+    assert isinstance(torch.where(a > 1, a, -a), IndexedValue)
+    # Anything that moves or mixes elements is a plain tensor: an index applied to it
+    # says nothing about which element of the plate a row reads.
+    for derived in (a.flip(-1), a.cumsum(-1), a.sum(-1, keepdim=True), a.unsqueeze(-1), a.roll(1)):
+        assert type(derived) is torch.Tensor
+    index = torch.tensor([0, 0, 3])
+    (a * 2.0)[..., index]
+    a.flip(-1)[..., index]
+    assert len(a._qem_uses) == 1 and a._qem_uses[0].index.tolist() == [0, 0, 3]
+
+
+def test_two_latents_mixed_elementwise_are_not_attributed_to_either():
+    with IndexProbe() as probe:
+        with pyro.plate("c", 3):
+            x = pyro.sample("x", dist.Normal(torch.zeros(3), 1.0))
+            z = pyro.sample("z", dist.Normal(torch.zeros(3), 1.0))
+        (x + z)[..., torch.tensor([0, 2])]
+    assert probe.uses == []
