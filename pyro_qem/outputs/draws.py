@@ -349,7 +349,8 @@ def sample_guide(guide: QEMGuide, num_samples: int = 1000, averaged: bool = True
     :param guide: a fitted QEM guide.
     :param num_samples: the number of draws.
     :param averaged: use the running average of the iterates where there is one.
-    :param sites: latent site names (default: all).
+    :param sites: latent site names (default: all that have a q: enumerated sites are
+        summed out exactly and have none).
     :returns: ``{site: tensor (num_samples,) + batch_shape + event_shape}``.
     """
     if not isinstance(guide, QEMGuide):
@@ -357,4 +358,11 @@ def sample_guide(guide: QEMGuide, num_samples: int = 1000, averaged: bool = True
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
     qs = guide.distributions(averaged=averaged)
-    return {name: qs[name].sample((num_samples,)) for name in select_sites(guide.structure, sites)}
+    names = select_sites(guide.structure, sites)
+    enumerated = [n for n in names if n not in qs and guide.structure.sites[n].enumerated]
+    if enumerated and sites is not None:
+        raise ValueError(
+            f"sample_guide: site(s) {enumerated} are enumerated exactly, so the guide has "
+            "no q to draw them from; use sample_posterior for joint draws that include them."
+        )
+    return {name: qs[name].sample((num_samples,)) for name in names if name not in enumerated}

@@ -152,3 +152,16 @@ def test_enumerated_site_draws_follow_its_marginal():
     assert draws["locs"].shape == (400, 2) and draws["c"].shape == (400, 5)
     se = (probs * (1 - probs) / 400).sqrt()
     assert ((draws["c"].double().mean(0) - probs).abs() < 5 * se + 1e-3).all()
+
+
+def test_guide_draws_skip_enumerated_sites_and_refuse_them_by_name():
+    y = torch.tensor([-2.0, -1.5, 0.2, 1.0, 2.5])
+    inference = Inference(mixture, AutoQEM(mixture), K=5)
+    inference.step(y)
+    draws = sample_guide(inference.guide, 7)
+    assert set(draws) == {"locs"} and draws["locs"].shape == (7, 2)
+    with pytest.raises(ValueError, match=r"\['c'\] are enumerated exactly.*sample_posterior"):
+        sample_guide(inference.guide, 7, sites=["c"])
+    # The joint draws of the same sites, enumerated site included, come quickly too.
+    joint = sample_posterior(inference, y, num_samples=50)
+    assert joint["c"].shape == (50, 5) and joint["locs"].shape == (50, 2)
