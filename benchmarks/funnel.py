@@ -3,7 +3,7 @@ slope scale ``sigma_b`` sits in a funnel, at the README's settings (K = 30, lr =
 600 steps, averaging from 300, 2000 joint draws), scored against the cached NUTS
 reference of ``benchmarks.county`` (run ``python -m benchmarks.county`` once first).
 
-    python -m benchmarks.funnel [--seeds 0,1] [--K 30]
+    python -m benchmarks.funnel [--seeds 0,1] [--K 30] [--steps 600] [--num-samples 2000]
 
 The non-centred model is the same Pyro model wrapped in ``poutine.reparam`` with
 ``LocScaleReparam(0.0)`` for ``a`` and ``b``; its rows read the derived ``a`` and ``b``
@@ -58,6 +58,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--K", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--num-samples", type=int, default=2000)
     options = parser.parse_args(argv)
     torch.set_num_threads(1)
     ref, _ = radon_reference(COUNTY_MODELS["slopes"], rebuild=False, run=False)
@@ -67,7 +69,7 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|---|")
     for centred in (True, False):
         for seed in map(int, options.seeds.split(",")):
-            seconds, moments = fit(centred, options.K, seed)
+            seconds, moments = fit(centred, options.K, seed, options.steps, options.num_samples)
             e = errors(moments, ref)
             name = "centred" if centred else "non-centred (LocScaleReparam)"
             print(f"| {name} | {seed} | {seconds:.1f} | {e['worst_mean']:.3f} ({e['worst_site']}) | "

@@ -13,7 +13,7 @@ import pyro.poutine as poutine
 from pyro.poutine.util import site_is_subsample
 from pyro_qem import AutoQEM, Inference
 
-from benchmarks import compare, metrics
+from benchmarks import compare, draw_cost, funnel, metrics, posteriors
 from benchmarks.models import MODELS
 from benchmarks.models.movielens import synthesise
 
@@ -27,6 +27,21 @@ def test_compare_command_runs_on_a_tiny_setting(tmp_path):
     assert all(c["failed"] is None and len(c["pred_ll"]) > 0 for c in curves)
     assert (tmp_path / "table.md").read_text().count("| QEM K=10 lr=0.1 avg>2 |") == 2
     assert (tmp_path / "curves_radon.png").exists()
+
+
+def test_hard_posteriors_command_runs_on_a_tiny_setting(tmp_path):
+    posteriors.main(["--quick", "--posteriors", "flat_reg", "--methods", "qem,qem_recommended",
+                     "--seeds", "0", "--out", str(tmp_path)])
+    report = (tmp_path / "posteriors.md").read_text()
+    assert "| flat_reg | QEM: joint draws |" in report and "QEM recommended" in report
+
+
+def test_draw_cost_and_funnel_commands_run_on_a_tiny_setting(capsys):
+    draw_cost.main(["--steps", "4", "--num-samples", "10"])
+    funnel.main(["--seeds", "0", "--steps", "4", "--num-samples", "10"])
+    out = capsys.readouterr().out
+    assert out.count("| eight schools") == 2 and out.count("| radon varying") == 2
+    assert "| centred | 0 |" in out and "| non-centred (LocScaleReparam) | 0 |" in out
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
