@@ -94,7 +94,9 @@ def correlated_slopes_noncentred(floor, county, y=None, num_counties: int = NUM_
     mu_ab, scale_tril, sigma = _correlated_globals(floor)
     with pyro.plate("county", num_counties):
         z = pyro.sample("ab_z", dist.Normal(torch.zeros_like(mu_ab), 1.0).to_event(1))
-        value = mu_ab.unsqueeze(-2) + (scale_tril.unsqueeze(-3) @ z.unsqueeze(-1)).squeeze(-1)
+        # Broadcasting adds the county dim: no unsqueeze on the globals, whose particle
+        # dims (under QEM) sit left of a size-1 slot for it.
+        value = mu_ab + (scale_tril @ z.unsqueeze(-1)).squeeze(-1)
         ab = pyro.deterministic("ab", value, event_dim=1)
     _correlated_likelihood(ab, floor, county, y, sigma)
 

@@ -244,6 +244,7 @@ def pack(record: SiteRecord, factor: torch.Tensor, structure: ModelStructure,
             # An observed site's batch dims outside any plate are independent terms.
             summed.append(pos)
     _check_outside_parents(record, structure)
+    _check_parents_kept(record, factor, dims, summed, structure, symbols)
     if summed:
         factor = factor.sum(summed, keepdim=True)
     if drop or summed:
@@ -279,6 +280,32 @@ def _check_dependency(record: SiteRecord, group, structure: ModelStructure) -> N
             "inside it (tensor variable elimination cannot sum such a graph); move the "
             "site into the plate or restructure the model."
         )
+
+
+def _check_parents_kept(record: SiteRecord, factor: torch.Tensor, dims: List[str],
+                        summed: List[int], structure: ModelStructure, symbols: Symbols) -> None:
+    # Each latent the site's log density depends on (by provenance at set-up) must have
+    # left its particle dim in it. One that did not was reduced away (z.mean() with no
+    # dim), or its particles moved into another group's dim (an unsqueeze on a latent
+    # that already has its plate slot), pairing them one to one: a wrong answer.
+    parents = structure.parents.get(record.name)
+    if not parents:
+        return
+    lost = sorted(p for p in parents
+                  if symbols.group[structure.group_of(p).index] not in dims)
+    if not lost:
+        return
+    raise ValueError(
+        f"Site '{record.name}' depends on {lost} (found when the model was traced at "
+        f"set-up), but its log density has no particle dim of "
+        f"{'that site' if len(lost) == 1 else 'those sites'}: with K particles per latent "
+        "site in dims left of the plates, the model reduced over those dims (e.g. "
+        "z.mean() or z.sum() without dim=) or moved them (e.g. mu.unsqueeze(-2) on a "
+        "latent outside the plate, which already has a size-1 slot for the plate dim, "
+        "so that its particles land in another latent's dim). Reduce only over named "
+        "rightmost dims (z.sum(-1)), and let broadcasting add plate dims: write "
+        "mu + x rather than mu.unsqueeze(-2) + x (the same in a model without particles)."
+    )
 
 
 def _check_outside_parents(record: SiteRecord, structure: ModelStructure) -> None:

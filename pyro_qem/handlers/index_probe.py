@@ -14,8 +14,10 @@ applied to one of the site's plate dims (``value[..., index]``,
 ``value.index_select(dim, index)``) with the plates active at that moment. Elementwise
 arithmetic keeps the record (:data:`ELEMENTWISE`: ``mu + sigma * a_raw``, the
 non-centred form, and the deterministic site of Pyro's ``LocScaleReparam``, are still
-one county's value per element); every other operation returns a plain tensor, so
-nothing downstream changes. The estimator then knows that each house depends on one
+one county's value per element), and so do ``unsqueeze``/``squeeze`` right of the plate
+dims and batched matrix products that keep them in the batch part (the non-centred
+multivariate form ``mu + (L @ z.unsqueeze(-1)).squeeze(-1)``); every other operation
+returns a plain tensor, so nothing downstream changes. The estimator then knows that each house depends on one
 county's particles.
 """
 
@@ -91,7 +93,57 @@ class IndexedValue(torch.Tensor):
             result = func(*args, **kwargs)
         if func in ELEMENTWISE:
             return _derived(result, args, kwargs)
+        if func in _EVENT_RESHAPES and isinstance(args[0], IndexedValue):
+            return _event_reshaped(func, result, args, kwargs)
+        if func in _MATMUL:
+            return _matmul(result, args)
         return result
+
+
+# Operations that add or drop one dim right of every plate dim (the event part of a
+# vector latent, e.g. z.unsqueeze(-1) before a matrix product): plate dims keep their
+# elements and move by one.
+_EVENT_RESHAPES = frozenset({torch.unsqueeze, torch.Tensor.unsqueeze, torch.squeeze,
+                             torch.Tensor.squeeze})
+_MATMUL = frozenset({torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
+                     torch.Tensor.__rmatmul__})
+
+
+def _rewrapped(result: torch.Tensor, source: IndexedValue, shift: int) -> IndexedValue:
+    wrapped = result.as_subclass(IndexedValue)
+    wrapped._qem_site, wrapped._qem_uses = source._qem_site, source._qem_uses
+    wrapped._qem_plates = {dim + shift: plate for dim, plate in source._qem_plates.items()}
+    wrapped._qem_event_ndim = source._qem_event_ndim - shift
+    return wrapped
+
+
+def _event_reshaped(func, result, args, kwargs):
+    """``unsqueeze(dim)`` / ``squeeze(dim)`` right of every plate dim of the source:
+    the plate dims shift by one; anything else gives a plain tensor."""
+    source = args[0]
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    if not isinstance(result, torch.Tensor) or not isinstance(dim, int) or not source._qem_plates:
+        return result
+    rightmost = max(source._qem_plates)
+    if func in (torch.unsqueeze, torch.Tensor.unsqueeze):
+        new_dim = dim if dim < 0 else dim - result.dim()
+        return _rewrapped(result, source, -1) if new_dim > rightmost - 1 else result
+    old_dim = dim if dim < 0 else dim - source.dim()
+    if result.dim() == source.dim() - 1 and old_dim > rightmost:
+        return _rewrapped(result, source, 1)
+    return result
+
+
+def _matmul(result, args):
+    """A batched matrix product whose one latent operand keeps its plate dims in the
+    batch part (left of its last two dims): they stay where they are."""
+    sources = [a for a in args[:2] if isinstance(a, IndexedValue)]
+    if len(sources) != 1 or not isinstance(result, torch.Tensor) or not sources[0]._qem_plates:
+        return result
+    source = sources[0]
+    if source.dim() < 3 or max(source._qem_plates) > -3 or result.dim() < source.dim():
+        return result
+    return _rewrapped(result, source, 0)
 
 
 def _derived(result, args, kwargs):
@@ -107,10 +159,7 @@ def _derived(result, args, kwargs):
     for dim in first._qem_plates:
         if result.dim() < -dim or result.shape[dim] != first.shape[dim]:
             return result
-    wrapped = result.as_subclass(IndexedValue)
-    wrapped._qem_site, wrapped._qem_plates = first._qem_site, first._qem_plates
-    wrapped._qem_event_ndim, wrapped._qem_uses = first._qem_event_ndim, first._qem_uses
-    return wrapped
+    return _rewrapped(result, first, 0)
 
 
 def _record_getitem(value: IndexedValue, key) -> None:

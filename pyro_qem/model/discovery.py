@@ -306,7 +306,9 @@ def discover(
         indexed_sites=indexed,
     )
     outside = _outside_parents(trace, structure, prototype.dependencies)
-    return dataclasses.replace(structure, outside_parents=outside) if outside else structure
+    parents = {name: frozenset(p for p in upstream if p in sites)
+               for name, upstream in (prototype.dependencies or {}).items()}
+    return dataclasses.replace(structure, outside_parents=outside, parents=parents)
 
 
 def _outside_parents(trace: Trace, structure: ModelStructure,

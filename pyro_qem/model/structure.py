@@ -62,6 +62,8 @@ class ModelStructure:
     :ivar indexed_sites: the latent sites read through such an index.
     :ivar outside_parents: for each site whose log density depends on a latent in a
         plate the site is not in (found by provenance at set-up), those latents and plates.
+    :ivar parents: for each site, the latent sites its log density depends on (found by
+        provenance at set-up; empty if the model could not be traced that way).
     :ivar symbols: the einsum symbols of its groups and plates (:class:`Symbols`).
     """
 
@@ -76,6 +78,10 @@ class ModelStructure:
     # dependencies found by provenance tracking at set-up that cross a plate boundary
     # (e.g. x.mean() over a plate and, with it, over the particles).
     outside_parents: Dict[str, Tuple[Tuple[str, Tuple[str, ...]], ...]] = field(default_factory=dict)
+    # site -> the latent sites its log density depends on (provenance at set-up; empty
+    # where the model could not be traced that way): each must leave its particle dim
+    # in the site's log density, or the particles were mixed up.
+    parents: Dict[str, FrozenSet[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         site_to_group = {name: g.index for g in self.groups for name in g.sites}

@@ -78,8 +78,21 @@ def test_only_elementwise_operations_keep_the_record():
     assert isinstance(torch.where(a > 1, a, -a), IndexedValue)
     # Anything that moves or mixes elements is a plain tensor: an index applied to it
     # says nothing about which element of the plate a row reads.
-    for derived in (a.flip(-1), a.cumsum(-1), a.sum(-1, keepdim=True), a.unsqueeze(-1), a.roll(1)):
+    for derived in (a.flip(-1), a.cumsum(-1), a.sum(-1, keepdim=True), a.unsqueeze(0), a.roll(1)):
         assert type(derived) is torch.Tensor
+    # A dim added or dropped right of the plate dim moves it by one; a batched matrix
+    # product keeps it in place.
+    z = wrapped(torch.ones(4, 2))  # a vector latent: plate dim -2, one event dim
+    z._qem_plates, z._qem_event_ndim = {-2: "c"}, 1
+    column = z.unsqueeze(-1)
+    assert isinstance(column, IndexedValue) and column._qem_plates == {-3: "c"}
+    product = torch.eye(2) @ column
+    assert isinstance(product, IndexedValue) and product._qem_plates == {-3: "c"}
+    back = product.squeeze(-1)
+    assert isinstance(back, IndexedValue) and back._qem_plates == {-2: "c"}
+    assert back._qem_event_ndim == 1
+    # The plate dim as a matrix dim: the product mixes plate elements.
+    assert type(torch.ones(3, 4) @ z) is torch.Tensor
     index = torch.tensor([0, 0, 3])
     (a * 2.0)[..., index]
     a.flip(-1)[..., index]
@@ -93,3 +106,65 @@ def test_two_latents_mixed_elementwise_are_not_attributed_to_either():
             z = pyro.sample("z", dist.Normal(torch.zeros(3), 1.0))
         (x + z)[..., torch.tensor([0, 2])]
     assert probe.uses == []
+
+
+L_FIXED = torch.tensor([[1.0, 0.0], [0.5, 0.8]], dtype=torch.float64)
+HOUSE_COUNTY = torch.tensor([0, 1, 1])
+HOUSE_X = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+HOUSE_Y = torch.tensor([0.3, -0.2, 1.1], dtype=torch.float64)
+
+
+def multivariate(y, unsqueeze=False):
+    zero = torch.zeros(2, dtype=torch.float64)
+    mu = pyro.sample("mu", dist.Normal(zero, 1.0).to_event(1))
+    with pyro.plate("county", 2):
+        z = pyro.sample("z", dist.Normal(zero, 1.0).to_event(1))
+        ab = (mu.unsqueeze(-2) if unsqueeze else mu) + (L_FIXED @ z.unsqueeze(-1)).squeeze(-1)
+    with pyro.plate("house", 3):
+        row = ab[..., HOUSE_COUNTY, :]
+        pyro.sample("y", dist.Normal(row[..., 0] + row[..., 1] * HOUSE_X, 1.0), obs=y)
+
+
+def test_non_centred_multivariate_rows_fold_exactly():
+    """ab = mu + L @ z per county (the non-centred form of correlated effects)."""
+    pyro.set_rng_seed(1)
+    K2 = 2
+    inference = Inference(multivariate, AutoQEM(multivariate), K=K2)
+    run = inference.run_particles(HOUSE_Y)
+    assert run.structure.links == {"house": "county"}
+    result = estimate(run.sites, run.structure, K2, links=run.links)
+    records = run.latent
+    mu, z = records["mu"].value.reshape(K2, 2), records["z"].value.reshape(K2, 2, 2)
+    lq_mu, lq_z = records["mu"].draw.log_q.reshape(K2), records["z"].draw.log_q.reshape(K2, 2)
+    prior = dist.Normal(torch.zeros(2, dtype=torch.float64), 1.0).to_event(1)
+    terms = []
+    for k_mu, *k in itertools.product(range(K2), repeat=3):
+        lw = prior.log_prob(mu[k_mu]) - lq_mu[k_mu] - math.log(K2)
+        for c in range(2):
+            lw = lw + prior.log_prob(z[k[c], c]) - lq_z[k[c], c] - math.log(K2)
+        for n, c in enumerate(HOUSE_COUNTY.tolist()):
+            ab = mu[k_mu] + L_FIXED @ z[k[c], c]
+            lw = lw + dist.Normal(ab[0] + ab[1] * HOUSE_X[n], 1.0).log_prob(HOUSE_Y[n])
+        terms.append(lw)
+    assert result.log_p_hat.item() == pytest.approx(torch.stack(terms).logsumexp(0).item(), abs=1e-10)
+
+
+def test_a_latent_whose_particles_were_moved_into_another_dim_is_refused():
+    """mu.unsqueeze(-2) moves mu's particles into z's dim under QEM's layout (mu
+    already has its plate slot): the log density of y then lacks mu's particle dim."""
+    model = lambda y: multivariate(y, unsqueeze=True)  # noqa: E731
+    inference = Inference(model, AutoQEM(model), K=3)
+    with pytest.raises(ValueError, match=r"Site 'y' depends on \['mu'\].*no particle dim.*unsqueeze"):
+        inference.step(HOUSE_Y)
+
+
+def reduced(y):
+    mu = pyro.sample("mu", dist.Normal(torch.zeros(3, dtype=torch.float64), 1.0).to_event(1))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(mu.mean(), 1.0), obs=y)
+
+
+def test_a_reduction_over_the_particle_dims_is_refused():
+    inference = Inference(reduced, AutoQEM(reduced), K=3)
+    with pytest.raises(ValueError, match=r"Site 'y' depends on \['mu'\].*z.mean\(\)"):
+        inference.step(Y)
