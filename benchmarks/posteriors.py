@@ -633,8 +633,9 @@ def library_state() -> str:
 
 def merged(report: Dict, path: Path) -> Dict:
     """``report`` merged into an earlier report at ``path`` made with the same settings:
-    posteriors this run did not redo are kept, and so are the earlier runs of the seeds
-    this run did not redo, so posteriors and seeds can be run a few at a time."""
+    posteriors this run did not redo are kept, and so are the earlier runs of the
+    (seed, method) pairs this run did not redo, so posteriors, methods and seeds can be
+    run a few at a time."""
     if not path.exists():
         return report
     earlier = json.loads(path.read_text())
@@ -643,7 +644,8 @@ def merged(report: Dict, path: Path) -> Dict:
     posteriors = dict(earlier["posteriors"])
     for name, entry in report["posteriors"].items():
         old = posteriors.get(name, {}).get("runs", [])
-        kept = [r for r in old if r["seed"] not in report["seeds"]]
+        redone = {(r["seed"], r["method"]) for r in entry["runs"]}
+        kept = [r for r in old if (r["seed"], r["method"]) not in redone]
         posteriors[name] = {**entry, "runs": sorted(kept + entry["runs"],
                                                     key=lambda r: r["seed"])}
     seeds = sorted(set(earlier.get("seeds", [])) | set(report["seeds"]))
