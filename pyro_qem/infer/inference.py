@@ -242,8 +242,19 @@ class Inference:
         average = self.average_from is not None and count >= self.average_from
         self._moment_update(run, weights, lr, average)
         loss = -result.log_p_hat.item()
-        self._collapse.observe(run.structure, weights, lr, loss, self._unfitted_groups())
+        skip = self._unfitted_groups() | self._minibatched_groups(result.plate_scales)
+        self._collapse.observe(run.structure, weights, lr, loss, skip)
         return loss
+
+    def _minibatched_groups(self, scales: Dict[str, float]) -> set:
+        """Groups outside a subsampled plate: their weights are sharpened by N / B and
+        the loss changes with each minibatch, so the collapse monitor's reading does not
+        apply (their spread comes out too wide, not too narrow; ``SubsampleWarning``)."""
+        if not scales:
+            return set()
+        names = self.guide.structure.symbols.plate_names
+        subsampled = {names[symbol] for symbol in scales}
+        return {g.index for g in self.guide.structure.groups if not subsampled <= g.plates}
 
     def _moment_update(self, run: ParticleRun, weights, lr: float, average: bool) -> None:
         sharding = self.sharding

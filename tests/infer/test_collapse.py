@@ -46,3 +46,25 @@ def test_a_wide_start_shrinking_onto_a_narrow_posterior_does_not_warn():
         warnings.simplefilter("error", QEMCollapseWarning)
         for _ in range(150):
             inference.step(y)
+
+
+def test_minibatch_steps_of_sites_outside_the_subsampled_plate_do_not_warn():
+    """Weights sharpened by N / B and a loss that changes with every minibatch are not a
+    collapse: those sites' spread comes out too wide (SubsampleWarning says so)."""
+    pyro.set_rng_seed(0)
+    x = torch.randn(5000, 4, dtype=torch.float64)
+    y = torch.bernoulli(torch.sigmoid(x @ torch.tensor([1.0, -0.5, 0.3, 0.0], dtype=torch.float64)))
+
+    def logistic(x, y):
+        beta = pyro.sample("beta", pyro.distributions.Normal(
+            torch.zeros(4, dtype=torch.float64), 1.0).to_event(1))
+        with pyro.plate("data", len(y), subsample_size=50) as rows:
+            pyro.sample("y", pyro.distributions.Bernoulli(logits=(x[rows] * beta).sum(-1)),
+                        obs=y[rows])
+
+    inference = Inference(logistic, AutoQEM(logistic), K=10, lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # SubsampleWarning
+        warnings.simplefilter("error", QEMCollapseWarning)
+        for _ in range(200):
+            inference.step(x, y)
