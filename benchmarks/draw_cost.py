@@ -17,30 +17,20 @@ import argparse
 import time
 
 import pyro
-import pyro.distributions as dist
 import torch
 
 from pyro_qem import AutoQEM, Inference, sample_posterior
 
 from .models.county import radon_args, varying_intercepts, varying_slopes
+from .models.posteriors import POSTERIORS
 
-Y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
-SIGMA = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
-
-
-def eight_schools(y):
-    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
-    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
-    with pyro.plate("school", 8):
-        theta = pyro.sample("theta", dist.Normal(mu, tau))
-        pyro.sample("y", dist.Normal(theta, SIGMA), obs=y)
-
+SCHOOLS = POSTERIORS["eight_schools_c"]
 
 CASES = {
-    "eight schools (default groups)": (eight_schools, None, (Y,)),
-    "eight schools (mu, tau grouped)": (eight_schools, [["mu", "tau"]], (Y,)),
-    "radon varying intercepts": (varying_intercepts, None, None),
-    "radon varying slopes": (varying_slopes, None, None),
+    "eight schools (default groups)": (SCHOOLS.model, None, None),
+    "eight schools (mu, tau grouped)": (SCHOOLS.model, [["mu", "tau"]], None),
+    "radon varying intercepts": (varying_intercepts, None, radon_args),
+    "radon varying slopes": (varying_slopes, None, radon_args),
 }
 
 
@@ -72,7 +62,7 @@ def main(argv=None) -> None:
           "draws / fit | draws per set | sets | effective draws |")
     print("|---|---|---|---|---|---|---|")
     for name, (model, groups, args) in CASES.items():
-        args = args if args is not None else radon_args()
+        args = args() if args is not None else SCHOOLS.args()
         fit, draw, draws = measure(model, groups, args, options.steps, options.num_samples, per_run)
         print(f"| {name} | {fit:.2f} | {draw:.2f} | {draw / fit:.2f} | {draws.draws_per_set} | "
               f"{draws.num_sets} | {draws.effective_draws:.0f} |", flush=True)

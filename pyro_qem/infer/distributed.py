@@ -267,15 +267,12 @@ class Sharding:
                 "an output while another steps). Call each output on every process, in the "
                 "same order, with the same arguments apart from the rows."
             )
-        sets = [int(h[1]) for h in headers]
-        if len(set(sets)) > 1:
-            per_rank = ", ".join(f"rank {r}: {n}" for r, n in enumerate(sets))
+        per_rank = _disagreement([int(h[1]) for h in headers])
+        if per_rank:
+            # sample_posterior takes its set sizes from rank 0, so this is a bug.
             raise DistributedError(
                 f"Distributed QEM: an output asked for different numbers of particle sets per "
-                f"run on different processes ({per_rank}). sample_posterior sizes its sets "
-                "from each process's factors and weights: give every process a shard of "
-                "the same size (e.g. rows = torch.arange(rank, N, world_size) with N a "
-                "multiple of world_size) and pass draws_per_run=1."
+                f"run on different processes ({per_rank}). Please report this with the model."
             )
         if not getattr(self, "_warned_unequal", False) and len({s.numel() for s in self.shards}) > 1:
             self._warned_unequal = True
@@ -435,14 +432,20 @@ def _check_agreement(headers: Sequence[torch.Tensor], plate: str, rank: int) -> 
     for column, what in enumerate(names):
         if what is None:
             continue
-        values = [int(h[column]) for h in headers]
-        if len(set(values)) > 1:
-            per_rank = ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
+        per_rank = _disagreement([int(h[column]) for h in headers])
+        if per_rank:
             raise DistributedError(
                 f"Distributed QEM set-up (rank {rank}): the processes disagree on {what} "
                 f"({per_rank}). Every process must run the same model with the same K and "
                 "the same plate sizes; only the rows of the sharded plate differ."
             )
+
+
+def _disagreement(values: Sequence[int]) -> Optional[str]:
+    """``"rank 0: a, rank 1: b, ..."`` when the processes' values differ, else None."""
+    if len(set(values)) <= 1:
+        return None
+    return ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
 
 
 def check_shards(shards: Sequence[torch.Tensor], plate: str, size: int) -> None:
