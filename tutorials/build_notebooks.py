@@ -1477,11 +1477,12 @@ except MemoryBudgetError as error:
     print(f"refused after {time.perf_counter() - start:.2f} s:\\n{error}")
 rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(f"\\npeak resident memory of this process: {rss_before:.0f} MiB before, {rss_after:.0f} MiB after")"""),
-    ("markdown", """The check covers the estimator's factors, not the model's own tensors: by the time it
-runs, the particle run has executed the model once with K particles, so `X[idx] * beta`
-(K x B x P values here) has already been computed, which is why the peak memory above
-grew. For a model whose own intermediate tensors are as large as its factors, choose K
-with that in mind; the budget protects against the several-fold larger contraction.
+    ("markdown", """The first step checks lower bounds of the factors, computed from the model's structure
+(each site's particle groups and plate sizes), before the model runs with K particles: a
+refusal there means neither the factors nor the model's own K-particle tensors
+(`X[idx] * beta`, K x B x P values here) were allocated. After every run a second check
+uses the run's actual shapes. A model whose own intermediate tensors are much larger than
+its factors can still outgrow the budget inside the model: choose K with that in mind.
 
 **Threads.** A step is a swarm of small tensor ops. `num_threads="auto"` (the default)
 runs a step with one torch thread while its largest factor is below 2^20 entries (10^6

@@ -68,6 +68,34 @@ def estimated_peak_bytes(sizes: Sequence[FactorSize]) -> int:
     return sum(s.bytes for s in sizes) + LARGEST_FACTOR_COPIES * max(s.bytes for s in sizes)
 
 
+def least_factor_sizes(structure: ModelStructure, num_particles: int) -> List[FactorSize]:
+    """Lower bounds of every site's log density in a step, from the structure alone,
+    before the model runs: K per particle group the site depends on (its own and its
+    parents' by provenance at set-up; 2 for an enumerated group), times the site's plate
+    sizes (the smallest size an observed site showed at a plate's dim, for minibatches).
+    """
+    run_size = {name: plate.size for name, plate in structure.plates.items()}
+    for batch in structure.observed.values():
+        for name, plate in structure.plates.items():
+            if len(batch) >= -plate.dim and batch[plate.dim] > 1:
+                run_size[name] = min(run_size[name], batch[plate.dim])
+    enumerated = {structure.group_of(n).index for n, s in structure.sites.items() if s.enumerated}
+
+    def particles(names) -> List[int]:
+        groups = {structure.group_of(n).index for n in names if n in structure.sites}
+        return [2 if g in enumerated else num_particles for g in sorted(groups)]
+
+    sizes = []
+    for name, site in structure.sites.items():
+        shape = particles({name} | structure.parents.get(name, frozenset()))
+        shape += [run_size[p] for p in site.plates]
+        sizes.append(FactorSize(name, torch.Size(shape), math.prod(shape) * 8))
+    for name, batch in structure.observed.items():
+        shape = particles(structure.parents.get(name, frozenset())) + list(batch)
+        sizes.append(FactorSize(name, torch.Size(shape), math.prod(shape) * 8))
+    return sizes
+
+
 def check_memory(records: Sequence[SiteRecord], structure: ModelStructure, num_particles: int,
                  budget: float) -> int:
     """Raise :class:`MemoryBudgetError` when weighing this run would exceed ``budget``
@@ -79,9 +107,25 @@ def check_memory(records: Sequence[SiteRecord], structure: ModelStructure, num_p
     peak = estimated_peak_bytes(sizes)
     if peak <= budget:
         return max((s.bytes // 8 for s in sizes), default=0)
+    raise _refusal(sizes, peak, budget, structure, num_particles, "This step would need")
+
+
+def check_memory_before_run(structure: ModelStructure, num_particles: int, budget: float) -> None:
+    """Raise :class:`MemoryBudgetError` before the model runs when even the lower
+    bounds of :func:`least_factor_sizes` exceed ``budget`` (the model's own tensors
+    with K particles, e.g. a K x N x P product, are never allocated then)."""
+    sizes = least_factor_sizes(structure, num_particles)
+    peak = estimated_peak_bytes(sizes)
+    if peak > budget:
+        raise _refusal(sizes, peak, budget, structure, num_particles,
+                       "Before running the model: this step would need at least")
+
+
+def _refusal(sizes: Sequence[FactorSize], peak: int, budget: float, structure: ModelStructure,
+             num_particles: int, opening: str) -> MemoryBudgetError:
     largest = max(sizes, key=lambda s: s.bytes)
-    raise MemoryBudgetError(
-        f"This step would need about {_gb(peak)} (budget {_gb(budget)}): the largest factor, "
+    return MemoryBudgetError(
+        f"{opening} about {_gb(peak)} (budget {_gb(budget)}): the largest factor, "
         f"site '{largest.site}''s log density over the particle dims of the groups it "
         f"depends on, has shape {tuple(largest.shape)} ({_gb(largest.bytes)}) at K = "
         f"{num_particles}. Its size grows as K to the number of particle groups it "

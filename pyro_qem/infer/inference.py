@@ -8,7 +8,7 @@ from typing import Callable, Dict, Optional, Union
 import torch
 
 from ..estimator import estimate
-from ..estimator.memory import check_memory, default_budget
+from ..estimator.memory import check_memory, check_memory_before_run, default_budget
 from ..guides.qem_guide import QEMGuide
 from .collapse import CollapseMonitor
 from .distributed import (
@@ -152,6 +152,7 @@ class Inference:
         self._collapse = CollapseMonitor(K)
         self.num_threads = check_num_threads(num_threads)
         self._largest_factor: Optional[int] = None
+        self._checked_before_run = False
         self._inflation: Dict[str, float] = {}
         self._warned_plates: set = set()
         self.process_group: Optional[ProcessGroup] = as_process_group(process_group)
@@ -188,6 +189,14 @@ class Inference:
             if self.sharding is None:
                 self._setup_sharding(args, kwargs)
             hook = self.sharding.particle_hook
+        if not self._checked_before_run:
+            structure = self.guide.setup(*args, **kwargs)
+            site = next(iter(structure.sites.values()), None)
+            if self._budget is None:
+                self._budget = default_budget(site.device if site is not None else None)
+            # Refuse before the model allocates its own K-particle tensors.
+            check_memory_before_run(structure, self.K, self._budget)
+            self._checked_before_run = True
         run = run_particles(self.model, self.guide, self.K, args, kwargs,
                             reparameterized=self.objective == "vi", inflation=inflation,
                             num_sets=num_sets, particle_hook=hook)
