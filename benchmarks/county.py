@@ -66,11 +66,14 @@ import torch
 import pyro
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
-from pyro_qem import AutoQEM, Inference, sample_guide, sample_posterior
+import pyro_qem.infer
+from pyro_qem import AutoGradientNormal, AutoQEM, Inference, sample_guide, sample_posterior
 from pyro_qem.datasets import make_hierarchical
 from pyro_qem.estimator.memory import factor_sizes
 
 from . import reference
+from .methods import GRADIENT_ENGINE_METHODS
+from .posterior import draw, gradient_normal_posterior
 from .models.county import (COUNTY_MODELS, CountyModel, collapsed_intercepts, group_statistics,
                             intercept_moments, padded_grid, padded_intercepts, radon_args,
                             varying_intercepts)
@@ -101,6 +104,8 @@ class Settings(FitSettings):
     """Everything the run depends on; ``quick`` shrinks every count."""
 
     svi_steps: int = 5000
+    gradient_K: int = 10
+    gradient_steps: int = 2000
     cost_warmup: int = 10
     cost_steps: int = 50
     synthetic: Tuple[int, int] = (1000, 100_000)
@@ -114,6 +119,7 @@ class Settings(FitSettings):
     @classmethod
     def quick(cls) -> "Settings":
         return cls(K=10, steps=20, average_from=10, joint_draws=20, q_draws=500, svi_steps=50,
+                   gradient_steps=10,
                    cost_warmup=1, cost_steps=3, synthetic=(30, 1000), synthetic_steps=20,
                    synthetic_time_K=(10,), synthetic_joint_draws=10, synthetic_svi_steps=50)
 
@@ -287,6 +293,44 @@ def svi_result(model: Callable, args: tuple, ref: Optional[Moments], settings: S
                         losses[-max(2, steps // 5):-max(1, steps // 10)] or tail)}
     if ref is not None:
         result.q = errors(q_moments, ref, sites)
+    return result
+
+
+def gradient_guide_refusal(model: Callable, args: tuple) -> Optional[str]:
+    """Why :class:`pyro_qem.AutoGradientNormal` cannot fit ``model`` (a site whose
+    support's bijection changes its shape, such as an LKJ factor), or None."""
+    pyro.clear_param_store()
+    try:
+        AutoGradientNormal(model).setup(*args)
+    except ValueError as error:
+        return str(error)
+    finally:
+        pyro.clear_param_store()
+    return None
+
+
+def gradient_result(model: Callable, args: tuple, ref: Optional[Moments], settings: Settings,
+                    steps: int, method: str) -> FitResult:
+    """MP-VI or MP-RWS (``pyro_qem.infer``, the paper's gradient baselines on QEM's own
+    estimator) on an AutoGradientNormal guide with Adam, scored on its q like SVI."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(settings.seed)
+    guide = AutoGradientNormal(model)
+    engine = getattr(pyro_qem.infer, GRADIENT_ENGINE_METHODS[method])
+    inference = engine(model, guide, K=settings.gradient_K,
+                       optim=pyro.optim.Adam({"lr": settings.svi_lr}))
+    durations = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        inference.step(*args)
+        durations.append(time.perf_counter() - start)
+    result = FitResult(f"{method} K={settings.gradient_K} Adam lr={settings.svi_lr:g} ({steps} steps)",
+                       fit_s=sum(durations),
+                       ms_per_step=1e3 * statistics.median(durations[1:] or durations))
+    q_moments = moments_of(draw(gradient_normal_posterior(guide), settings.q_draws))
+    result.extra = {"q_moments": q_moments}
+    if ref is not None:
+        result.q = errors(q_moments, ref)
     return result
 
 
@@ -523,6 +567,13 @@ def run_models(settings: Settings, args) -> Dict:
             settings.average_from, settings.joint_draws)))
         entry["results"].append(guarded(f"{name} SVI", lambda: svi_result(
             cm.model, radon, ref, settings, settings.svi_steps)))
+        unsupported = gradient_guide_refusal(cm.model, radon)
+        if unsupported:
+            entry["note"] = (entry.get("note", "") + f"\n\nMP-VI and MP-RWS not run: "
+                             f"{unsupported}").strip()
+        for method in () if unsupported else GRADIENT_ENGINE_METHODS:
+            entry["results"].append(guarded(f"{name} {method}", lambda: gradient_result(
+                cm.model, radon, ref, settings, settings.gradient_steps, method)))
         first = entry["results"][0]
         if first.failed:
             entry["note"] = (entry.get("note", "") + f"QEM failed on this model:\n\n```\n"

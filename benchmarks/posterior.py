@@ -48,15 +48,9 @@ def autonormal_posterior(guide: AutoNormal) -> Posterior:
 
 
 def gradient_normal_posterior(guide) -> Posterior:
-    """The q's of a fitted :class:`pyro_qem.AutoGradientNormal` (MP-VI / MP-RWS), from its
-    documented params ``<prefix>.loc.<site>`` and ``<prefix>.scale.<site>``."""
-    posterior: Posterior = {}
-    with torch.no_grad():
-        for name, site in guide.structure.sites.items():
-            loc, scale = (pyro.param(f"{guide.state.prefix}.{key}.{name}").detach().clone()
-                          for key in ("loc", "scale"))
-            posterior[name] = dist.Normal(loc, scale).to_event(len(site.event_shape))
-    return posterior
+    """The q's of a fitted :class:`pyro_qem.AutoGradientNormal` (MP-VI / MP-RWS): Normals
+    on each site's unconstrained space, pushed onto its support."""
+    return guide.distributions()
 
 
 def moments(posterior: Posterior) -> Dict[str, Dict[str, torch.Tensor]]:

@@ -15,7 +15,7 @@ from pyro.distributions import constraints
 import pyro
 import pyro.distributions as dist
 
-from ..families import Normal
+from ..families import Normal, Unconstrained
 from ..model import Prototype, SiteInfo, gather
 from .initialisation import initial_state
 from .qem_guide import QEMGuide
@@ -32,23 +32,29 @@ class AutoGradientNormal(QEMGuide):
         mpvi = Inference(model, guide, K=10, optim=pyro.optim.Adam({"lr": 0.01}))
         loss = mpvi.step(data)
 
-    Only real-valued sites are supported (like AutoNormal without transforms).
+    A site with a constrained support (a positive scale, an interval) gets its Normal on
+    the unconstrained space, pushed through ``biject_to(support)`` as Pyro's AutoNormal
+    does (``loc`` and ``scale`` are then unconstrained); supports whose bijection changes
+    the shape (simplex, correlation Cholesky factors) are refused with an error.
     """
 
     def get_family(self, site: SiteInfo, prior: dist.Distribution) -> None:
-        if not isinstance(_base(site.support), type(constraints.real)):
+        family = _family(site)
+        if isinstance(family, Unconstrained) and \
+                family.unconstrained_shape(site.event_shape) != site.event_shape:
             raise ValueError(
-                f"AutoGradientNormal supports real-valued sites only; site '{site.name}' has "
-                f"support {site.support}. Use AutoQEM, which picks a family per support."
+                f"AutoGradientNormal: site '{site.name}' has support {site.support}, whose "
+                "bijection from the reals changes its shape; use AutoQEM, which picks a "
+                "family per support."
             )
         return None
 
     def init_gradient_sites(self, prototypes: Sequence[Prototype]) -> None:
         store = pyro.get_param_store()
-        family = Normal()
         for name, site in self.structure.sites.items():
             if self._name("loc", name) in store:
                 continue
+            family = _family(site)
             moments = initial_state(site, family, prototypes, self.init)
             params = family.params_from_moments(moments, site.event_shape)
             for key, constraint in (("loc", constraints.real), ("scale", constraints.softplus_positive)):
@@ -60,7 +66,7 @@ class AutoGradientNormal(QEMGuide):
         loc, scale = (pyro.param(self._name(k, name)) for k in ("loc", "scale"))
         trailing = len(site.event_shape)
         loc, scale = gather(loc, self.selection, trailing), gather(scale, self.selection, trailing)
-        return dist.Normal(loc, scale).to_event(trailing)
+        return _family(site).distribution({"loc": loc, "scale": scale}, site.event_shape)
 
     def distributions(self, averaged: bool = True) -> Dict[str, dist.Distribution]:
         """Site name -> the fitted ``Normal(loc, scale)`` (full plate sizes; there is no
@@ -69,8 +75,9 @@ class AutoGradientNormal(QEMGuide):
             raise RuntimeError("The guide has no distributions before its first step.")
         store = pyro.get_param_store()
         return {
-            name: dist.Normal(store[self._name("loc", name)].detach(),
-                              store[self._name("scale", name)].detach()).to_event(len(site.event_shape))
+            name: _family(site).distribution(
+                {key: store[self._name(key, name)].detach() for key in ("loc", "scale")},
+                site.event_shape)
             for name, site in self.structure.sites.items()
         }
 
@@ -78,7 +85,9 @@ class AutoGradientNormal(QEMGuide):
         return f"{self.state.prefix}.{key}.{site}"
 
 
-def _base(support):
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return support
+def _family(site: SiteInfo):
+    """Normal for a real site, else a Normal on the unconstrained space."""
+    base = site.support
+    while isinstance(base, constraints.independent):
+        base = base.base_constraint
+    return Normal() if isinstance(base, type(constraints.real)) else Unconstrained(site.support)
