@@ -244,7 +244,7 @@ def pack(record: SiteRecord, factor: torch.Tensor, structure: ModelStructure,
             # An observed site's batch dims outside any plate are independent terms.
             summed.append(pos)
     _check_outside_parents(record, structure)
-    _check_parents_kept(record, factor, dims, summed, structure, symbols)
+    _check_parents_kept(record, dims, structure, symbols)
     if summed:
         factor = factor.sum(summed, keepdim=True)
     if drop or summed:
@@ -282,8 +282,8 @@ def _check_dependency(record: SiteRecord, group, structure: ModelStructure) -> N
         )
 
 
-def _check_parents_kept(record: SiteRecord, factor: torch.Tensor, dims: List[str],
-                        summed: List[int], structure: ModelStructure, symbols: Symbols) -> None:
+def _check_parents_kept(record: SiteRecord, dims: List[str], structure: ModelStructure,
+                        symbols: Symbols) -> None:
     # Each latent the site's log density depends on (by provenance at set-up) must have
     # left its particle dim in it. One that did not was reduced away (z.mean() with no
     # dim), or its particles moved into another group's dim (an unsqueeze on a latent

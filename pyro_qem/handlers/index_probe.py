@@ -109,12 +109,19 @@ _MATMUL = frozenset({torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
                      torch.Tensor.__rmatmul__})
 
 
-def _rewrapped(result: torch.Tensor, source: IndexedValue, shift: int) -> IndexedValue:
-    wrapped = result.as_subclass(IndexedValue)
-    wrapped._qem_site, wrapped._qem_uses = source._qem_site, source._qem_uses
-    wrapped._qem_plates = {dim + shift: plate for dim, plate in source._qem_plates.items()}
-    wrapped._qem_event_ndim = source._qem_event_ndim - shift
+def _indexed(value: torch.Tensor, site: str, plates: Dict[int, str], event_ndim: int,
+             uses: List[IndexUse]) -> IndexedValue:
+    wrapped = value.as_subclass(IndexedValue)
+    wrapped._qem_site, wrapped._qem_plates = site, plates
+    wrapped._qem_event_ndim, wrapped._qem_uses = event_ndim, uses
     return wrapped
+
+
+def _rewrapped(result: torch.Tensor, source: IndexedValue, shift: int) -> IndexedValue:
+    """``result``, computed from ``source`` with every plate dim moved by ``shift``."""
+    plates = {dim + shift: plate for dim, plate in source._qem_plates.items()}
+    return _indexed(result, source._qem_site, plates, source._qem_event_ndim - shift,
+                    source._qem_uses)
 
 
 def _event_reshaped(func, result, args, kwargs):
@@ -230,10 +237,7 @@ class IndexProbe(Messenger):
         value = msg["value"]
         if not plates or not isinstance(value, torch.Tensor) or isinstance(value, IndexedValue):
             return
-        wrapped = value.as_subclass(IndexedValue)
-        wrapped._qem_site, wrapped._qem_plates = msg["name"], plates
-        wrapped._qem_event_ndim, wrapped._qem_uses = event_ndim, self.uses
-        msg["value"] = wrapped
+        msg["value"] = _indexed(value, msg["name"], plates, event_ndim, self.uses)
 
 
 def plain(value: torch.Tensor) -> torch.Tensor:

@@ -152,7 +152,6 @@ class Inference:
         self._collapse = CollapseMonitor(K)
         self.num_threads = check_num_threads(num_threads)
         self._largest_factor: Optional[int] = None
-        self._checked_before_run = False
         self._inflation: Dict[str, float] = {}
         self._warned_plates: set = set()
         self.process_group: Optional[ProcessGroup] = as_process_group(process_group)
@@ -189,21 +188,19 @@ class Inference:
             if self.sharding is None:
                 self._setup_sharding(args, kwargs)
             hook = self.sharding.particle_hook
-        if not self._checked_before_run:
+        if self._largest_factor is None:  # no run yet
             structure = self.guide.setup(*args, **kwargs)
-            site = next(iter(structure.sites.values()), None)
             if self._budget is None:
+                site = next(iter(structure.sites.values()), None)
                 self._budget = default_budget(site.device if site is not None else None)
             # Refuse before the model allocates its own K-particle tensors.
             check_memory_before_run(structure, self.K, self._budget)
-            self._checked_before_run = True
         run = run_particles(self.model, self.guide, self.K, args, kwargs,
                             reparameterized=self.objective == "vi", inflation=inflation,
                             num_sets=num_sets, particle_hook=hook)
-        if self._budget is None:
-            site = next(iter(run.structure.sites.values()), None)
-            self._budget = default_budget(site.device if site is not None else None)
-        self._largest_factor = check_memory(run.sites, run.structure, self.K, self._budget)
+        largest = check_memory(run.sites, run.structure, self.K, self._budget)
+        if num_sets == 1:  # the thread choice is for a step's size, not a batch of sets
+            self._largest_factor = largest
         if self.sharding is not None:
             run.plate_reducers = self.sharding.reductions(run.subsamples)
         return run

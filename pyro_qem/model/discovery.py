@@ -75,7 +75,11 @@ def prototype_traces(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Ca
             probe = IndexProbe()
             traced = poutine.trace(probe(chunker(init(_with_plate_advice(model)))))
             trace = traced.get_trace(*args, **kwargs)
-            uses = list(probe.uses) or _uses_without_init(model, chunk, args, kwargs)
+            uses = list(probe.uses)
+            if not uses and not runs and _has_plated_latent(trace):
+                # Only the first run's uses are read (discover); only a plated latent
+                # can be indexed.
+                uses = _uses_without_init(model, chunk, args, kwargs)
             runs.append(Prototype(trace, dict(chunker.indices), uses))
             done.append(chunk)
             together = _plates_sharing_sites(trace, set(chunker.indices))
@@ -89,6 +93,12 @@ def prototype_traces(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Ca
                                if tuple(c.get(n, 0) for n in sorted(num_chunks)) not in seen]
         runs[0].dependencies = _dependencies(model, args, kwargs)
     return runs
+
+
+def _has_plated_latent(trace: Trace) -> bool:
+    return any(node["type"] == "sample" and not node["is_observed"] and not site_is_subsample(node)
+               and any(f.vectorized for f in node["cond_indep_stack"])
+               for node in trace.nodes.values())
 
 
 def _uses_without_init(model: Callable, chunk: Dict[str, int], args: tuple, kwargs: dict

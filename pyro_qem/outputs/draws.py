@@ -31,7 +31,7 @@ from ..estimator.memory import MemoryBudgetError
 from ..guides.qem_guide import QEMGuide
 from ..infer.pipeline import WeightedRun
 from ..model.structure import PARTICLE_SETS
-from .sites import select_sites, weighted_run
+from .sites import check_count, select_sites, weighted_run
 
 from ..infer.inference import Inference
 
@@ -105,9 +105,9 @@ def sample_posterior(
     :returns: ``{site: tensor (num_samples,) + batch_shape + event_shape}``, a
         :class:`JointDraws`.
     """
-    _check_count("num_samples", num_samples)
+    check_count("num_samples", num_samples)
     if draws_per_run != "auto":
-        _check_count("draws_per_run", draws_per_run)
+        check_count("draws_per_run", draws_per_run)
     first = weighted_run(inference, args, kwargs, "sample_posterior", weights=True)
     rho = _repeat_chance(first)
     per_set = draws_per_run if draws_per_run != "auto" else 1 + int(REPEAT_COST / rho)
@@ -121,11 +121,6 @@ def sample_posterior(
     draws.draws_per_set, draws.num_sets = per_set, num_sets
     draws.effective_draws = num_samples / (1 + (per_set - 1) * rho)
     return draws
-
-
-def _check_count(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
 
 
 def _repeat_chance(run: WeightedRun) -> float:
@@ -355,8 +350,7 @@ def sample_guide(guide: QEMGuide, num_samples: int = 1000, averaged: bool = True
     """
     if not isinstance(guide, QEMGuide):
         raise TypeError(f"guide must be a pyro_qem QEM guide, got {type(guide).__name__}.")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
+    check_count("num_samples", num_samples)
     qs = guide.distributions(averaged=averaged)
     names = select_sites(guide.structure, sites)
     enumerated = [n for n in names if n not in qs and guide.structure.sites[n].enumerated]

@@ -15,7 +15,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Union
 import torch
 
 from ..infer.pipeline import WeightedRun
-from .sites import resolve_fn, select_sites, to_site_shape, weighted_run
+from .sites import check_count, resolve_fn, select_sites, to_site_shape, weighted_run
 
 from ..infer.inference import Inference
 
@@ -50,8 +50,7 @@ def moment_runs(
     :returns: ``{site: tensor (num_runs,) + batch_shape + statistic's event shape}``,
         float64.
     """
-    if isinstance(num_runs, bool) or not isinstance(num_runs, int) or num_runs < 1:
-        raise ValueError(f"num_runs must be a positive int, got {num_runs!r}.")
+    check_count("num_runs", num_runs)
     per_run = [_moments_of_run(weighted_run(inference, args, kwargs, "moments"), fn, sites)
                for _ in range(num_runs)]
     return {name: torch.stack([run[name] for run in per_run]) for name in per_run[0]}

@@ -51,6 +51,12 @@ def _check_full_plates(records: Sequence[SiteRecord], what: str) -> None:
                 )
 
 
+def check_count(name: str, value) -> None:
+    """Raise unless ``value`` (the argument ``name``) is a positive int."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+
 def select_sites(structure: ModelStructure, sites: Optional[Sequence[str]]) -> List[str]:
     """The requested latent sites in model order (all of them when ``sites`` is None)."""
     if sites is None:
