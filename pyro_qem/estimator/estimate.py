@@ -72,7 +72,7 @@ class Estimate:
 def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_particles: int,
              with_sources: bool = True, links: Optional[Mapping[str, torch.Tensor]] = None,
              plate_reducers: Optional[Mapping[str, PlateReduction]] = None,
-             contract: bool = True) -> Estimate:
+             contract: bool = True, check: bool = True) -> Estimate:
     """Contract one recorded particle run to ``log P_hat``.
 
     :param records: every sample site of the run, latent sites with their
@@ -89,7 +89,9 @@ def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_parti
         the plate) are those of all elements together.
     :param contract: False: only the factors and source terms, no ``log P_hat`` (None),
         for joint resampling, which contracts them itself.
-    :raises FloatingPointError: when ``log P_hat`` is not finite.
+    :param check: raise when ``log P_hat`` is not finite (a data-dependent test; the
+        compiled step traces without it and checks its output instead).
+    :raises FloatingPointError: when ``log P_hat`` is not finite and ``check``.
     """
     symbols = structure.symbols
     factors = log_factors(records, structure, symbols, num_particles)
@@ -112,7 +114,8 @@ def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_parti
         log_p_hat = log_marginal(terms, reduced, reducers)
     else:
         log_p_hat = log_marginal(terms, scales, reducers)
-    check_finite(log_p_hat, factors)
+    if check:
+        check_finite(log_p_hat, factors)
     return Estimate(factors, sources, scales, log_p_hat, plate_links)
 
 
