@@ -21,6 +21,13 @@ eliminate; Pyro's log einsum exponentiates and takes logs of the whole operand e
 then, a third of a bus step for a 30 x 30 x 900 factor only being transposed), and where
 the whole product is small enough to build (below ``DIRECT_LIMIT`` entries), when one
 broadcast sum and a logsumexp beat the einsum's planning and exp/log round trips.
+
+A plate can also be contracted in chunks of its elements (:class:`Chunking`), when the
+contraction's intermediates inside it would not fit in memory (the choice is
+:func:`pyro_qem.estimator.memory.plan_contraction`'s): its plate-reduced term is a sum over
+its elements, so each chunk's is contracted apart and the chunks' terms add. Each chunk
+is recomputed in the backward pass (:func:`torch.utils.checkpoint.checkpoint`), so the
+autograd graph holds one chunk's intermediates at a time, not all of them.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import torch
 from pyro.ops.contract import contract_to_tensor
 from pyro.ops.rings import LogRing
 from pyro.ops.special import safe_log
+from torch.utils.checkpoint import checkpoint
 
 from ..model.structure import ModelStructure
 from ..handlers import SiteRecord
@@ -152,19 +160,135 @@ def plate_ring(dim_to_size: Dict[str, int], plate_scales: Mapping[str, float],
                               plate_reducers=plate_reducers)
 
 
+@dataclass(frozen=True)
+class Chunking:
+    """Contract plate ``plate`` (its symbol) in ``num_chunks`` chunks of its elements
+    (as equal as the plate's size allows)."""
+
+    plate: str
+    num_chunks: int
+
+
 def log_marginal(factors: Sequence[LogFactor], plate_scales: Mapping[str, float],
-                 plate_reducers: PlateReducers = ()) -> torch.Tensor:
+                 plate_reducers: PlateReducers = (), chunking: Optional[Chunking] = None
+                 ) -> torch.Tensor:
     """``log P_hat``: contract all factors to a scalar.
 
     :param factors: packed factors; plate symbols are those in their ordinals.
     :param plate_scales: ``N / B`` per subsampled plate symbol.
     :param plate_reducers: plate symbol -> the reducer that completes the plate's
         reduced terms across processes (sharded plates only).
+    :param chunking: contract this plate in chunks (see :func:`chunk_obstacle` for
+        the plates that can be); None: the whole contraction at once.
+    :raises ValueError: when ``chunking`` names a plate that cannot be chunked.
     """
+    if chunking is not None and chunking.num_chunks > 1:
+        return _chunked_log_marginal(factors, dict(plate_scales), dict(plate_reducers), chunking)
     tree, dim_to_size, _ = term_tree(factors)
     plates = frozenset().union(*(f.ordinal for f in factors))
     ring = plate_ring(dim_to_size, plate_scales, plate_reducers)
     return contract_to_tensor(tree, set(dim_to_size) - plates, ring=ring)
+
+
+def chunk_obstacle(factors: Sequence[LogFactor], plate: str,
+                   plate_reducers: PlateReducers = ()) -> Optional[str]:
+    """Why ``plate`` (a symbol) cannot be contracted in chunks, or None if it can.
+
+    Chunking contracts the factors inside the plate (those whose ordinal holds it,
+    nested plates included) to one term in the plate context around it, a chunk of
+    elements at a time. That is exact when every factor inside carries the plate's dim,
+    when each plate nested in it is nested in it alone (no factor outside it has such a
+    plate: crossed plates), and when no nested plate is split across processes (its
+    reducer, a collective, would be called once per chunk).
+    """
+    inside = [f for f in factors if plate in f.ordinal]
+    if not inside:
+        return "no factor is in it"
+    if any(plate not in f.dims for f in inside):
+        return "a factor in it does not carry its dim"
+    if _plate_size(inside, plate) < 2:
+        return "it has one element"
+    target = frozenset.intersection(*(f.ordinal for f in inside)) - {plate}
+    nested = frozenset().union(*(f.ordinal for f in inside)) - target - {plate}
+    outer = frozenset().union(*(f.ordinal for f in factors if plate not in f.ordinal))
+    if nested & outer:
+        return "plates nested in it are also used outside it (crossed plates)"
+    if nested & set(dict(plate_reducers)):
+        return "a plate nested in it is split across processes"
+    return None
+
+
+def _plate_size(inside: Sequence[LogFactor], plate: str) -> int:
+    return inside[0].tensor.shape[inside[0].dims.index(plate)]
+
+
+def chunk_bounds(size: int, num_chunks: int) -> List[Tuple[int, int]]:
+    """``num_chunks`` (at most ``size``) consecutive ranges covering ``range(size)``."""
+    num_chunks = max(1, min(num_chunks, size))
+    return [(i * size // num_chunks, (i + 1) * size // num_chunks) for i in range(num_chunks)]
+
+
+def _chunked_log_marginal(factors: Sequence[LogFactor], plate_scales: Dict[str, float],
+                          plate_reducers: Dict[str, Callable], chunking: Chunking) -> torch.Tensor:
+    """:func:`log_marginal` with ``chunking.plate`` contracted a chunk at a time.
+
+    The factors inside the plate are contracted, per chunk, down to the plate context
+    around it (their particle dims used nowhere else summed per element, the plate and
+    the plates nested in it reduced), keeping the dims they share with the factors
+    outside. The plate's reduced term is a sum over its elements, so the chunks' terms
+    add; the plate's reducer and ``N / B`` scale apply once to the total, as in the ring's
+    product. The total joins the other factors as one factor of the outer context.
+    """
+    plate = chunking.plate
+    obstacle = chunk_obstacle(factors, plate, plate_reducers)
+    if obstacle is not None:
+        raise ValueError(f"plate symbol {plate!r} cannot be contracted in chunks: {obstacle}")
+    inside = [f for f in factors if plate in f.ordinal]
+    outside = [f for f in factors if plate not in f.ordinal]
+    target = frozenset.intersection(*(f.ordinal for f in inside)) - {plate}
+    plates = frozenset().union(*(f.ordinal for f in factors))
+    shared = set("".join(f.dims for f in outside))
+    local = set("".join(f.dims for f in inside)) - shared - plates
+    # Every chunk in the dtype the whole contraction would use.
+    dtype = functools.reduce(torch.promote_types, (f.tensor.dtype for f in factors))
+    chunk_scales = {d: s for d, s in plate_scales.items() if d != plate}
+    chunk_reducers = {d: r for d, r in plate_reducers.items() if d != plate}
+    positions = [f.dims.index(plate) for f in inside]
+    output_dims: List[str] = []
+
+    def contract_chunk(start: int, stop: int, *tensors: torch.Tensor) -> torch.Tensor:
+        pieces = [LogFactor(f.name, t.narrow(pos, start, stop - start).to(dtype), f.dims, f.ordinal)
+                  for f, t, pos in zip(inside, tensors, positions)]
+        tree, dim_to_size, _ = term_tree(pieces)
+        # A fresh ring per call: its cache would otherwise keep this chunk's
+        # intermediates alive (and a recomputation in the backward pass would find them).
+        ring = plate_ring(dim_to_size, chunk_scales, chunk_reducers)
+        term = contract_to_tensor(tree, local & set(dim_to_size), target_ordinal=target, ring=ring)
+        # One dim order for every chunk (the ring's order may depend on the sizes).
+        order = "".join(sorted(term._pyro_dims))
+        output_dims.append(order)
+        return _aligned(term, term._pyro_dims, order)
+
+    tensors = [f.tensor for f in inside]
+    # Recompute each chunk in the backward pass instead of keeping its intermediates.
+    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    total: Optional[torch.Tensor] = None
+    for start, stop in chunk_bounds(_plate_size(inside, plate), chunking.num_chunks):
+        if recompute:
+            term = checkpoint(contract_chunk, start, stop, *tensors, use_reentrant=False,
+                              preserve_rng_state=False)
+        else:
+            term = contract_chunk(start, stop, *tensors)
+        total = term if total is None else total + term
+    dims = output_dims[0]
+    total._pyro_dims = dims
+    if plate in plate_reducers:
+        total = plate_reducers[plate](total)
+        total._pyro_dims = dims
+    if plate_scales.get(plate, 1.0) != 1.0:
+        total = total * plate_scales[plate]
+    folded = LogFactor(f"chunks:{plate}", total, dims, target)
+    return log_marginal(outside + [folded], plate_scales, plate_reducers)
 
 
 @dataclass

@@ -16,9 +16,10 @@ import torch
 
 from ..handlers import SiteRecord
 from ..model.structure import ModelStructure
-from .contraction import Source, check_finite, log_marginal, make_sources, normalised_weights
+from .contraction import Source, check_finite, make_sources, normalised_weights
 from .factors import LogFactor, log_factors, subsample_scales
-from .linked import PlateLink, fold_links
+from .linked import PlateLink, contract_terms
+from .memory import plan_contraction
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ class Estimate:
 def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_particles: int,
              with_sources: bool = True, links: Optional[Mapping[str, torch.Tensor]] = None,
              plate_reducers: Optional[Mapping[str, PlateReduction]] = None,
-             contract: bool = True, check: bool = True) -> Estimate:
+             contract: bool = True, check: bool = True,
+             max_memory: Optional[float] = None) -> Estimate:
     """Contract one recorded particle run to ``log P_hat``.
 
     :param records: every sample site of the run, latent sites with their
@@ -91,7 +93,14 @@ def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_parti
         for joint resampling, which contracts them itself.
     :param check: raise when ``log P_hat`` is not finite (a data-dependent test; the
         compiled step traces without it and checks its output instead).
+    :param max_memory: a budget in bytes for the factors and their contraction (the
+        backward pass for the weights included): when the contraction's estimated peak
+        (:func:`~pyro_qem.estimator.memory.plan_contraction`) would exceed it, one
+        plate is contracted in chunks of its elements, with the same result. None
+        (default): no estimate, the whole contraction at once.
     :raises FloatingPointError: when ``log P_hat`` is not finite and ``check``.
+    :raises ~pyro_qem.estimator.memory.MemoryBudgetError: when even chunking cannot
+        keep the contraction within ``max_memory``.
     """
     symbols = structure.symbols
     factors = log_factors(records, structure, symbols, num_particles)
@@ -108,12 +117,12 @@ def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_parti
     if not contract:
         return Estimate(factors, sources, scales, None, plate_links)
     terms = factors + [s.factor for s in sources]
-    if plate_links:
-        terms, reduced = fold_links(terms, plate_links, local_dims(structure), scales,
-                                    plate_reducers=reducers)
-        log_p_hat = log_marginal(terms, reduced, reducers)
-    else:
-        log_p_hat = log_marginal(terms, scales, reducers)
+    locals_ = local_dims(structure) if plate_links else None
+    chunking = None
+    if max_memory is not None:
+        chunking = plan_contraction(terms, scales, reducers, max_memory, plate_links, locals_,
+                                    symbols.plate_names)
+    log_p_hat = contract_terms(terms, scales, reducers, plate_links, locals_, chunking)
     if check:
         check_finite(log_p_hat, factors)
     return Estimate(factors, sources, scales, log_p_hat, plate_links)

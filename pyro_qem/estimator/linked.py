@@ -21,7 +21,7 @@ from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tupl
 import torch
 from pyro.ops.contract import contract_tensor_tree
 
-from .contraction import PlateReducers, plate_ring, term_tree
+from .contraction import Chunking, PlateReducers, log_marginal, plate_ring, term_tree
 from .factors import LogFactor
 
 
@@ -85,6 +85,26 @@ def fold_links(factors: Sequence[LogFactor], links: Mapping[str, PlateLink],
         factors.append(folded)
         scales.pop(link.child, None)
     return factors, scales
+
+
+def contract_terms(terms: Sequence[LogFactor], plate_scales: Mapping[str, float],
+                   plate_reducers: PlateReducers = (),
+                   links: Optional[Mapping[str, PlateLink]] = None,
+                   local_dims: Optional[Mapping[str, FrozenSet[str]]] = None,
+                   chunking: Optional[Chunking] = None) -> torch.Tensor:
+    """``log P_hat`` of a run's packed terms: the indexed plates' rows folded into their
+    parents first (:func:`fold_links`), then the plated contraction, in chunks of
+    ``chunking.plate`` if given (a plate of the folded terms: the rows' own
+    contraction is not chunked).
+
+    :param local_dims: plate symbol -> the particle dims of the groups inside it
+        (needed with ``links``).
+    """
+    scales = dict(plate_scales)
+    if links:
+        terms, scales = fold_links(terms, links, local_dims or {}, scales,
+                                   plate_reducers=plate_reducers)
+    return log_marginal(terms, scales, plate_reducers, chunking)
 
 
 def _fold(rows: Sequence[LogFactor], link: PlateLink, local: FrozenSet[str],

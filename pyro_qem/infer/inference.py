@@ -88,10 +88,17 @@ class Inference:
         original algorithm.
     :param max_memory: the memory budget of one step in bytes. Before the estimator
         allocates a run's factors, their sizes are computed from the shapes, and a step
-        that would exceed the budget raises
+        whose factors would exceed the budget raises
         :class:`~pyro_qem.estimator.memory.MemoryBudgetError` naming the largest
-        factor. None (default): half the memory available (RAM, or free GPU memory for a
-        CUDA model) at the first step.
+        factor. Before the contraction, its peak (intermediates and the backward pass
+        for the weights included) is estimated by running it on shape-only ``meta``
+        tensors (once per layout of the factors, and only when a cheap bound exceeds
+        the budget); when it would not fit, one plate is contracted in chunks of its
+        elements, each recomputed in the backward pass, with the same ``log P_hat`` and
+        weights (to about 1e-12 in float64), or, when even one element per chunk would not
+        fit, the step is refused saying why (e.g. an intermediate with no plate dim).
+        None (default): half the memory available (RAM, or free GPU memory for a CUDA
+        model) at the first step.
     :param num_threads: torch's intra-op threads during :meth:`step` and
         :meth:`evaluate_loss`: ``"auto"`` (default) uses one thread while the step's
         largest factor is small (below 2^20 entries: a swarm of small ops, which two
@@ -235,7 +242,7 @@ class Inference:
         run = self._particle_run(args, kwargs, self._inflation)
         check_params(run.params, self.optim)
         result = estimate(run.sites, run.structure, self.K, links=run.links,
-                          plate_reducers=run.plate_reducers)
+                          plate_reducers=run.plate_reducers, max_memory=self._budget)
         self._warn_subsampling(result.plate_scales)
         self._inflation = minibatch_inflation(self.guide, result.plate_scales)
         source_grads, param_grads = backward(result.log_p_hat, result.sources, run.params,
@@ -291,7 +298,8 @@ class Inference:
             run = self.run_particles(*args, **kwargs)
             check_params(run.params, self.optim)
             return -estimate(run.sites, run.structure, self.K, with_sources=False,
-                             links=run.links, plate_reducers=run.plate_reducers).log_p_hat.item()
+                             links=run.links, plate_reducers=run.plate_reducers,
+                             max_memory=self._budget).log_p_hat.item()
 
     def _unfitted_groups(self) -> set:
         """Groups whose spread the M-step does not set (enumerated or gradient-fitted)."""
