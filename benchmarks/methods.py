@@ -39,18 +39,21 @@ class MethodConfig:
     :param lr: QEM's smoothing step, or Adam's learning rate.
     :param K: particles per group (None for SVI).
     :param average_from: QEM only: average the iterates from this step on.
+    :param compile: QEM only: ``Inference(compile=...)`` (None: eager steps).
     """
 
     method: str
     lr: float
     K: Optional[int] = None
     average_from: Optional[int] = None
+    compile: Optional[str] = None
 
     @property
     def label(self) -> str:
         k = f" K={self.K}" if self.K is not None else ""
         average = f" avg>{self.average_from}" if self.average_from is not None else ""
-        return f"{self.method}{k} lr={self.lr:g}{average}"
+        compiled = f" compile={self.compile}" if self.compile else ""
+        return f"{self.method}{k} lr={self.lr:g}{average}{compiled}"
 
 
 def available(method: str) -> bool:
@@ -68,10 +71,16 @@ class QEMFit:
     def __init__(self, model: Callable, groups: Groups, config: MethodConfig) -> None:
         self.guide = AutoQEM(model, groups=groups)
         self.inference = Inference(model, self.guide, K=config.K, lr=config.lr,
-                                   average_from=config.average_from)
+                                   average_from=config.average_from, compile=config.compile or False)
 
     def step(self, data: Data) -> float:
         return self.inference.step(data)
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds this fit's steps spent recording and compiling (0 when eager)."""
+        compiled = self.inference.compiled
+        return compiled.compile_seconds if compiled is not None else 0.0
 
     def posterior(self) -> Posterior:
         return self.guide.distributions()

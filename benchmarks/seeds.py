@@ -4,7 +4,10 @@ the comparison table is luck.
 For each model, the configurations that the comparison (``results.json``) picked are
 rerun with seeds 0..N-1: the selected SVI configuration, whose final pred-ll on that
 seed is the target, and the QEM configurations that were selected or fastest there.
-Configurations are not re-chosen per seed, which if anything favours SVI's target.
+Configurations are not re-chosen per seed, which if anything favours SVI's target. The
+fastest QEM configuration also runs with the compiled step (``compile="inductor"``):
+its time to target is training time, its recording and compilation are shown apart
+(with them, add that column).
 
 Run ``python -m benchmarks.seeds [--seeds 5] [--models bus,radon,movielens]``; writes
 ``seeds.md`` next to ``results.json``.
@@ -39,13 +42,17 @@ def chosen_configs(curves: Sequence[Curve]) -> Dict[str, MethodConfig]:
     picked = {"SVI": svi, "QEM (selected)": selected}
     if fastest.label != selected.label:
         picked["QEM (fastest)"] = fastest
-    return {role: MethodConfig(**c.config) for role, c in picked.items()}
+    configs = {role: MethodConfig(**c.config) for role, c in picked.items()}
+    # The fastest configuration again with the compiled step (its compilation is timed
+    # apart: the table's time is training time).
+    configs["QEM (fastest), compiled"] = replace(MethodConfig(**fastest.config), compile="inductor")
+    return configs
 
 
 def seed_rows(name: str, configs: Dict[str, MethodConfig], seeds: int, device: str,
               base: Settings) -> List[tuple]:
-    """(role, config, seed, target, final pred-ll, time to target, ratio to SVI's) for
-    every configuration and seed of model ``name``."""
+    """(role, config, seed, target, final pred-ll, time to target, ratio to SVI's,
+    compile seconds) for every configuration and seed of model ``name``."""
     task = make_task(MODELS[name], 1.0, device, None)
     rows = []
     for seed in range(seeds):
@@ -56,16 +63,17 @@ def seed_rows(name: str, configs: Dict[str, MethodConfig], seeds: int, device: s
         for role, config in configs.items():
             curve = svi if role == "SVI" else run(config, task, settings)
             t = summary.time_to(curve, "pred_ll", goal)
-            rows.append((role, config, seed, goal, summary.final(curve.pred_ll), t, t / t_svi))
+            rows.append((role, config, seed, goal, summary.final(curve.pred_ll), t, t / t_svi,
+                         curve.compile_s))
     return rows
 
 
 def markdown(name: str, rows) -> str:
     lines = [f"### {name}", "", "| role | configuration | seed | target pred-ll | final pred-ll "
-             "| t to target (s) | / SVI's |", "|" + "---|" * 7]
-    for role, config, seed, goal, final, t, ratio in rows:
+             "| t to target (s) | / SVI's | compile (s) |", "|" + "---|" * 8]
+    for role, config, seed, goal, final, t, ratio, compile_s in rows:
         lines.append(f"| {role} | {config.label} | {seed} | {goal:.1f} | {final:.1f} "
-                     f"| {number(t, 2)} | {number(ratio, 2)} |")
+                     f"| {number(t, 2)} | {number(ratio, 2)} | {number(compile_s, 1) if compile_s else '-'} |")
     lines.append("")
     for role in dict.fromkeys(r[0] for r in rows if r[0] != "SVI"):
         ratios = [r[6] for r in rows if r[0] == role]

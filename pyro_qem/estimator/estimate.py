@@ -60,6 +60,8 @@ class Estimate:
     plate_scales: Dict[str, float]
     log_p_hat: Optional[torch.Tensor]
     links: Dict[str, PlateLink] = field(default_factory=dict)
+    #: The chunking the contraction used to stay within ``max_memory`` (None: whole).
+    chunking: Optional[object] = None
 
     def weights(self, source_grads: Sequence[torch.Tensor] = None) -> Dict[int, torch.Tensor]:
         """Each group's normalised particle weights (broadcast layout, particles in dim
@@ -125,7 +127,7 @@ def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_parti
     log_p_hat = contract_terms(terms, scales, reducers, plate_links, locals_, chunking)
     if check:
         check_finite(log_p_hat, factors)
-    return Estimate(factors, sources, scales, log_p_hat, plate_links)
+    return Estimate(factors, sources, scales, log_p_hat, plate_links, chunking)
 
 
 def local_dims(structure: ModelStructure) -> Dict[str, FrozenSet[str]]:

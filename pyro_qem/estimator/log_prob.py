@@ -20,6 +20,8 @@ from torch.distributions import Independent, Normal
 
 import pyro.distributions as dist
 
+from ..handlers.trace_guards import decided
+
 # The expansion subtracts large terms; after centring they are bounded by this many
 # squared scales, where float64 still leaves ~1e-8 nats of rounding.
 MAX_STANDARDISED_SQUARE = 1e8
@@ -62,7 +64,7 @@ def _expanded(value: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
     loc, scale = loc.expand(params), scale.expand(params)
     precision = scale.reciprocal().square()
     bound = (value.detach().square().amax() + loc.detach().square().amax()) * precision.detach().amax()
-    if not bool(bound < MAX_STANDARDISED_SQUARE):
+    if not decided(bound < MAX_STANDARDISED_SQUARE):
         return None
     value_side = torch.cat([value.square(), value], -1)
     param_side = torch.cat([precision, -2.0 * precision * loc], -1)

@@ -23,9 +23,10 @@ adopted.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import weakref
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch.distributions import constraints
@@ -302,6 +303,24 @@ class MomentState:
     def count_update(self) -> None:
         """Add one to the update counter."""
         self.leaf("num_updates").add_(1)
+
+    @contextlib.contextmanager
+    def substituted(self, values: Mapping[str, torch.Tensor]) -> Iterator[None]:
+        """Within this block the guide reads and writes ``values[key]`` in place of its
+        own tensor of each key (in the param store too), then its own tensors are back,
+        untouched. A traced step runs on copies this way, so that it can return the new
+        state instead of writing it (:mod:`pyro_qem.infer.compiled`)."""
+        store = pyro.get_param_store()
+        saved = {key: self.tensors[key] for key in values}
+        try:
+            for key, value in values.items():
+                self.tensors[key] = value
+                store._params[self._full(key)] = value
+            yield
+        finally:
+            for key, tensor in saved.items():
+                self.tensors[key] = tensor
+                store._params[self._full(key)] = tensor
 
     # ------------------------------------------------------------------ state dicts
 

@@ -11,6 +11,7 @@ from ..estimator import estimate
 from ..estimator.memory import check_memory, check_memory_before_run, default_budget
 from ..guides.qem_guide import QEMGuide
 from .collapse import CollapseMonitor
+from .compiled import CompiledStep, check_compile
 from .distributed import (
     ProcessGroup,
     Sharding,
@@ -115,6 +116,19 @@ class Inference:
         every process the exact full-data ``log P_hat`` and the same global q's
         (:mod:`pyro_qem.infer.distributed`). Gradient-fitted sites and ``optim`` are
         not supported with it.
+    :param compile: False (default): every step runs the model under Pyro's handlers.
+        ``"trace"``: from the second step with the same arguments' shapes on, replay
+        the recorded tensor operations of one whole step (draws, log densities,
+        contraction, weights, moment update) without Python handlers; ``True`` or
+        ``"inductor"``: also compile that recording with :func:`torch.compile`. Each
+        recording is checked once against the eager step from the same random state
+        (equal to 1e-10 in float64), and anything it cannot cover (minibatches, a
+        distributed fit, gradient-fitted parameters, Python control flow on tensor
+        values) falls back to eager steps with a one-line
+        :class:`~pyro_qem.infer.compiled.CompileFallbackWarning`. Radon (600
+        parameters, K = 30, one thread): a 1.9 ms eager step replays in 1.3 ms and runs
+        compiled in 0.14 ms, after about 8 s of compilation
+        (:mod:`pyro_qem.infer.compiled`; ``python -m benchmarks.step_time``).
     """
 
     def __init__(
@@ -131,6 +145,7 @@ class Inference:
         max_memory: Optional[float] = None,
         num_threads: Union[None, int, str] = "auto",
         process_group=None,
+        compile: Union[bool, str] = False,
     ) -> None:
         if not isinstance(guide, QEMGuide):
             raise TypeError(
@@ -168,6 +183,11 @@ class Inference:
                 "all-reduce, which a distributed QEM fit does not do yet. Fit the parameters "
                 "in a single process, or make them latent sites fitted by QEM."
             )
+        self._minibatch = False  # whether the last eager step subsampled a plate
+        self._chunked = False  # whether it contracted in chunks to fit max_memory
+        mode = check_compile(compile)
+        #: The compiled step (:mod:`pyro_qem.infer.compiled`), or None for eager steps.
+        self.compiled: Optional[CompiledStep] = CompiledStep(self, mode) if mode else None
         #: The distributed fit's plan (sharded plate, every process's rows), made at
         #: the first step; None in a single-process fit.
         self.sharding: Optional[Sharding] = None
@@ -239,10 +259,21 @@ class Inference:
             return self._step(args, kwargs)
 
     def _step(self, args: tuple, kwargs: dict) -> float:
+        count = self.guide.state.num_updates()
+        lr = check_lr(self.lr(count), "lr schedule value")
+        average = self.average_from is not None and count >= self.average_from
+        if self.compiled is not None:
+            done = self.compiled.step(args, kwargs, lr, average)
+            if done is not None:
+                loss, weights = done
+                self._collapse.observe(self.guide.structure, weights, lr, loss, self._unfitted_groups())
+                return loss
         run = self._particle_run(args, kwargs, self._inflation)
         check_params(run.params, self.optim)
         result = estimate(run.sites, run.structure, self.K, links=run.links,
                           plate_reducers=run.plate_reducers, max_memory=self._budget)
+        self._minibatch = bool(result.plate_scales)
+        self._chunked = result.chunking is not None
         self._warn_subsampling(result.plate_scales)
         self._inflation = minibatch_inflation(self.guide, result.plate_scales)
         source_grads, param_grads = backward(result.log_p_hat, result.sources, run.params,
@@ -250,9 +281,6 @@ class Inference:
         if param_grads:
             apply(self.optim, run.params, param_grads)
         weights = result.weights(source_grads)
-        count = self.guide.state.num_updates()
-        lr = check_lr(self.lr(count), "lr schedule value")
-        average = self.average_from is not None and count >= self.average_from
         self._moment_update(run, weights, lr, average)
         loss = -result.log_p_hat.item()
         skip = self._unfitted_groups() | self._minibatched_groups(result.plate_scales)

@@ -1,0 +1,345 @@
+"""The compiled step: trace the numeric step once, then replay it without Pyro.
+
+An eager QEM step on a small or medium model is mostly Python: Pyro's handlers, the
+distributions' constructors, the contraction's planning, the M-step's bookkeeping, each
+around a small tensor op. None of that changes from step to step once the model's
+structure and shapes are fixed, so :class:`CompiledStep` records the tensor operations
+of one whole step (particle draws -> log factors -> contraction -> the backward pass
+that gives the weights -> the moment update) as one graph of ATen ops with
+:func:`torch.fx.experimental.proxy_tensor.make_fx`, and later steps run that graph:
+
+- ``"trace"``: the recorded graph as it is (no Python handlers; ~1 s to record);
+- ``"inductor"``: the graph compiled by :func:`torch.compile` (fused kernels; the
+  compilation takes seconds to a minute, cached on disk by torch across processes).
+  Random draws use torch's own generator (``fallback_random``) so that a compiled step
+  draws the same numbers as the eager one.
+
+The traced step is a pure function ``(data tensors, lr, state) -> (log P_hat, weights,
+new state)``: it runs on copies of the guide's state (:meth:`MomentState.substituted`),
+and the new state is written back only once ``log P_hat`` is known to be finite; a
+non-finite step is rerun eagerly from the same random state, which raises the eager
+path's error with the sites it names.
+
+When it applies. The graph is keyed by everything that the recorded Python decided:
+the arguments' structure, their non-tensor values and their tensors' shapes, dtypes and
+devices, the set of state tensors and whether the iterate average is updated. A key is
+recorded after it has been seen once in an eager step (so set-up, first-step checks and
+warnings run eagerly), and checked once against the eager result from the same random
+state before it is used; a mismatch, or a step that Python control flow on a tensor's
+value makes untraceable, switches compilation off with a one-line
+:class:`CompileFallbackWarning` and the fit goes on eagerly. Minibatches, distributed
+fits, gradient-fitted parameters and particle sets are not compiled (the warning says
+which). A model must be a function of its arguments: tensors it reads from elsewhere
+(globals, closures) are captured by reference at the trace, so changing them in place
+is seen, rebinding them is not.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Optional, Tuple
+
+import pyro
+import torch
+from torch.utils import _pytree as pytree
+
+from ..estimator import estimate
+from ..handlers.trace_guards import guards_hold, recording_guards
+from .gradients import backward
+from .mstep import moment_update
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .inference import Inference
+
+MODES = ("trace", "inductor")
+
+# Recorded and replayed steps must agree with the eager one to this relative error, by
+# the model's precision (the dtype of log P_hat): a replayed graph runs the very same
+# kernels (exact), a fused one reorders float arithmetic (about 1e-15 in float64, 1e-7
+# in float32, which float64 statistics of float32 particles inherit).
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+class CompileFallbackWarning(UserWarning):
+    """The compiled step does not apply to this model or call; the fit runs eagerly."""
+
+
+def check_compile(compile: Any) -> Optional[str]:
+    """``compile=`` of :class:`~pyro_qem.infer.Inference`: False/None (eager), True
+    (``"inductor"``), ``"trace"`` or ``"inductor"``."""
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return "inductor"
+    if compile in MODES:
+        return compile
+    raise ValueError(
+        f"compile must be False, True, 'trace' (replay the recorded step) or 'inductor' "
+        f"(torch.compile the recorded step), got {compile!r}."
+    )
+
+
+@dataclass
+class _Graph:
+    fn: Callable
+    groups: List[int]
+    state_keys: List[str]
+
+
+class CompiledStep:
+    """Records and replays :class:`~pyro_qem.infer.Inference`'s step (module docstring).
+
+    :param inference: the inference whose steps it compiles.
+    :param mode: ``"trace"`` or ``"inductor"``.
+    """
+
+    def __init__(self, inference: "Inference", mode: str) -> None:
+        self.inference = inference
+        self.mode = mode
+        self.graphs: Dict[Hashable, _Graph] = {}
+        self.seen: set = set()
+        self.disabled: Optional[str] = None
+        #: Seconds spent recording and compiling graphs (and checking them).
+        self.compile_seconds = 0.0
+        #: Steps taken by a recorded graph.
+        self.compiled_steps = 0
+        #: Replays rerun eagerly because a data-dependent shortcut changed its path.
+        self.eager_reruns = 0
+
+    # ------------------------------------------------------------------ policy
+
+    def disable(self, reason: str) -> None:
+        """Switch compilation off for this inference, saying why once."""
+        if self.disabled is None:
+            self.disabled = reason
+            warnings.warn(f"Inference(compile={self.mode!r}) runs eagerly: {reason}",
+                          CompileFallbackWarning, stacklevel=5)
+
+    def _unsupported(self) -> Optional[str]:
+        inference = self.inference
+        if inference.process_group is not None:
+            return "a distributed fit (process_group) is not compiled."
+        if inference.optim is not None:
+            return "pyro.params fitted by gradient (optim=) are not compiled."
+        if inference._minibatch:
+            return "a subsampled plate (minibatch steps draw new indices) is not compiled."
+        if inference._chunked:
+            return ("a contraction in chunks (to stay within max_memory) is not compiled; "
+                    "raise max_memory if the machine has the memory.")
+        structure = inference.guide.structure
+        gradient = sorted(n for n, s in structure.sites.items()
+                          if not s.enumerated and n not in inference.guide.families)
+        if gradient:
+            return f"sites {gradient} are fitted by gradient, which is not compiled."
+        return None
+
+    def step(self, args: tuple, kwargs: dict, lr: float, average: bool
+             ) -> Optional[Tuple[float, Dict[int, torch.Tensor]]]:
+        """Take the step with a recorded graph: ``(loss, weights)``, or None when this
+        step must run eagerly (the caller runs it)."""
+        if self.disabled is not None or self.inference._largest_factor is None:
+            return None
+        reason = self._unsupported()
+        if reason is not None:
+            self.disable(reason)
+            return None
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        key = self._key(leaves, spec, average)
+        if key is None:
+            return None
+        graph = self.graphs.get(key)
+        if graph is None:
+            if key not in self.seen:  # its first step runs eagerly (set-up, warnings)
+                self.seen.add(key)
+                return None
+            return self._build(key, leaves, spec, lr, average)
+        return self._replay(graph, leaves, lr)
+
+    def _key(self, leaves: list, spec, average: bool) -> Optional[Hashable]:
+        parts: List[Hashable] = [spec, average, tuple(sorted(self.inference.guide.state.tensors))]
+        for leaf in leaves:
+            if isinstance(leaf, torch.Tensor):
+                parts.append(("tensor", tuple(leaf.shape), leaf.dtype, leaf.device, leaf.requires_grad))
+                continue
+            try:
+                hash(leaf)
+            except TypeError:
+                self.disable(f"a model argument of type {type(leaf).__name__} is not hashable, "
+                             "so a recorded step cannot tell whether it changed.")
+                return None
+            parts.append(("value", type(leaf), leaf))
+        return tuple(parts)
+
+    # --------------------------------------------------------------- recording
+
+    def _body(self, spec, num_leaves: List[bool], state_keys: List[str], groups: List[int],
+              constants: list, average: bool) -> Callable:
+        inference, state = self.inference, self.inference.guide.state
+
+        def body(*inputs):
+            tensors = iter(inputs)
+            leaves = [next(tensors) if is_tensor else constant
+                      for is_tensor, constant in zip(num_leaves, constants)]
+            args, kwargs = pytree.tree_unflatten(leaves, spec)
+            lr = next(tensors)
+            copies = {key: value.clone() for key, value in zip(state_keys, tensors)}
+            with state.substituted(copies), recording_guards() as guards:
+                run = inference._particle_run(args, kwargs, {})
+                result = estimate(run.sites, run.structure, inference.K, links=run.links,
+                                  plate_reducers=run.plate_reducers, check=False)
+                source_grads, _ = backward(result.log_p_hat, result.sources, run.params,
+                                           run.sites, inference.objective)
+                weights = result.weights(source_grads)
+                moment_update(inference.guide, run.sites, run.subsamples, weights, lr, average,
+                              inference.noise_compensation)
+            if sorted(weights) != groups:
+                raise _Untraceable("the particle groups of a run changed between steps.")
+            if sorted(copies) != state_keys:
+                raise _Untraceable("the step created new state.")
+            held = guards_hold(guards)
+            if held is None:
+                held = torch.ones((), dtype=torch.bool)
+            return (result.log_p_hat.detach(), held) + tuple(weights[g].detach() for g in groups) \
+                + tuple(copies[k] for k in state_keys)
+
+        return body
+
+    def _inputs(self, leaves: list, lr: float, state_keys: List[str]) -> list:
+        state = self.inference.guide.state
+        lr_tensor = torch.tensor(float(lr), dtype=torch.float64)
+        return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)] + [lr_tensor] + \
+            [state.leaf(key).detach() for key in state_keys]
+
+    def _build(self, key, leaves: list, spec, lr: float, average: bool
+               ) -> Optional[Tuple[float, Dict[int, torch.Tensor]]]:
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        start = time.perf_counter()
+        inference = self.inference
+        state_keys = sorted(inference.guide.state.tensors)
+        groups = [g.index for g in inference.guide.structure.groups]
+        is_tensor = [isinstance(leaf, torch.Tensor) for leaf in leaves]
+        constants = [None if t else leaf for t, leaf in zip(is_tensor, leaves)]
+        inputs = self._inputs(leaves, lr, state_keys)
+        body = self._body(spec, is_tensor, state_keys, groups, constants, average)
+        rng = _rng_state(inputs)
+        traced_out: list = []
+
+        def recording(*xs):
+            out = body(*xs)
+            traced_out.append(out)  # the real values: a real-mode trace runs the step
+            return out
+
+        try:
+            with pyro.validation_enabled(False), torch.enable_grad():
+                graph_module = make_fx(recording)(*inputs)
+        except _Untraceable as error:
+            _set_rng_state(rng)
+            self.disable(str(error))
+            return None
+        except Exception as error:  # a data-dependent model, an op make_fx cannot record
+            _set_rng_state(rng)
+            self.disable(f"the step could not be recorded ({type(error).__name__}: "
+                         f"{_first_line(error)}).")
+            return None
+        eager = [t.detach() for t in traced_out[0]]
+        if not torch.isfinite(eager[0]):
+            _set_rng_state(rng)  # rerun eagerly: it raises with the sites it names
+            return None
+        fn = graph_module if self.mode == "trace" else _inductor(graph_module)
+        after = _rng_state(inputs)
+        _set_rng_state(rng)
+        try:
+            with torch.no_grad():
+                replayed = list(fn(*inputs))
+        except Exception as error:
+            self.disable(f"torch.compile failed ({type(error).__name__}: {_first_line(error)}).")
+            replayed = None
+        graph = _Graph(fn, groups, state_keys)
+        self.compile_seconds += time.perf_counter() - start
+        if replayed is not None:
+            mismatch = _mismatch(eager, replayed)
+            if mismatch is not None:
+                self.disable(f"the recorded step differs from the eager one ({mismatch}).")
+            else:
+                self.graphs[key] = graph
+        _set_rng_state(after)
+        return self._finish(graph, eager)
+
+    # ---------------------------------------------------------------- replaying
+
+    def _replay(self, graph: _Graph, leaves: list, lr: float
+                ) -> Optional[Tuple[float, Dict[int, torch.Tensor]]]:
+        inputs = self._inputs(leaves, lr, graph.state_keys)
+        rng = _rng_state(inputs)
+        with torch.no_grad():
+            out = list(graph.fn(*inputs))
+        if not bool(out[1]):
+            # A numeric shortcut took another path than at the trace: this step eagerly.
+            _set_rng_state(rng)
+            self.eager_reruns += 1
+            return None
+        if not torch.isfinite(out[0]):
+            _set_rng_state(rng)  # the eager rerun raises the error that names the sites
+            return None
+        self.compiled_steps += 1
+        return self._finish(graph, out)
+
+    def _finish(self, graph: _Graph, out: list) -> Tuple[float, Dict[int, torch.Tensor]]:
+        state = self.inference.guide.state
+        num_groups = len(graph.groups)
+        weights = dict(zip(graph.groups, out[2:2 + num_groups]))
+        with torch.no_grad():
+            for key, value in zip(graph.state_keys, out[2 + num_groups:]):
+                state.leaf(key).copy_(value)
+        return -out[0].item(), weights
+
+
+class _Untraceable(Exception):
+    pass
+
+
+def _inductor(graph_module: torch.fx.GraphModule) -> Callable:
+    import torch._inductor.config as inductor_config
+
+    # The compiled kernels draw from torch's generator like the eager ops, so a compiled
+    # fit is the eager fit (same seed, same particles).
+    inductor_config.fallback_random = True
+    return torch.compile(graph_module, dynamic=False)
+
+
+def _rng_state(inputs: list) -> tuple:
+    cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in inputs)
+    return torch.get_rng_state(), (torch.cuda.get_rng_state() if cuda else None)
+
+
+def _set_rng_state(rng: tuple) -> None:
+    torch.set_rng_state(rng[0])
+    if rng[1] is not None:
+        torch.cuda.set_rng_state(rng[1])
+
+
+def _mismatch(eager: List[torch.Tensor], replayed: List[torch.Tensor]) -> Optional[str]:
+    if len(eager) != len(replayed):
+        return "a different number of outputs"
+    tolerance = TOLERANCE.get(eager[0].dtype, 1e-3)
+    for i, (a, b) in enumerate(zip(eager, replayed)):
+        if a.shape != b.shape:
+            return f"output {i} has shape {tuple(b.shape)} instead of {tuple(a.shape)}"
+        if a.numel() == 0:
+            continue
+        a, b = a.double(), b.double()
+        both_nan = torch.isnan(a) & torch.isnan(b)
+        error = ((a - b).abs() / (1.0 + a.abs())).masked_fill(both_nan, 0.0)
+        worst = error.max().item()
+        if not worst <= tolerance:
+            return f"relative error {worst:.2g} in output {i}"
+    return None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else ""
+

@@ -1,0 +1,176 @@
+"""The compiled step (``Inference(compile=...)``) is the eager step: same seed, same
+particles, same fit, to 1e-10 in float64 (the replayed graph runs the same kernels, so
+the trace mode is exact; a fused graph only reorders float64 sums). What it cannot
+cover falls back to eager steps with one warning."""
+
+import warnings
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_qem import AutoQEM, Inference
+from pyro_qem.infer import CompileFallbackWarning, RobbinsMonro
+
+
+def model(y, scale=2.0):
+    """mu, tau -> theta_j -> y_ji, with a positive scale parameter (LogNormal family)."""
+    mu = pyro.sample("mu", dist.Normal(torch.zeros((), dtype=y.dtype), 5.0))
+    tau = pyro.sample("tau", dist.LogNormal(torch.zeros((), dtype=y.dtype), 1.0))
+    with pyro.plate("groups", y.shape[0], dim=-2):
+        theta = pyro.sample("theta", dist.Normal(mu, tau))
+        with pyro.plate("items", y.shape[1], dim=-1):
+            pyro.sample("y", dist.Normal(theta, scale), obs=y)
+
+
+def data(seed=0, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+    return (3.0 + 2.0 * torch.randn(6, 1, generator=generator)
+            + torch.randn(6, 4, generator=generator)).to(dtype)
+
+
+def fit(compile, steps, y, *, model=model, seed=0, **kwargs):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    guide = AutoQEM(model)
+    inference = Inference(model, guide, K=7, compile=compile, **kwargs)
+    losses = [inference.step(*(y if isinstance(y, tuple) else (y,))) for _ in range(steps)]
+    return losses, {k: v.detach().clone() for k, v in guide.state.tensors.items()}, inference
+
+
+def assert_same_fit(a, b, tol):
+    (losses_a, state_a, _), (losses_b, state_b, _) = a, b
+    assert torch.allclose(torch.tensor(losses_a, dtype=torch.float64),
+                          torch.tensor(losses_b, dtype=torch.float64), rtol=tol, atol=0)
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:
+        assert torch.allclose(state_a[key], state_b[key], rtol=tol, atol=tol), key
+
+
+def test_trace_mode_replays_the_eager_fit_exactly_with_averaging_and_a_schedule():
+    y = data()
+    kwargs = dict(lr=RobbinsMonro(0.5, 3, 0.6), average_from=6)
+    eager = fit(False, 20, y, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)
+        traced = fit("trace", 20, y, **kwargs)
+    inference = traced[2]
+    # Two recordings (before and after the average starts); the rest replayed.
+    assert len(inference.compiled.graphs) == 2
+    assert inference.compiled.compiled_steps >= 14
+    assert eager[0] == traced[0]
+    for key in eager[1]:
+        assert torch.equal(eager[1][key], traced[1][key]), key
+
+
+def test_inductor_mode_equals_the_eager_fit_in_float64():
+    y = data()
+    eager = fit(False, 12, y, lr=0.2, average_from=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)
+        compiled = fit(True, 12, y, lr=0.2, average_from=8)
+    assert compiled[2].compiled.compiled_steps >= 6
+    assert_same_fit(eager, compiled, 1e-10)
+
+
+def test_new_data_of_the_same_shape_are_inputs_not_constants():
+    ys = [data(seed) for seed in range(6)]
+
+    def run(compile):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = AutoQEM(model)
+        inference = Inference(model, guide, K=7, lr=0.3, compile=compile)
+        losses = [inference.step(y) for y in ys + ys]
+        return losses, inference
+
+    eager, (traced, inference) = run(False)[0], run("trace")
+    assert inference.compiled.compiled_steps >= 9
+    assert eager == traced
+
+
+def test_a_changed_non_tensor_argument_is_recorded_anew():
+    y = data()
+    losses = {}
+    for compile in (False, "trace"):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        inference = Inference(model, AutoQEM(model), K=7, lr=0.3, compile=compile)
+        losses[compile] = [inference.step(y, scale) for scale in (2.0,) * 4 + (1.5,) * 4]
+    assert losses[False] == losses["trace"]
+    assert len(inference.compiled.graphs) == 2
+
+
+def test_python_control_flow_on_data_falls_back_once_and_fits_eagerly():
+    def branching(y):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros((), dtype=y.dtype), 5.0))
+        shift = 1.0 if y.sum() > 0 else -1.0  # a Python decision on a tensor's value
+        with pyro.plate("items", y.shape[0]):
+            pyro.sample("y", dist.Normal(mu + shift, 1.0), obs=y)
+
+    y = data().reshape(-1)
+    eager = fit(False, 6, y, model=branching, lr=0.3)
+    with pytest.warns(CompileFallbackWarning, match="could not be recorded") as record:
+        traced = fit("trace", 6, y, model=branching, lr=0.3)
+    assert len([w for w in record if w.category is CompileFallbackWarning]) == 1
+    assert traced[2].compiled.disabled is not None
+    assert eager[0] == traced[0]
+
+
+@pytest.mark.filterwarnings("ignore::pyro_qem.infer.SubsampleWarning")
+def test_minibatches_are_not_compiled_and_say_so():
+    def minibatched(y):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros((), dtype=y.dtype), 5.0))
+        with pyro.plate("items", y.shape[0], subsample_size=6) as rows:
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y[rows])
+
+    with pytest.warns(CompileFallbackWarning, match="subsampled plate"):
+        fit("trace", 4, data().reshape(-1), model=minibatched, lr=0.3)
+
+
+def test_pyro_params_with_an_optimiser_are_not_compiled():
+    def with_param(y):
+        shift = pyro.param("shift", torch.zeros((), dtype=y.dtype))
+        mu = pyro.sample("mu", dist.Normal(shift, 5.0))
+        with pyro.plate("items", y.shape[0]):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    with pytest.warns(CompileFallbackWarning, match="optim"):
+        fit("trace", 4, data().reshape(-1), model=with_param, lr=0.3,
+            optim=pyro.optim.Adam({"lr": 0.01}))
+
+
+def test_a_non_finite_replayed_step_raises_the_eager_error_and_keeps_the_state():
+    y = data()
+    pyro.set_rng_seed(0)
+    guide = AutoQEM(model)
+    inference = Inference(model, guide, K=7, lr=0.3, compile="trace")
+    for _ in range(4):
+        inference.step(y)
+    assert inference.compiled.graphs
+    before = {k: v.detach().clone() for k, v in guide.state.tensors.items()}
+    bad = y.clone()
+    bad[0, 0] = float("inf")
+    with pytest.raises((ValueError, FloatingPointError)):
+        inference.step(bad)
+    for key, value in before.items():
+        assert torch.equal(guide.state.tensors[key], value), key
+
+
+def test_bad_compile_argument_is_refused():
+    with pytest.raises(ValueError, match="compile must be"):
+        Inference(model, AutoQEM(model), compile="fast")
+
+
+def test_a_step_contracted_in_chunks_is_not_compiled_and_says_so():
+    from tests.estimator.test_chunked_contraction import held_bytes, particle_terms, three_globals
+
+    y = torch.randn(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    budget = held_bytes(particle_terms(three_globals, (y,), K=10)[2]) + 2 ** 21
+    pyro.clear_param_store()
+    inference = Inference(three_globals, AutoQEM(three_globals), K=10, lr=0.5, max_memory=budget,
+                          compile="trace")
+    with pytest.warns(CompileFallbackWarning, match="chunks"):
+        for _ in range(3):
+            inference.step(y)
