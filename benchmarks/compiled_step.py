@@ -32,7 +32,7 @@ from pyro_qem.infer import CompileFallbackWarning
 
 from .models import MODELS
 
-MODES = (False, "trace", "inductor")
+ALL_MODES = (False, "trace", "inductor")
 WARMUP = 4  # steps before timing: set-up, the first eager step, recording, the check
 
 
@@ -54,24 +54,25 @@ def _time_blocks(steps: Dict[str, callable], repeats: int, blocks: int = 4) -> D
     return {name: total / (repeats // blocks * blocks) for name, total in totals.items()}
 
 
-def run(name: str, K: int, repeats: int) -> List[str]:
+def run(name: str, K: int, repeats: int, modes=ALL_MODES) -> List[str]:
     train, _ = MODELS[name].load("cpu")
     inferences, losses, compile_s = {}, {}, {}
-    for mode in MODES:
+    for mode in modes:
         with warnings.catch_warnings():
             warnings.simplefilter("error", CompileFallbackWarning)
             inference = _inference(name, mode, K, f"{name}_{mode}")
             losses[mode] = [inference.step(train) for _ in range(WARMUP)]
         inferences[mode] = inference
         compile_s[mode] = inference.compiled.compile_seconds if inference.compiled else 0.0
-    # A second recording of the same model in this process: what a repeat costs.
-    again = _inference(name, "inductor", K, f"{name}_again")
-    for _ in range(WARMUP):
-        again.step(train)
-    seconds = _time_blocks({str(m): (lambda i=inferences[m]: i.step(train)) for m in MODES}, repeats)
+    again = None
+    if "inductor" in modes:  # a second recording in this process: what a repeat costs
+        again = _inference(name, "inductor", K, f"{name}_again")
+        for _ in range(WARMUP):
+            again.step(train)
+    seconds = _time_blocks({str(m): (lambda i=inferences[m]: i.step(train)) for m in modes}, repeats)
     eager = seconds["False"]
     rows = []
-    for mode in MODES:
+    for mode in modes:
         per_step = seconds[str(mode)]
         diff = max(abs(a - b) for a, b in zip(losses[False], losses[mode]))
         if mode is False:
@@ -90,6 +91,8 @@ def main(argv=None) -> None:
     parser.add_argument("--K", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--models", nargs="+", default=["bus", "radon", "movielens"], choices=sorted(MODELS))
+    parser.add_argument("--modes", nargs="+", default=["trace", "inductor"], choices=["trace", "inductor"],
+                        help="compiled steps to time beside the eager one")
     parser.add_argument("--warm-cache", action="store_true",
                         help="keep torch's on-disk kernel cache (default: a fresh one, so the "
                              "first compilation is timed cold, as on a new machine)")
@@ -101,7 +104,7 @@ def main(argv=None) -> None:
     print("| model | step | record + compile s | ms/step | x eager | steps to pay off | max loss diff (first steps) |")
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
-        for row in run(name, args.K, args.repeats):
+        for row in run(name, args.K, args.repeats, (False, *args.modes)):
             print(row, flush=True)
 
 

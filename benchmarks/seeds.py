@@ -21,7 +21,7 @@ import math
 import statistics
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from . import reference, summary
 from .compare import make_task
@@ -32,8 +32,9 @@ from .runner import Curve, Settings, run
 from .table import number
 
 
-def chosen_configs(curves: Sequence[Curve]) -> Dict[str, MethodConfig]:
-    """The selected SVI configuration and the selected and fastest QEM ones."""
+def chosen_configs(curves: Sequence[Curve], compile: Optional[str] = "inductor") -> Dict[str, MethodConfig]:
+    """The selected SVI configuration, the selected and fastest QEM ones, and the
+    fastest again with ``Inference(compile=compile)`` (unless None)."""
     svi = summary.select(curves, "SVI")
     goal = summary.targets(curves)["pred_ll"]
     qem = [c for c in curves if c.config["method"] == "QEM"]
@@ -45,7 +46,8 @@ def chosen_configs(curves: Sequence[Curve]) -> Dict[str, MethodConfig]:
     configs = {role: MethodConfig(**c.config) for role, c in picked.items()}
     # The fastest configuration again with the compiled step (its compilation is timed
     # apart: the table's time is training time).
-    configs["QEM (fastest), compiled"] = replace(MethodConfig(**fastest.config), compile="inductor")
+    if compile is not None:
+        configs["QEM (fastest), compiled"] = replace(MethodConfig(**fastest.config), compile=compile)
     return configs
 
 
@@ -93,12 +95,15 @@ def main(argv=None) -> str:
     parser.add_argument("--results", type=Path, default=reference.DEFAULT_RESULTS / "results.json")
     parser.add_argument("--steps", type=int, default=Settings.steps, help="QEM steps")
     parser.add_argument("--svi-steps", type=int, default=Settings.svi_steps)
+    parser.add_argument("--compile", default="inductor", choices=("inductor", "trace", "none"),
+                        help="the compiled step of the extra QEM row ('none': no such row)")
     args = parser.parse_args(argv)
     base = Settings(steps=args.steps, svi_steps=args.svi_steps)
     payload = json.loads(args.results.read_text())
     parts = []
     for name in args.models.split(","):
-        configs = chosen_configs(curves_of(payload["models"][name]))
+        configs = chosen_configs(curves_of(payload["models"][name]),
+                                 None if args.compile == "none" else args.compile)
         part = markdown(name, seed_rows(name, configs, args.seeds, args.device, base))
         print(part, flush=True)
         parts.append(part)

@@ -125,9 +125,19 @@ def test_seeds_command_runs_on_a_tiny_setting(tmp_path):
     compare.main(["--quick", "--models", "radon", "--steps", "4", "--svi-steps", "4",
                   "--no-rescaled", "--out", str(tmp_path)])
     text = seeds.main(["--seeds", "2", "--models", "radon", "--steps", "4", "--svi-steps", "4",
-                       "--results", str(tmp_path / "results.json")])
+                       "--results", str(tmp_path / "results.json"), "--compile", "trace"])
     assert text.count("| SVI | SVI lr=0.03 |") == 2 and "median time ratio" in text
+    assert text.count("compile=trace |") == 2
     assert (tmp_path / "seeds.md").read_text() == text
+
+
+def test_compiled_step_command_prints_its_table(capsys):
+    from benchmarks import compiled_step
+
+    compiled_step.main(["--models", "radon", "--K", "5", "--repeats", "4", "--modes", "trace",
+                        "--warm-cache"])
+    out = capsys.readouterr().out
+    assert "| radon | eager |" in out and "| radon | trace |" in out
 
 
 def test_evaluation_steps_put_the_final_window_in_the_last_fifth():
