@@ -109,10 +109,22 @@ def dirichlet_concentration(
     for i in range(num_newton):
         previous, a = a, _dirichlet_newton_step(a, mean_log).clamp(SHAPE_MIN, SHAPE_MAX)
         # Newton converges quadratically, so typical (well-started) calls stop after a
-        # few steps; checking every other step keeps host synchronisations rare.
-        if i % 2 == 1 and bool(((a - previous).abs() <= _NEWTON_TOL * a).all()):
+        # few steps; checking every other step keeps host synchronisations rare. A
+        # recorded step cannot stop on a value, so it takes every step (converged steps
+        # move a by less than the tolerance).
+        if i % 2 == 1 and not _recording() and bool(((a - previous).abs() <= _NEWTON_TOL * a).all()):
             break
     return a
+
+
+def _recording() -> bool:
+    """Whether a dispatch-level tracer (``make_fx``, as in the compiled step) is
+    recording, so that Python control flow on tensor values is not available."""
+    try:
+        from torch.fx.experimental.proxy_tensor import get_proxy_mode
+    except ImportError:  # older torch: no compiled step either
+        return False
+    return get_proxy_mode() is not None
 
 
 def _dirichlet_start(mean_log: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,6 @@ from typing import Optional
 
 import scipy.stats
 import torch
-import torch.nn.functional as F
 from torch.distributions import constraints
 
 import pyro.distributions as dist
@@ -103,7 +102,10 @@ class Categorical(Family):
             )
 
     def statistics(self, value: torch.Tensor, event_shape: torch.Size) -> Moments:
-        one_hot = F.one_hot(value.long(), self.num_categories)
+        # A comparison, not F.one_hot, which checks the values' range on the host (a
+        # recorded step cannot); the particles lie in the support by construction.
+        categories = torch.arange(self.num_categories, device=value.device)
+        one_hot = value.long().unsqueeze(-1) == categories
         return (one_hot.to(torch.get_default_dtype()),)
 
     def params_from_moments(self, moments: Moments, event_shape: torch.Size) -> Params:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Collection, Dict, List, Optional, Tuple
 
 import torch
+from torch.utils._pytree import tree_map
 
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
@@ -79,6 +80,7 @@ class IndexedValue(torch.Tensor):
     _qem_plates: Dict[int, str]  # value dim (negative, event dims included) -> plate
     _qem_event_ndim: int
     _qem_uses: List[IndexUse]
+    _qem_plain: torch.Tensor
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -90,7 +92,10 @@ class IndexedValue(torch.Tensor):
             index = kwargs.get("index", args[2] if len(args) > 2 else None)
             _record(args[0], dim - args[0].dim() if dim >= 0 else dim, index)
         with torch._C.DisableTorchFunctionSubclass():
-            result = func(*args, **kwargs)
+            # Plain aliases below torch_function: dispatch-level tracers (the compiled
+            # step's make_fx) do not know this subclass.
+            plain_args, plain_kwargs = tree_map(_plain_alias, (args, kwargs))
+            result = func(*plain_args, **plain_kwargs)
         if func in ELEMENTWISE:
             return _derived(result, args, kwargs)
         if func in _EVENT_RESHAPES and isinstance(args[0], IndexedValue):
@@ -109,9 +114,17 @@ _MATMUL = frozenset({torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
                      torch.Tensor.__rmatmul__})
 
 
+def _plain_alias(value):
+    return plain(value)
+
+
 def _indexed(value: torch.Tensor, site: str, plates: Dict[int, str], event_ndim: int,
              uses: List[IndexUse]) -> IndexedValue:
     wrapped = value.as_subclass(IndexedValue)
+    # The tensor it wraps, itself: ops run on it, so that a dispatch-level tracer (the
+    # compiled step's make_fx), which does not see through as_subclass, records them
+    # on the tensor it tracks instead of baking in this step's values.
+    wrapped._qem_plain = value
     wrapped._qem_site, wrapped._qem_plates = site, plates
     wrapped._qem_event_ndim, wrapped._qem_uses = event_ndim, uses
     return wrapped
@@ -241,5 +254,5 @@ class IndexProbe(Messenger):
 
 
 def plain(value: torch.Tensor) -> torch.Tensor:
-    """``value`` as a plain tensor (a view; no copy)."""
-    return value.as_subclass(torch.Tensor) if isinstance(value, IndexedValue) else value
+    """``value`` as a plain tensor: the one an :class:`IndexedValue` wraps (no copy)."""
+    return value._qem_plain if isinstance(value, IndexedValue) else value

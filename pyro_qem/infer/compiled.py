@@ -22,15 +22,19 @@ path's error with the sites it names.
 
 When it applies. The graph is keyed by everything that the recorded Python decided:
 the arguments' structure, their non-tensor values and their tensors' shapes, dtypes and
-devices, the set of state tensors and whether the iterate average is updated. A key is
-recorded after it has been seen once in an eager step (so set-up, first-step checks and
-warnings run eagerly), and checked once against the eager result from the same random
-state before it is used; a mismatch, or a step that Python control flow on a tensor's
-value makes untraceable, switches compilation off with a one-line
-:class:`CompileFallbackWarning` and the fit goes on eagerly. Minibatches, distributed
-fits, gradient-fitted parameters and particle sets are not compiled (the warning says
-which). A model must be a function of its arguments: tensors it reads from elsewhere
-(globals, closures) are captured by reference at the trace, so changing them in place
+devices, the set of state tensors and whether the iterate average is updated. A key's
+first step runs eagerly (set-up, first-step checks and warnings), its second is recorded
+(the recording runs the step), and its third checks the recording: the recording and
+the eager step run from the same state and random state, with new particles, so that a
+value the recording would hold as a constant shows. A mismatch, or a step that Python
+control flow on a tensor's value makes untraceable, switches compilation off with a
+one-line :class:`CompileFallbackWarning`, and the fit goes on eagerly; a replay that
+fails (e.g. an index out of range in new data) or whose data-dependent shortcuts
+(:mod:`pyro_qem.handlers.trace_guards`) would take another path is rerun eagerly from
+the same random state. Minibatches, distributed fits, gradient-fitted parameters,
+contractions in chunks and particle sets are not compiled (the warning says which). A
+model must be a function of its arguments: tensors it reads from elsewhere (globals,
+closures) are captured by reference at the trace, so changing them in place
 is seen, rebinding them is not.
 """
 
@@ -83,9 +87,10 @@ def check_compile(compile: Any) -> Optional[str]:
 
 @dataclass
 class _Graph:
-    fn: Callable
+    fn: Callable  # the recording (or its compilation): inputs -> outputs
     groups: List[int]
     state_keys: List[str]
+    body: Callable  # the same step, eager (to check the recording)
 
 
 class CompiledStep:
@@ -99,9 +104,11 @@ class CompiledStep:
         self.inference = inference
         self.mode = mode
         self.graphs: Dict[Hashable, _Graph] = {}
+        self.unchecked: Dict[Hashable, _Graph] = {}
         self.seen: set = set()
         self.disabled: Optional[str] = None
-        #: Seconds spent recording and compiling graphs (and checking them).
+        #: Seconds spent recording, compiling and checking graphs (beyond the steps
+        #: they took).
         self.compile_seconds = 0.0
         #: Steps taken by a recorded graph.
         self.compiled_steps = 0
@@ -150,12 +157,14 @@ class CompiledStep:
         if key is None:
             return None
         graph = self.graphs.get(key)
-        if graph is None:
-            if key not in self.seen:  # its first step runs eagerly (set-up, warnings)
-                self.seen.add(key)
-                return None
-            return self._build(key, leaves, spec, lr, average)
-        return self._replay(graph, leaves, lr)
+        if graph is not None:
+            return self._replay(graph, leaves, lr)
+        if key in self.unchecked:
+            return self._check(key, self.unchecked[key], leaves, lr)
+        if key not in self.seen:  # its first step runs eagerly (set-up, warnings)
+            self.seen.add(key)
+            return None
+        return self._build(key, leaves, spec, lr, average)
 
     def _key(self, leaves: list, spec, average: bool) -> Optional[Hashable]:
         parts: List[Hashable] = [spec, average, tuple(sorted(self.inference.guide.state.tensors))]
@@ -214,6 +223,8 @@ class CompiledStep:
 
     def _build(self, key, leaves: list, spec, lr: float, average: bool
                ) -> Optional[Tuple[float, Dict[int, torch.Tensor]]]:
+        """Record this step (a real-mode trace runs it: its result is the eager one);
+        the recording is checked at the next step with this key."""
         from torch.fx.experimental.proxy_tensor import make_fx
 
         start = time.perf_counter()
@@ -244,28 +255,46 @@ class CompiledStep:
             self.disable(f"the step could not be recorded ({type(error).__name__}: "
                          f"{_first_line(error)}).")
             return None
-        eager = [t.detach() for t in traced_out[0]]
-        if not torch.isfinite(eager[0]):
+        out = [t.detach() for t in traced_out[0]]
+        fn = graph_module if self.mode == "trace" else _inductor(graph_module)
+        graph = _Graph(fn, groups, state_keys, body)
+        self.unchecked[key] = graph
+        self.compile_seconds += time.perf_counter() - start
+        if not torch.isfinite(out[0]):
             _set_rng_state(rng)  # rerun eagerly: it raises with the sites it names
             return None
-        fn = graph_module if self.mode == "trace" else _inductor(graph_module)
-        after = _rng_state(inputs)
-        _set_rng_state(rng)
+        return self._finish(graph, out)
+
+    def _check(self, key, graph: _Graph, leaves: list, lr: float
+               ) -> Optional[Tuple[float, Dict[int, torch.Tensor]]]:
+        """Run the recording and the eager step from the same state and random state
+        (new particles, unlike at the trace, so that values the recording holds as
+        constants show), and keep the recording if they agree."""
+        start = time.perf_counter()
+        del self.unchecked[key]
+        inputs = self._inputs(leaves, lr, graph.state_keys)
+        rng = _rng_state(inputs)
         try:
             with torch.no_grad():
-                replayed = list(fn(*inputs))
+                replayed = list(graph.fn(*inputs))
         except Exception as error:
-            self.disable(f"torch.compile failed ({type(error).__name__}: {_first_line(error)}).")
             replayed = None
-        graph = _Graph(fn, groups, state_keys)
-        self.compile_seconds += time.perf_counter() - start
+            reason = f"the recorded step failed ({type(error).__name__}: {_first_line(error)})."
+        _set_rng_state(rng)
+        with torch.enable_grad():
+            eager = [t.detach() for t in graph.body(*inputs)]
         if replayed is not None:
             mismatch = _mismatch(eager, replayed)
-            if mismatch is not None:
-                self.disable(f"the recorded step differs from the eager one ({mismatch}).")
-            else:
+            if mismatch is None:
                 self.graphs[key] = graph
-        _set_rng_state(after)
+            else:
+                reason = f"the recorded step differs from the eager one ({mismatch})."
+        if key not in self.graphs:
+            self.disable(reason)
+        self.compile_seconds += time.perf_counter() - start
+        if not torch.isfinite(eager[0]):
+            _set_rng_state(rng)
+            return None
         return self._finish(graph, eager)
 
     # ---------------------------------------------------------------- replaying
@@ -274,10 +303,13 @@ class CompiledStep:
                 ) -> Optional[Tuple[float, Dict[int, torch.Tensor]]]:
         inputs = self._inputs(leaves, lr, graph.state_keys)
         rng = _rng_state(inputs)
-        with torch.no_grad():
-            out = list(graph.fn(*inputs))
-        if not bool(out[1]):
-            # A numeric shortcut took another path than at the trace: this step eagerly.
+        try:
+            with torch.no_grad():
+                out = list(graph.fn(*inputs))
+        except Exception:
+            out = None  # e.g. an index out of range: the eager step says what is wrong
+        if out is None or not bool(out[1]):
+            # Or a numeric shortcut took another path than at the trace.
             _set_rng_state(rng)
             self.eager_reruns += 1
             return None

@@ -117,18 +117,20 @@ class Inference:
         (:mod:`pyro_qem.infer.distributed`). Gradient-fitted sites and ``optim`` are
         not supported with it.
     :param compile: False (default): every step runs the model under Pyro's handlers.
-        ``"trace"``: from the second step with the same arguments' shapes on, replay
-        the recorded tensor operations of one whole step (draws, log densities,
-        contraction, weights, moment update) without Python handlers; ``True`` or
-        ``"inductor"``: also compile that recording with :func:`torch.compile`. Each
-        recording is checked once against the eager step from the same random state
-        (equal to 1e-10 in float64), and anything it cannot cover (minibatches, a
-        distributed fit, gradient-fitted parameters, Python control flow on tensor
-        values) falls back to eager steps with a one-line
+        ``"trace"``: record the tensor operations of one whole step (draws, log
+        densities, contraction, weights, moment update) once the arguments' shapes have
+        been seen, and replay the recording without Python handlers; ``True`` or
+        ``"inductor"``: also compile the recording with :func:`torch.compile`. A
+        recording is checked at its first replay against the eager step from the same
+        state and random state (equal to 1e-10 in float64; bit for bit with
+        ``"trace"``), and anything it cannot cover (minibatches, a distributed fit,
+        gradient-fitted parameters, contractions in chunks, Python control flow on
+        tensor values) falls back to eager steps with a one-line
         :class:`~pyro_qem.infer.compiled.CompileFallbackWarning`. Radon (600
-        parameters, K = 30, one thread): a 1.9 ms eager step replays in 1.3 ms and runs
-        compiled in 0.14 ms, after about 8 s of compilation
-        (:mod:`pyro_qem.infer.compiled`; ``python -m benchmarks.step_time``).
+        parameters, K = 30, one thread): a 2.2 ms eager step replays in 1.6 ms and runs
+        compiled in 0.3 ms, after 6 s of compilation (less with torch's kernel cache
+        warm)
+        (:mod:`pyro_qem.infer.compiled`; ``python -m benchmarks.compiled_step``).
     """
 
     def __init__(

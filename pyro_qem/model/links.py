@@ -14,6 +14,7 @@ from typing import Dict, FrozenSet, Iterable, Mapping, Optional, Sequence, Set, 
 import torch
 
 from ..handlers import IndexUse
+from ..handlers.trace_guards import decided
 
 # plate name -> (dim, size in this run)
 PlateSizes = Mapping[str, Tuple[int, int]]
@@ -110,7 +111,8 @@ def run_indices(uses: Iterable[IndexUse], links: Mapping[str, str], plates: Plat
         index = use.index
         previous = found.get(child)
         if previous is not None:
-            if previous is not index and not torch.equal(previous, index):
+            if previous is not index and not (previous.shape == index.shape
+                                              and decided((previous == index).all())):
                 raise ValueError(
                     f"Rows of pyro.plate('{child}') read latents of pyro.plate('{use.plate}') "
                     "through two different indexes of the same length; each row must "
@@ -125,7 +127,8 @@ def run_indices(uses: Iterable[IndexUse], links: Mapping[str, str], plates: Plat
 def _check_range(child: str, use: IndexUse, plates: PlateSizes) -> None:
     size = plates[use.plate][1] if use.plate in plates else None
     index = use.index
-    if index.numel() and size is not None and (index.min() < 0 or index.max() >= size):
+    # decided: a recorded step checks the range again on every replay.
+    if index.numel() and size is not None and decided((index.min() < 0) | (index.max() >= size)):
         raise ValueError(
             f"Site '{use.site}' is indexed along pyro.plate('{use.plate}') (size {size}) by "
             f"rows of pyro.plate('{child}') with values from {int(index.min())} to "
