@@ -20,9 +20,8 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 import warnings
-from typing import Dict, List
+from typing import List
 
 import pyro
 import torch
@@ -31,6 +30,7 @@ from pyro_qem import AutoQEM, Inference
 from pyro_qem.infer import CompileFallbackWarning
 
 from .models import MODELS
+from .step_time import time_blocks
 
 ALL_MODES = (False, "trace", "inductor")
 WARMUP = 4  # steps before timing: set-up, the first eager step, recording, the check
@@ -41,17 +41,6 @@ def _inference(name: str, mode, K: int, prefix: str) -> Inference:
     pyro.set_rng_seed(0)
     guide = AutoQEM(bench.model, groups=bench.groups, prefix=prefix)
     return Inference(bench.model, guide, K=K, lr=0.1, compile=mode)
-
-
-def _time_blocks(steps: Dict[str, callable], repeats: int, blocks: int = 4) -> Dict[str, float]:
-    totals = {name: 0.0 for name in steps}
-    for _ in range(blocks):
-        for name, fn in steps.items():
-            start = time.perf_counter()
-            for _ in range(repeats // blocks):
-                fn()
-            totals[name] += time.perf_counter() - start
-    return {name: total / (repeats // blocks * blocks) for name, total in totals.items()}
 
 
 def run(name: str, K: int, repeats: int, modes=ALL_MODES) -> List[str]:
@@ -69,7 +58,7 @@ def run(name: str, K: int, repeats: int, modes=ALL_MODES) -> List[str]:
         again = _inference(name, "inductor", K, f"{name}_again")
         for _ in range(WARMUP):
             again.step(train)
-    seconds = _time_blocks({str(m): (lambda i=inferences[m]: i.step(train)) for m in modes}, repeats)
+    seconds = time_blocks({str(m): (lambda i=inferences[m]: i.step(train)) for m in modes}, repeats)
     eager = seconds["False"]
     rows = []
     for mode in modes:
