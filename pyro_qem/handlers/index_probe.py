@@ -255,4 +255,7 @@ class IndexProbe(Messenger):
 
 def plain(value: torch.Tensor) -> torch.Tensor:
     """``value`` as a plain tensor: the one an :class:`IndexedValue` wraps (no copy)."""
-    return value._qem_plain if isinstance(value, IndexedValue) else value
+    if not isinstance(value, IndexedValue):
+        return value
+    wrapped = getattr(value, "_qem_plain", None)  # None: made by as_subclass elsewhere
+    return wrapped if wrapped is not None else value.as_subclass(torch.Tensor)
