@@ -33,7 +33,9 @@ from .models import MODELS
 from .step_time import time_blocks
 
 ALL_MODES = (False, "trace", "inductor")
-WARMUP = 4  # steps before timing: set-up, the first eager step, recording, the check
+# Steps before timing: set-up, the first eager step, the recording, its check, and six
+# replays, whose losses are compared with the eager fit's.
+WARMUP = 10
 
 
 def _inference(name: str, mode, K: int, prefix: str) -> Inference:

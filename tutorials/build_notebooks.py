@@ -1543,7 +1543,7 @@ for mode, (losses, times, compile_s) in runs.items():
     ("markdown", """The `"trace"` fit is the eager fit bit for bit; the compiled one differs only by float
 rounding in the last digits. Here the step is the likelihood of K x N = 10^6 logits, and
 the compiled step fuses it; on small hierarchies, where a step is mostly Python, the
-README's benchmark (`python -m benchmarks.compiled_step`) measures 0.13-0.18x the eager
+README's benchmark (`python -m benchmarks.compiled_step`) measures 0.12-0.21x the eager
 step on radon and bus, and 0.49x on the movielens-shaped model. Compilation takes
 seconds (less when torch's kernel cache on disk already holds the model's kernels), so it
 pays for long fits and repeated fits of one model. Whatever the recording cannot cover

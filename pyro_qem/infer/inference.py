@@ -126,8 +126,8 @@ class Inference:
         ``"trace"``), and anything it cannot cover (minibatches, a distributed fit,
         gradient-fitted parameters, contractions in chunks, Python control flow on
         tensor values) falls back to eager steps with a one-line
-        :class:`~pyro_qem.infer.compiled.CompileFallbackWarning`. Radon (600
-        parameters, K = 30, one thread): a 2.2 ms eager step replays in 1.6 ms and runs
+        :class:`~pyro_qem.infer.compiled.CompileFallbackWarning`. On the radon
+        benchmark model (K = 30, one thread) a 2.2 ms eager step replays in 1.6 ms and runs
         compiled in 0.3 ms, after 6 s of compilation (less with torch's kernel cache
         warm)
         (:mod:`pyro_qem.infer.compiled`; ``python -m benchmarks.compiled_step``).
