@@ -228,6 +228,7 @@ class Inference:
                             reparameterized=self.objective == "vi", inflation=inflation,
                             num_sets=num_sets, particle_hook=hook)
         largest = check_memory(run.sites, run.structure, self.K, self._budget)
+        run.max_memory = self._budget
         if num_sets == 1:  # the thread choice is for a step's size, not a batch of sets
             self._largest_factor = largest
         if self.sharding is not None:

@@ -49,6 +49,9 @@ class ParticleRun:
     params: Dict[str, torch.Tensor]
     links: Dict[str, torch.Tensor] = field(default_factory=dict)
     plate_reducers: Dict[str, PlateReduction] = field(default_factory=dict)
+    #: The memory budget its contraction is planned for (``Inference(max_memory=...)``;
+    #: None: contracted whole).
+    max_memory: Optional[float] = None
 
     @property
     def latent(self) -> Dict[str, SiteRecord]:
@@ -179,7 +182,7 @@ def weigh(run: ParticleRun, weights: bool = True, contract: bool = True) -> Weig
                 for name, r in run.plate_reducers.items()}
     with torch.enable_grad():
         result = estimate(run.sites, run.structure, run.num_particles, links=run.links,
-                          plate_reducers=reducers,
+                          plate_reducers=reducers, max_memory=run.max_memory,
                           contract=contract or weights or bool(reducers))
         marginals = result.weights() if weights else None
     if result.log_p_hat is not None:
