@@ -59,11 +59,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 MODES = ("trace", "inductor")
 
-# Recorded and replayed steps must agree with the eager one to this relative error, by
-# the model's precision (the dtype of log P_hat): a replayed graph runs the very same
-# kernels (exact), a fused one reorders float arithmetic (about 1e-15 in float64, 1e-7
-# in float32, which float64 statistics of float32 particles inherit).
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+# Recorded and replayed steps must agree with the eager one to this relative error
+# (relative to 1 + |value|), by the model's precision (the dtype of log P_hat): a
+# replayed graph runs the very same kernels (exact), a fused one reorders float
+# arithmetic. In float32 a log likelihood summed over thousands of terms moves by ~1e-4
+# in absolute terms, and the weights by that relative amount; a value held as a constant
+# by mistake moves them by order one.
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-3}
 
 
 class CompileFallbackWarning(UserWarning):
