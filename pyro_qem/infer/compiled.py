@@ -169,7 +169,11 @@ class CompiledStep:
         return self._build(key, leaves, spec, lr, average)
 
     def _key(self, leaves: list, spec, average: bool) -> Optional[Hashable]:
-        parts: List[Hashable] = [spec, average, tuple(sorted(self.inference.guide.state.tensors))]
+        inference = self.inference
+        # Everything the recorded Python read that a user could change between steps.
+        parts: List[Hashable] = [spec, average, tuple(sorted(inference.guide.state.tensors)),
+                                 inference.K, inference.noise_compensation, inference.objective,
+                                 id(inference.model), id(inference.guide.structure)]
         for leaf in leaves:
             if isinstance(leaf, torch.Tensor):
                 parts.append(("tensor", tuple(leaf.shape), leaf.dtype, leaf.device, leaf.requires_grad))

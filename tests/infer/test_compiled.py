@@ -228,3 +228,18 @@ def test_a_value_the_recording_would_bake_in_is_caught_by_the_check():
     with pytest.warns(CompileFallbackWarning, match="differs from the eager one"):
         traced = fit("trace", 6, y, model=aliasing, lr=0.3)
     assert eager[0] == traced[0]
+
+
+def test_changing_K_between_steps_is_recorded_anew():
+    y = data()
+    losses = {}
+    for compile in (False, "trace"):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        inference = Inference(model, AutoQEM(model), K=7, lr=0.3, compile=compile)
+        losses[compile] = []
+        for K in (7,) * 5 + (11,) * 5:
+            inference.K = K
+            losses[compile].append(inference.step(y))
+    assert losses[False] == losses["trace"]
+    assert len(inference.compiled.graphs) == 2
