@@ -37,7 +37,7 @@ def chosen_configs(curves: Sequence[Curve], compile: Optional[str] = "inductor")
     fastest again with ``Inference(compile=compile)`` (unless None)."""
     svi = summary.select(curves, "SVI")
     goal = summary.targets(curves)["pred_ll"]
-    qem = [c for c in curves if c.config["method"] == "QEM"]
+    qem = summary.of_method(curves, "QEM")
     fastest = min(qem, key=lambda c: summary.time_to(c, "pred_ll", goal))
     selected = summary.select(curves, "QEM")
     picked = {"SVI": svi, "QEM (selected)": selected}

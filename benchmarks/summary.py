@@ -26,9 +26,15 @@ def time_to(curve: Curve, key: str, target: float) -> float:
     return math.inf
 
 
+def of_method(curves: Sequence[Curve], method: str) -> List[Curve]:
+    """The eager runs of ``method``: compiled QEM runs (``compile=``) are compared in a
+    table of their own, not selected or timed with the eager configurations."""
+    return [c for c in curves if c.config["method"] == method and not c.config.get("compile")]
+
+
 def best(curves: Sequence[Curve], method: str, key: str = "pred_ll") -> Optional[Curve]:
     """The configuration of ``method`` with the highest final ``key``."""
-    mine = [c for c in curves if c.config["method"] == method and c.step]
+    mine = [c for c in of_method(curves, method) if c.step]
     if not mine:
         return None
     return max(mine, key=lambda c: _or_minus_inf(final(getattr(c, key))))
@@ -38,7 +44,7 @@ def select(curves: Sequence[Curve], method: str) -> Optional[Curve]:
     """The configuration a user of ``method`` would pick without test data or NUTS: the
     best final value of its own objective (the standard ELBO for SVI, log P_hat for the
     methods on the massively parallel estimator). QEM at K = 30 when it was run."""
-    pool = [c for c in curves if c.config["method"] == method]
+    pool = of_method(curves, method)
     at_30 = [c for c in pool if c.config["K"] == 30]
     return best(at_30 or pool, method, "elbo" if method == "SVI" else "log_p_hat")
 
@@ -87,7 +93,7 @@ def rows(curves: Sequence[Curve]) -> List[Row]:
 
 def fastest(curves: Sequence[Curve], method: str, key: str, target: float) -> float:
     """The shortest time to ``target`` over the configurations of ``method``."""
-    times = [time_to(c, key, target) for c in curves if c.config["method"] == method]
+    times = [time_to(c, key, target) for c in of_method(curves, method)]
     return min(times, default=math.nan)
 
 
@@ -134,7 +140,7 @@ def _step_cost_checks(curves: Sequence[Curve]) -> List[str]:
 
 
 def _step_times(curves: Sequence[Curve], method: str, K: int) -> List[float]:
-    return [c.time_per_step for c in curves if c.config["method"] == method and c.config["K"] == K]
+    return [c.time_per_step for c in of_method(curves, method) if c.config["K"] == K]
 
 
 def _verdict(ok: bool) -> str:
