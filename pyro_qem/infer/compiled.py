@@ -58,6 +58,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .inference import Inference
 
 MODES = ("trace", "inductor")
+# Distinct keys after which recording stops: arguments that change every step.
+MAX_KEYS = 20
 
 # Recorded and replayed steps must agree with the eager one to this relative error
 # (relative to 1 + |value|), by the model's precision (the dtype of log P_hat): a
@@ -165,6 +167,10 @@ class CompiledStep:
             return self._check(key, self.unchecked[key], leaves, lr)
         if key not in self.seen:  # its first step runs eagerly (set-up, warnings)
             self.seen.add(key)
+            if len(self.seen) > MAX_KEYS:
+                self.disable(f"the arguments' shapes or non-tensor values (or the guide's "
+                             f"state) changed {MAX_KEYS} times, so recordings would not be "
+                             "reused; pass data of fixed shapes, with numbers as tensors.")
             return None
         return self._build(key, leaves, spec, lr, average)
 
@@ -189,14 +195,14 @@ class CompiledStep:
 
     # --------------------------------------------------------------- recording
 
-    def _body(self, spec, num_leaves: List[bool], state_keys: List[str], groups: List[int],
+    def _body(self, spec, is_tensor: List[bool], state_keys: List[str], groups: List[int],
               constants: list, average: bool) -> Callable:
         inference, state = self.inference, self.inference.guide.state
 
         def body(*inputs):
             tensors = iter(inputs)
-            leaves = [next(tensors) if is_tensor else constant
-                      for is_tensor, constant in zip(num_leaves, constants)]
+            leaves = [next(tensors) if tensor else constant
+                      for tensor, constant in zip(is_tensor, constants)]
             args, kwargs = pytree.tree_unflatten(leaves, spec)
             lr = next(tensors)
             copies = {key: value.clone() for key, value in zip(state_keys, tensors)}

@@ -243,3 +243,13 @@ def test_changing_K_between_steps_is_recorded_anew():
             losses[compile].append(inference.step(y))
     assert losses[False] == losses["trace"]
     assert len(inference.compiled.graphs) == 2
+
+
+def test_arguments_that_change_every_step_stop_the_recording_and_say_so():
+    y = data()
+    pyro.clear_param_store()
+    inference = Inference(model, AutoQEM(model), K=5, lr=0.3, compile="trace")
+    with pytest.warns(CompileFallbackWarning, match="changed 20 times"):
+        for step in range(25):
+            inference.step(y, 1.0 + 0.01 * step)  # a new float each step: a new key
+    assert not inference.compiled.graphs
