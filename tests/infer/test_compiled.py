@@ -91,15 +91,23 @@ def test_new_data_of_the_same_shape_are_inputs_not_constants():
     assert eager == traced
 
 
-def test_a_changed_non_tensor_argument_is_recorded_anew():
-    y = data()
+def fits_with_changes(step):
+    """Eager and traced fits whose ``step(inference, i)`` changes something between
+    steps: their losses, and the traced inference."""
     losses = {}
     for compile in (False, "trace"):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         inference = Inference(model, AutoQEM(model), K=7, lr=0.3, compile=compile)
-        losses[compile] = [inference.step(y, scale) for scale in (2.0,) * 4 + (1.5,) * 4]
-    assert losses[False] == losses["trace"]
+        losses[compile] = [step(inference, i) for i in range(10)]
+    return losses[False], losses["trace"], inference
+
+
+def test_a_changed_non_tensor_argument_is_recorded_anew():
+    y = data()
+    eager, traced, inference = fits_with_changes(
+        lambda inference, i: inference.step(y, 2.0 if i < 5 else 1.5))
+    assert eager == traced
     assert len(inference.compiled.graphs) == 2
 
 
@@ -232,16 +240,13 @@ def test_a_value_the_recording_would_bake_in_is_caught_by_the_check():
 
 def test_changing_K_between_steps_is_recorded_anew():
     y = data()
-    losses = {}
-    for compile in (False, "trace"):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(0)
-        inference = Inference(model, AutoQEM(model), K=7, lr=0.3, compile=compile)
-        losses[compile] = []
-        for K in (7,) * 5 + (11,) * 5:
-            inference.K = K
-            losses[compile].append(inference.step(y))
-    assert losses[False] == losses["trace"]
+
+    def step(inference, i):
+        inference.K = 7 if i < 5 else 11
+        return inference.step(y)
+
+    eager, traced, inference = fits_with_changes(step)
+    assert eager == traced
     assert len(inference.compiled.graphs) == 2
 
 
