@@ -295,13 +295,18 @@ class CompiledStep:
         _set_rng_state(rng)
         with torch.enable_grad():
             eager = [t.detach() for t in graph.body(*inputs)]
-        if replayed is not None:
+        if replayed is not None and not bool(replayed[1]):
+            # This step's data took another path at a guarded decision than the trace's:
+            # nothing to compare; check at the next step with this key instead.
+            self.unchecked[key] = graph
+            self.eager_reruns += 1
+        elif replayed is not None:
             mismatch = _mismatch(eager, replayed)
             if mismatch is None:
                 self.graphs[key] = graph
             else:
                 reason = f"the recorded step differs from the eager one ({mismatch})."
-        if key not in self.graphs:
+        if key not in self.graphs and key not in self.unchecked:
             self.disable(reason)
         self.compile_seconds += time.perf_counter() - start
         if not torch.isfinite(eager[0]):

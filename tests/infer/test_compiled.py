@@ -258,3 +258,20 @@ def test_arguments_that_change_every_step_stop_the_recording_and_say_so():
         for step in range(25):
             inference.step(y, 1.0 + 0.01 * step)  # a new float each step: a new key
     assert not inference.compiled.graphs
+
+
+def test_an_error_at_the_check_step_leaves_the_recording_to_be_made_again():
+    county = torch.tensor([0, 0, 1, 2, 2, 2, 4, 4])
+    y = torch.randn(8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    bad = torch.tensor([0, 0, 1, 2, 2, 2, 4, 9])  # out of range: the model's indexing fails
+    inference = Inference(county_model, AutoQEM(county_model), K=5, lr=0.3, compile="trace")
+    for _ in range(3):  # eager, eager (key seen), recorded
+        inference.step(county, y)
+    assert inference.compiled.unchecked
+    with pytest.raises(IndexError):
+        inference.step(bad, y)  # the check step: the eager run raises, nothing is kept
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)
+        for _ in range(4):
+            inference.step(county, y)
+    assert inference.compiled.graphs and inference.compiled.disabled is None
