@@ -259,7 +259,7 @@ class OneHotCategorical(Family):
         return (torch.softmax(params["logits"], -1),)
 
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
-        q = dist.OneHotCategorical(logits=params["logits"])
+        q = _OneHot(logits=params["logits"])
         return q.to_event(len(event_shape) - 1)
 
     def init_moments(self, draws: torch.Tensor, event_shape: torch.Size) -> Moments:
@@ -276,3 +276,14 @@ class OneHotCategorical(Family):
         """Each coordinate's marginal, Bernoulli(probs_k): 1 where p exceeds 1 - probs_k."""
         category_probs = torch.softmax(params["logits"].double(), -1)
         return (probs > 1 - category_probs).double()
+
+
+class _OneHot(dist.OneHotCategorical):
+    """``OneHotCategorical`` whose draws are one-hot by comparison: torch's sampler uses
+    ``F.one_hot``, which checks the indices' range on the host, so a recorded step
+    (:mod:`pyro_qem.infer.compiled`) could not contain it. Same draws, same density."""
+
+    def sample(self, sample_shape=torch.Size()):
+        indices = self._categorical.sample(sample_shape)
+        categories = torch.arange(self._categorical._num_events, device=indices.device)
+        return (indices.unsqueeze(-1) == categories).to(self.probs)

@@ -275,3 +275,20 @@ def test_an_error_at_the_check_step_leaves_the_recording_to_be_made_again():
         for _ in range(4):
             inference.step(county, y)
     assert inference.compiled.graphs and inference.compiled.disabled is None
+
+
+def test_a_one_hot_categorical_site_is_recorded_and_replays_the_eager_fit():
+    def membership(y):
+        with pyro.plate("problems", y.shape[1]):
+            c = pyro.sample("c", dist.OneHotCategorical(torch.ones(3, dtype=y.dtype) / 3))
+            locs = torch.tensor([-2.0, 0.0, 2.0], dtype=y.dtype)
+            with pyro.plate("items", y.shape[0]):
+                pyro.sample("y", dist.Normal((c * locs).sum(-1), 1.0), obs=y)
+
+    y = data()
+    eager = fit(False, 8, y, model=membership, lr=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)
+        traced = fit("trace", 8, y, model=membership, lr=0.3)
+    assert traced[2].compiled.compiled_steps == 4
+    assert eager[0] == traced[0]
