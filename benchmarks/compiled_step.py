@@ -1,6 +1,7 @@
 """The compiled QEM step against the eager one, side by side in one process.
 
     python -m benchmarks.compiled_step [--K 30] [--repeats 200] [--models bus radon movielens]
+                                       [--device cuda] [--modes trace inductor] [--warm-cache]
 
 For each benchmark model (its recommended groups, lr = 0.1, one torch thread), three
 fits from the same seed: eager (``compile=False``), the recorded step replayed
@@ -45,8 +46,8 @@ def _inference(name: str, mode, K: int, prefix: str) -> Inference:
     return Inference(bench.model, guide, K=K, lr=0.1, compile=mode)
 
 
-def run(name: str, K: int, repeats: int, modes=ALL_MODES) -> List[str]:
-    train, _ = MODELS[name].load("cpu")
+def run(name: str, K: int, repeats: int, modes=ALL_MODES, device: str = "cpu") -> List[str]:
+    train, _ = MODELS[name].load(device)
     inferences, losses, compile_s = {}, {}, {}
     for mode in modes:
         with warnings.catch_warnings():
@@ -82,6 +83,8 @@ def main(argv=None) -> None:
     parser.add_argument("--K", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--models", nargs="+", default=["bus", "radon", "movielens"], choices=sorted(MODELS))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where the data (and so the model's tensors) live")
     parser.add_argument("--modes", nargs="+", default=["trace", "inductor"], choices=["trace", "inductor"],
                         help="compiled steps to time beside the eager one")
     parser.add_argument("--warm-cache", action="store_true",
@@ -91,11 +94,12 @@ def main(argv=None) -> None:
     if not args.warm_cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor_")
     torch.set_num_threads(1)
-    print(f"K = {args.K}, one torch thread, torch {torch.__version__}")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU, one torch thread"
+    print(f"K = {args.K}, {where}, torch {torch.__version__}")
     print("| model | step | record + compile s | ms/step | x eager | steps to pay off | max loss diff (first steps) |")
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
-        for row in run(name, args.K, args.repeats, (False, *args.modes)):
+        for row in run(name, args.K, args.repeats, (False, *args.modes), args.device):
             print(row, flush=True)
 
 
