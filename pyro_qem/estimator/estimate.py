@@ -16,7 +16,7 @@ import torch
 
 from ..handlers import SiteRecord
 from ..model.structure import ModelStructure
-from .contraction import Source, check_finite, make_sources, normalised_weights
+from .contraction import Chunking, Source, check_finite, make_sources, normalised_weights
 from .factors import LogFactor, log_factors, subsample_scales
 from .linked import PlateLink, contract_terms
 from .memory import plan_contraction
@@ -61,7 +61,7 @@ class Estimate:
     log_p_hat: Optional[torch.Tensor]
     links: Dict[str, PlateLink] = field(default_factory=dict)
     #: The chunking the contraction used to stay within ``max_memory`` (None: whole).
-    chunking: Optional[object] = None
+    chunking: Optional[Chunking] = None
 
     def weights(self, source_grads: Sequence[torch.Tensor] = None) -> Dict[int, torch.Tensor]:
         """Each group's normalised particle weights (broadcast layout, particles in dim

@@ -92,9 +92,9 @@ class IndexedValue(torch.Tensor):
             index = kwargs.get("index", args[2] if len(args) > 2 else None)
             _record(args[0], dim - args[0].dim() if dim >= 0 else dim, index)
         with torch._C.DisableTorchFunctionSubclass():
-            # Plain aliases below torch_function: dispatch-level tracers (the compiled
+            # The wrapped plain tensors below torch_function: dispatch-level tracers (the compiled
             # step's make_fx) do not know this subclass.
-            plain_args, plain_kwargs = tree_map(_plain_alias, (args, kwargs))
+            plain_args, plain_kwargs = tree_map(plain, (args, kwargs))
             result = func(*plain_args, **plain_kwargs)
         if func in ELEMENTWISE:
             return _derived(result, args, kwargs)
@@ -112,10 +112,6 @@ _EVENT_RESHAPES = frozenset({torch.unsqueeze, torch.Tensor.unsqueeze, torch.sque
                              torch.Tensor.squeeze})
 _MATMUL = frozenset({torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
                      torch.Tensor.__rmatmul__})
-
-
-def _plain_alias(value):
-    return plain(value)
 
 
 def _indexed(value: torch.Tensor, site: str, plates: Dict[int, str], event_ndim: int,

@@ -217,8 +217,8 @@ class CompiledStep:
                               inference.noise_compensation)
             if sorted(weights) != groups:
                 raise _Untraceable("the particle groups of a run changed between steps.")
-            if sorted(copies) != state_keys:
-                raise _Untraceable("the step created new state.")
+            if sorted(state.tensors) != state_keys:
+                raise _Untraceable("the step created new guide state while being recorded.")
             held = guards_hold(guards)
             if held is None:
                 held = torch.ones((), dtype=torch.bool)
