@@ -48,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--quick", action="store_true", help="a few configurations and steps")
     parser.add_argument("--no-rescaled", action="store_true", help="skip the invariance runs")
+    parser.add_argument("--selected", action="store_true",
+                        help="only the README's recommended QEM (eager and compiled) and the "
+                             "selected SVI learning rates: a short run, e.g. on a GPU")
     parser.add_argument("--out", type=Path, default=reference.DEFAULT_RESULTS,
                         help="where tables, curves and plots go (NUTS references are always "
                              "cached in benchmarks/results)")
@@ -73,10 +76,16 @@ def make_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def method_grid(quick: bool, steps: int) -> List[MethodConfig]:
+def method_grid(quick: bool, steps: int, selected: bool = False) -> List[MethodConfig]:
     """Every configuration to run; methods the engine lacks are reported and skipped.
     QEM runs at K = 30 and 10, averaging its iterates over the second half of the steps
-    as the README recommends; MP-VI and MP-RWS, whose steps cost more, at K = 30."""
+    as the README recommends; MP-VI and MP-RWS, whose steps cost more, at K = 30.
+    ``selected``: the recommended QEM (K = 30, lr = 0.1, eager and compiled) against
+    Pyro SVI at the learning rates the full tables select (0.01, 0.03)."""
+    if selected:
+        grid = [MethodConfig("QEM", 0.1, 30, average_from=steps // 2, compile=mode)
+                for mode in (None, "inductor")]
+        return grid + [MethodConfig("SVI", lr) for lr in (0.01, 0.03)]
     qem_lrs, adam_lrs, ks = ((0.1,), (0.03,), (10,)) if quick else (QEM_LRS, ADAM_LRS, KS)
     grid = [MethodConfig("QEM", lr, K, average_from=steps // 2) for K in ks for lr in qem_lrs]
     gradient_k = ks[0] if quick else GRADIENT_K
@@ -110,7 +119,7 @@ def run_model(bm: BenchmarkModel, args, settings: Settings) -> Dict:
     if moments is not None and args.device != "cpu":
         moments = {s: {k: v.to(args.device) for k, v in m.items()} for s, m in moments.items()}
     task = make_task(bm, 1.0, args.device, moments)
-    grid = method_grid(args.quick, settings.steps)
+    grid = method_grid(args.quick, settings.steps, args.selected)
     curves, numpyro_setups = [], {}
     for config in grid:
         curves.append(_run_logged(config, task, settings_for(config, settings)))

@@ -1,7 +1,7 @@
 """The compiled QEM step against the eager one, side by side in one process.
 
     python -m benchmarks.compiled_step [--K 30] [--repeats 200] [--models bus radon movielens]
-                                       [--device cuda] [--modes trace inductor] [--warm-cache]
+                                       [--device cuda] [--modes trace inductor cudagraphs] [--warm-cache]
 
 For each benchmark model (its recommended groups, lr = 0.1, one torch thread), three
 fits from the same seed: eager (``compile=False``), the recorded step replayed
@@ -85,7 +85,7 @@ def main(argv=None) -> None:
     parser.add_argument("--models", nargs="+", default=["bus", "radon", "movielens"], choices=sorted(MODELS))
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="where the data (and so the model's tensors) live")
-    parser.add_argument("--modes", nargs="+", default=["trace", "inductor"], choices=["trace", "inductor"],
+    parser.add_argument("--modes", nargs="+", default=["trace", "inductor"], choices=["trace", "inductor", "cudagraphs"],
                         help="compiled steps to time beside the eager one")
     parser.add_argument("--warm-cache", action="store_true",
                         help="keep torch's on-disk kernel cache (default: a fresh one, so the "

@@ -10,7 +10,12 @@ that gives the weights -> the moment update) as one graph of ATen ops with
 
 - ``"trace"``: the recorded graph as it is (no Python handlers; ~1 s to record);
 - ``"inductor"``: the graph compiled by :func:`torch.compile` (fused kernels; the
-  compilation takes seconds to a minute, cached on disk by torch across processes).
+  compilation takes seconds to a minute, cached on disk by torch across processes);
+- ``"cudagraphs"``: as ``"inductor"``, and on a CUDA device the compiled kernels are
+  also captured in a CUDA graph (``torch.compile(mode="reduce-overhead")``), so that a
+  step is one launch instead of hundreds (a small model's GPU step is launch-bound);
+  the step's outputs are copied out of the graph's memory pool. On a CPU it is
+  ``"inductor"``.
   Random draws use torch's own generator (``fallback_random``) so that a compiled step
   draws the same numbers as the eager one.
 
@@ -57,7 +62,7 @@ from .mstep import moment_update
 if TYPE_CHECKING:  # pragma: no cover
     from .inference import Inference
 
-MODES = ("trace", "inductor")
+MODES = ("trace", "inductor", "cudagraphs")
 # Distinct keys after which recording stops: arguments that change every step.
 MAX_KEYS = 20
 
@@ -76,7 +81,7 @@ class CompileFallbackWarning(UserWarning):
 
 def check_compile(compile: Any) -> Optional[str]:
     """``compile=`` of :class:`~pyro_qem.infer.Inference`: False/None (eager), True
-    (``"inductor"``), ``"trace"`` or ``"inductor"``."""
+    (``"inductor"``), ``"trace"``, ``"inductor"`` or ``"cudagraphs"``."""
     if compile is None or compile is False:
         return None
     if compile is True:
@@ -84,8 +89,9 @@ def check_compile(compile: Any) -> Optional[str]:
     if compile in MODES:
         return compile
     raise ValueError(
-        f"compile must be False, True, 'trace' (replay the recorded step) or 'inductor' "
-        f"(torch.compile the recorded step), got {compile!r}."
+        f"compile must be False, True, 'trace' (replay the recorded step), 'inductor' "
+        f"(torch.compile the recorded step) or 'cudagraphs' (also a CUDA graph on a GPU), "
+        f"got {compile!r}."
     )
 
 
@@ -101,7 +107,7 @@ class CompiledStep:
     """Records and replays :class:`~pyro_qem.infer.Inference`'s step (module docstring).
 
     :param inference: the inference whose steps it compiles.
-    :param mode: ``"trace"`` or ``"inductor"``.
+    :param mode: ``"trace"``, ``"inductor"`` or ``"cudagraphs"``.
     """
 
     def __init__(self, inference: "Inference", mode: str) -> None:
@@ -221,7 +227,7 @@ class CompiledStep:
                 raise _Untraceable("the step created new guide state while being recorded.")
             held = guards_hold(guards)
             if held is None:
-                held = torch.ones((), dtype=torch.bool)
+                held = torch.ones((), dtype=torch.bool, device=result.log_p_hat.device)
             return (result.log_p_hat.detach(), held) + tuple(weights[g].detach() for g in groups) \
                 + tuple(copies[k] for k in state_keys)
 
@@ -229,7 +235,9 @@ class CompiledStep:
 
     def _inputs(self, leaves: list, lr: float, state_keys: List[str]) -> list:
         state = self.inference.guide.state
-        lr_tensor = torch.tensor(float(lr), dtype=torch.float64)
+        # On the state's device: a CPU input would keep a CUDA step out of a CUDA graph.
+        device = state.leaf(state_keys[0]).device if state_keys else None
+        lr_tensor = torch.tensor(float(lr), dtype=torch.float64, device=device)
         return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)] + [lr_tensor] + \
             [state.leaf(key).detach() for key in state_keys]
 
@@ -268,7 +276,7 @@ class CompiledStep:
                          f"{_first_line(error)}).")
             return None
         out = [t.detach() for t in traced_out[0]]
-        fn = graph_module if self.mode == "trace" else _inductor(graph_module)
+        fn = graph_module if self.mode == "trace" else _inductor(graph_module, self.mode)
         graph = _Graph(fn, groups, state_keys, body)
         self.unchecked[key] = graph
         self.compile_seconds += time.perf_counter() - start
@@ -350,13 +358,22 @@ class _Untraceable(Exception):
     pass
 
 
-def _inductor(graph_module: torch.fx.GraphModule) -> Callable:
+def _inductor(graph_module: torch.fx.GraphModule, mode: str) -> Callable:
     import torch._inductor.config as inductor_config
 
     # The compiled kernels draw from torch's generator like the eager ops, so a compiled
     # fit is the eager fit (same seed, same particles).
     inductor_config.fallback_random = True
-    return torch.compile(graph_module, dynamic=False)
+    if mode != "cudagraphs":
+        return torch.compile(graph_module, dynamic=False)
+    compiled = torch.compile(graph_module, dynamic=False, mode="reduce-overhead")
+
+    def run(*inputs):
+        # A CUDA graph's outputs live in its memory pool and are overwritten by the
+        # next replay; the step keeps its weights beyond that.
+        return [t.clone() for t in compiled(*inputs)]
+
+    return run
 
 
 def _rng_state(inputs: list) -> tuple:

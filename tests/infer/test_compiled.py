@@ -65,12 +65,14 @@ def test_trace_mode_replays_the_eager_fit_exactly_with_averaging_and_a_schedule(
         assert torch.equal(eager[1][key], traced[1][key]), key
 
 
-def test_inductor_mode_equals_the_eager_fit_in_float64():
+@pytest.mark.parametrize("mode", [True, "cudagraphs"])
+def test_inductor_mode_equals_the_eager_fit_in_float64(mode):
+    # "cudagraphs" on a CPU is the inductor compilation with the outputs copied out.
     y = data()
     eager = fit(False, 12, y, lr=0.2, average_from=8)
     with warnings.catch_warnings():
         warnings.simplefilter("error", CompileFallbackWarning)
-        compiled = fit(True, 12, y, lr=0.2, average_from=8)
+        compiled = fit(mode, 12, y, lr=0.2, average_from=8)
     assert compiled[2].compiled.compiled_steps == 4
     assert_same_fit(eager, compiled, 1e-10)
 
