@@ -16,7 +16,6 @@ import traceback
 import warnings
 
 import pyro
-import torch
 
 from pyro_qem import AutoQEM, Inference
 

@@ -155,3 +155,26 @@ def test_scale_accuracy_quick_run_prints_its_table():
     assert {r["method"] for r in rows} == {"QEM K=10", "QEM K=30", "SVI AutoNormal",
                                             "SVI AutoMultivariateNormal"}
     assert all(r["q"]["sd_min"] > 0 for r in rows)
+
+
+def test_scale_speed_command_prints_its_table(capsys):
+    from benchmarks import scale_speed
+
+    rows = scale_speed.main(["--rows", "2000", "--K", "4", "--repeats", "4", "--no-compile"])
+    assert {row["method"] for row in rows} == {"QEM eager", "SVI"}
+    assert all(row["ms"] > 0 for row in rows)
+    assert "| 2e+03 | 5 | 4 | SVI |" in capsys.readouterr().out
+
+
+def test_gpu_preflight_runs_on_the_cpu(capsys):
+    from benchmarks import gpu_preflight
+
+    assert gpu_preflight.main(["--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "FAIL" not in out and out.count("ok   ") == 9
+
+
+def test_compare_selected_grid_is_the_recommended_qem_against_svi():
+    labels = [config.label for config in compare.method_grid(False, 200, selected=True)]
+    assert labels == ["QEM K=30 lr=0.1 avg>100", "QEM K=30 lr=0.1 avg>100 compile=inductor",
+                      "SVI lr=0.01", "SVI lr=0.03"]

@@ -58,6 +58,7 @@ from ..estimator import estimate
 from ..handlers.trace_guards import guards_hold, recording_guards
 from .gradients import backward
 from .mstep import moment_update
+from .random_inputs import lift_random_draws, with_draws
 
 if TYPE_CHECKING:  # pragma: no cover
     from .inference import Inference
@@ -276,7 +277,14 @@ class CompiledStep:
                          f"{_first_line(error)}).")
             return None
         out = [t.detach() for t in traced_out[0]]
-        fn = graph_module if self.mode == "trace" else _inductor(graph_module, self.mode)
+        fn = graph_module
+        if self.mode != "trace":
+            # Lifted, the draws keep the eager order whatever the compiler schedules;
+            # where some cannot be, the check below catches a reordering.
+            draws = lift_random_draws(graph_module)
+            fn = _inductor(graph_module, self.mode)
+            if draws:
+                fn = with_draws(fn, draws)
         graph = _Graph(fn, groups, state_keys, body)
         self.unchecked[key] = graph
         self.compile_seconds += time.perf_counter() - start
