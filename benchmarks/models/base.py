@@ -51,15 +51,17 @@ def as_tensors(arrays: Dict[str, np.ndarray], device: str) -> Data:
 
 
 def linear(features: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-    """``(features * coef).sum(-1)`` as one batched matmul.
+    """``(features * coef).sum(-1)`` as one matmul of the coefficients by the features'
+    transpose.
 
     ``coef`` (event dim last) is constant along the innermost plate, so where it has
-    batch dims its size there is 1; dropping that dim aligns its remaining batch dims
-    (particle dims, outer plates) with those of ``features``.
+    batch dims its size there is 1: ``coef (..., 1, P) @ features^T (..., P, N)`` gives
+    the ``(..., 1, N)`` predictor, whose singleton is dropped (in that order, with no
+    copy of the features per particle: for 2-D features one GEMM over all particles).
     """
-    if coef.dim() >= 2:
-        coef = coef.squeeze(-2)
-    return torch.matmul(features, coef.unsqueeze(-1)).squeeze(-1)
+    if coef.dim() < 2:
+        coef = coef.unsqueeze(-2)
+    return torch.matmul(coef, features.transpose(-1, -2)).squeeze(-2)
 
 
 def std_normal(like: torch.Tensor, shape: Sequence[int] = ()) -> dist.Normal:

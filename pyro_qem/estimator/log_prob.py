@@ -41,8 +41,19 @@ def log_prob(fn: torch.distributions.Distribution, value: torch.Tensor) -> torch
     inputs = value.numel() + loc.numel() + scale.numel()
     if math.prod(batch) * size < MIN_BROADCAST_GAIN * inputs:
         return fn.log_prob(value)
-    result = _expanded(value, loc, scale, batch)
+    # pyro.plate expands a site's distribution to the plate's size: a stride-0 view
+    # whose copies the contraction would otherwise treat as distinct (one small matrix
+    # product per plate element instead of one matrix product).
+    result = _expanded(_compact(value), _compact(loc), _compact(scale), batch)
     return fn.log_prob(value) if result is None else result
+
+
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with every broadcast (stride-0) dim of size > 1 narrowed to size 1."""
+    for dim, (size, stride) in enumerate(zip(t.shape, t.stride())):
+        if stride == 0 and size > 1:
+            t = t.narrow(dim, 0, 1)
+    return t
 
 
 def _diagonal_normal(fn) -> Optional[Normal]:

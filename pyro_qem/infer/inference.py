@@ -120,7 +120,9 @@ class Inference:
         ``"trace"``: record the tensor operations of one whole step (draws, log
         densities, contraction, weights, moment update) once the arguments' shapes have
         been seen, and replay the recording without Python handlers; ``True`` or
-        ``"inductor"``: also compile the recording with :func:`torch.compile`. A
+        ``"inductor"``: also compile the recording with :func:`torch.compile`;
+        ``"cudagraphs"``: also capture the compiled step in a CUDA graph on a GPU (on
+        a CPU, ``"inductor"``). A
         recording is checked at its first replay against the eager step from the same
         state and random state (equal to 1e-10 in float64; bit for bit with
         ``"trace"``), and anything it cannot cover (minibatches, a distributed fit,

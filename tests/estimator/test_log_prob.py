@@ -55,3 +55,24 @@ def test_far_from_the_centre_is_declined():
 def test_other_distributions_use_their_own_log_prob(fn):
     value = torch.randn(20, 1, 1, 18)
     torch.testing.assert_close(lp.log_prob(fn, value), fn.log_prob(value))
+
+
+def test_plate_expanded_parameters_give_the_same_density_and_gradients():
+    # pyro.plate expands loc and scale to the plate's size (stride-0 views): the
+    # contraction treats those dims as broadcast (one matrix product), with the same
+    # values and gradients as the unexpanded parameters.
+    torch.manual_seed(1)
+    value = torch.randn(30, 1, 300, 18, dtype=torch.float64)
+    loc = torch.randn(1, 30, 1, 18, dtype=torch.float64, requires_grad=True)
+    scale = (0.5 + torch.rand(1, 30, 1, 18, dtype=torch.float64)).requires_grad_()
+    expanded = dist.Normal(loc.expand(1, 30, 300, 18), scale.expand(1, 30, 300, 18))
+    assert expanded.loc.stride(2) == 0
+    got = lp.log_prob(expanded.to_event(1), value)
+    want = dist.Normal(loc, scale).to_event(1).log_prob(value)
+    assert got.shape == want.shape == (30, 30, 300)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-9)
+    weights = torch.rand(want.shape, dtype=torch.float64)
+    for g, e in zip(torch.autograd.grad((got * weights).sum(), (loc, scale)),
+                    torch.autograd.grad((want * weights).sum(), (loc, scale))):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-8)
+    assert lp._compact(expanded.loc).shape == (1, 30, 1, 18)
