@@ -10,6 +10,7 @@ import torch
 from ..estimator import estimate
 from ..estimator.memory import check_memory, check_memory_before_run, default_budget
 from ..guides.qem_guide import QEMGuide
+from ..handlers.epochs import EpochSubsampleMessenger
 from .collapse import CollapseMonitor
 from .compiled import CompiledStep, check_compile
 from .distributed import (
@@ -24,6 +25,7 @@ from .fit import FitHistory, fit
 from .threads import check_num_threads, step_threads
 from .gradients import apply, backward, check_objective, check_params
 from .mstep import minibatch_inflation, moment_update
+from .regression import fits_by_regression
 from .pipeline import ParticleRun, run_particles
 from .schedules import StepSize, as_schedule, check_lr
 
@@ -179,6 +181,9 @@ class Inference:
         self.num_threads = check_num_threads(num_threads)
         self._largest_factor: Optional[int] = None
         self._inflation: Dict[str, float] = {}
+        # Minibatches by passes over the data (handlers.epochs): a pass's scaled
+        # minibatch terms add up to the full-data term.
+        self._epochs = EpochSubsampleMessenger()
         self._warned_plates: set = set()
         self.process_group: Optional[ProcessGroup] = as_process_group(process_group)
         if self.process_group is not None and optim is not None:
@@ -226,9 +231,10 @@ class Inference:
                 self._budget = default_budget(site.device if site is not None else None)
             # Refuse before the model allocates its own K-particle tensors.
             check_memory_before_run(structure, self.K, self._budget)
-        run = run_particles(self.model, self.guide, self.K, args, kwargs,
-                            reparameterized=self.objective == "vi", inflation=inflation,
-                            num_sets=num_sets, particle_hook=hook)
+        with self._epochs:
+            run = run_particles(self.model, self.guide, self.K, args, kwargs,
+                                reparameterized=self.objective == "vi", inflation=inflation,
+                                num_sets=num_sets, particle_hook=hook)
         largest = check_memory(run.sites, run.structure, self.K, self._budget)
         run.max_memory = self._budget
         if num_sets == 1:  # the thread choice is for a step's size, not a batch of sets
@@ -280,7 +286,7 @@ class Inference:
         self._minibatch = bool(result.plate_scales)
         self._chunked = result.chunking is not None
         self._warn_subsampling(result.plate_scales)
-        self._inflation = minibatch_inflation(self.guide, result.plate_scales)
+        self._inflation = minibatch_inflation(self.guide, result.plate_scales, self.K)
         source_grads, param_grads = backward(result.log_p_hat, result.sources, run.params,
                                              run.sites, self.objective)
         if param_grads:
@@ -349,20 +355,35 @@ class Inference:
             if plate in self._warned_plates:
                 continue
             self._warned_plates.add(plate)
-            outside = [s for s, info in self.guide.structure.sites.items() if plate not in info.plates]
-            warnings.warn(
-                f"pyro.plate('{plate}') is subsampled (N/B = {scale:g}). The sites outside "
-                f"it ({outside}) are fitted to a different minibatch's posterior each "
-                "step: scalar sites of location families, alone in their group, are "
-                "smoothed in location and variance apart from a proposal widened by "
-                "sqrt(N/B) (Normal hierarchy: sd 0.95x exact at N/B = 4, 0.94x at 20, "
-                "0.89-0.94x and means up to 1 sd off at 100; a logistic-regression "
-                "coefficient: 0.74-0.94x at 10, 0.64-0.78x at 100); for vector sites, groups "
-                "and other families the fitted spread comes out too wide (2-7x). Use full "
-                "batches for final uncertainty estimates.",
-                SubsampleWarning,
-                stacklevel=3,
-            )
+            structure = self.guide.structure
+            outside = [s for s, info in structure.sites.items() if plate not in info.plates]
+            regressed = [s for s in outside
+                         if fits_by_regression(self.guide, structure.group_of(s), self.K)]
+            others = [s for s in outside if s not in regressed]
+            if others:
+                warnings.warn(
+                    f"pyro.plate('{plate}') is subsampled (N/B = {scale:g}). The sites outside "
+                    f"it that are not Normal-coordinate groups with K >= 2 D + 2 ({others}) "
+                    "are fitted to a different minibatch's posterior each step: scalar "
+                    "sites of location families, alone in their group, are smoothed in "
+                    "location and variance apart from a proposal widened by sqrt(N/B); for "
+                    "vector sites, groups and other families the fitted spread comes out "
+                    "too wide (2-7x). Use full batches for their final uncertainty, or "
+                    f"raise K (sites {regressed} are fitted by regression, without that "
+                    "distortion).",
+                    SubsampleWarning,
+                    stacklevel=3,
+                )
+            elif self.average_from is None:
+                warnings.warn(
+                    f"pyro.plate('{plate}') is subsampled (N/B = {scale:g}). The sites outside "
+                    f"it ({outside}) are fitted by regression on each minibatch, whose "
+                    "noise moves q's location by about sqrt(lr N / (2 B)) posterior sds "
+                    "from step to step; pass average_from (e.g. half the steps) to "
+                    "average it out.",
+                    SubsampleWarning,
+                    stacklevel=3,
+                )
 
     def fit(self, *args, **kwargs) -> FitHistory:
         """:func:`pyro_qem.infer.fit` on this inference: steps with a progress bar

@@ -15,12 +15,13 @@ from typing import Dict, List, Mapping, Sequence
 import torch
 
 from ..families import Family
-
-# A running average restarts where the iterate has become this much more concentrated.
-RESTART_RATIO = 2.0
 from ..guides.qem_guide import QEMGuide
 from ..handlers import SiteRecord, is_subsampled
 from ..model import SiteInfo, selection_of
+from .regression import fits_by_regression, regression_update
+
+# A running average restarts where the iterate has become this much more concentrated.
+RESTART_RATIO = 2.0
 
 
 def weighted_statistics(family: Family, value: torch.Tensor, weight: torch.Tensor,
@@ -101,10 +102,11 @@ def minibatch_step(family: Family, current: Sequence[torch.Tensor], estimates: S
     return list(family.join_moments(stepped, site.event_shape))
 
 
-def minibatch_inflation(guide: QEMGuide, plate_scales: Mapping[str, float]) -> Dict[str, float]:
+def minibatch_inflation(guide: QEMGuide, plate_scales: Mapping[str, float], K: int
+                        ) -> Dict[str, float]:
     """site -> ``sqrt(N / B)`` of the subsampled plates it is outside of (the largest),
-    for the next step's proposals of the sites that :func:`splits_minibatch_steps`;
-    empty for a full-batch step."""
+    for the next step's proposals of the sites that :func:`splits_minibatch_steps`
+    (those updated by regression draw from q itself); empty for a full-batch step."""
     if not plate_scales:
         return {}
     structure = guide.structure
@@ -113,7 +115,8 @@ def minibatch_inflation(guide: QEMGuide, plate_scales: Mapping[str, float]) -> D
     out = {}
     for name, site in structure.sites.items():
         outside = [scale for plate, scale in scales.items() if plate not in site.plates]
-        if outside and splits_minibatch_steps(guide, name):
+        if outside and splits_minibatch_steps(guide, name) \
+                and not fits_by_regression(guide, structure.group_of(name), K):
             out[name] = max(outside) ** 0.5
     return out
 
@@ -144,9 +147,21 @@ def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Ma
     """
     structure = guide.structure
     subsampled = {f.name for r in records for f in r.frames if is_subsampled(f)}
+    regressed = set()
+    for group, members in _regression_groups(guide, records, subsampled, weights).items():
+        updated = regression_update(guide, structure.groups[group], members, weights[group],
+                                    subsamples, lr)
+        if updated is None:
+            continue
+        regressed.add(group)
+        for record, new in zip(members, updated):
+            if average:
+                site = structure.sites[record.name]
+                _average(guide, site, guide.families[record.name], new,
+                         selection_of(record.frames, subsamples))
     for record in records:
         family = guide.families.get(record.name)
-        if record.draw is None or family is None:
+        if record.draw is None or family is None or record.draw.group in regressed:
             continue
         site = structure.sites[record.name]
         weight = weights[record.draw.group]
@@ -170,6 +185,24 @@ def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Ma
         if average:
             _average(guide, site, family, new, selection)
     guide.state.count_update()
+
+
+def _regression_groups(guide: QEMGuide, records: Sequence[SiteRecord], subsampled: set,
+                       weights: Mapping[int, torch.Tensor]) -> Dict[int, List[SiteRecord]]:
+    """group -> its records (in the group's site order), for the groups of a minibatch
+    step that :func:`~pyro_qem.infer.regression.fits_by_regression` (outside every
+    subsampled plate, every site of the group in this run)."""
+    if not subsampled:
+        return {}
+    by_name = {r.name: r for r in records if r.draw is not None}
+    out = {}
+    for group in guide.structure.groups:
+        if group.index not in weights or group.plates & subsampled \
+                or not all(name in by_name for name in group.sites):
+            continue
+        if fits_by_regression(guide, group, weights[group.index].shape[0]):
+            out[group.index] = [by_name[name] for name in group.sites]
+    return out
 
 
 def _average(guide: QEMGuide, site: SiteInfo, family: Family, new: Sequence[torch.Tensor],

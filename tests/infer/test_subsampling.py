@@ -1,6 +1,7 @@
 """Subsampled plates: the N / B scale applied after each element's logsumexp."""
 
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -74,21 +75,43 @@ def test_only_the_minibatch_elements_move(y):
     assert moved.sum() == B
 
 
-def test_subsampled_fit_keeps_means_and_warns_about_spread(y):
-    """Means are right with minibatches; the global site's spread is kept by smoothing
-    its location and variance apart from a sqrt(N/B)-wide proposal (mean-parameter
-    smoothing gave ~1.9x the exact sd). Averaging 300 iterates whose centres wander by
-    ~sqrt(N/B) posterior sds leaves ~0.2 sd of Monte Carlo error in the mean and ~10%
-    in the sd; the tolerances are about 2.5 of those."""
+def test_subsampled_fit_of_a_global_normal_site_matches_the_exact_posterior(y):
+    """mu, outside the subsampled plate, is fitted by regression on each minibatch
+    (natural parameters, linear in the scaled log likelihood) and averaged over whole
+    passes: seeds 0-4 gave means within 0.03 exact sds and sds 0.983-0.985x (the local
+    thetas' importance sampling inside each element's logsumexp narrows it slightly);
+    the tolerances are about 3x those. No SubsampleWarning: nothing is distorted."""
     m_mu, s_mu, *_ = exact(y)
     guide = AutoQEM(model)
     inference = Inference(model, guide, K=30, lr=0.1, average_from=300)
-    with pytest.warns(SubsampleWarning):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SubsampleWarning)
         for _ in range(600):
             inference.step(y, B)
     q = guide.distributions()["mu"]
-    assert abs(q.mean - m_mu) < 0.5 * s_mu
-    assert 0.75 < q.stddev / s_mu < 1.25
+    assert abs(q.mean - m_mu) < 0.1 * s_mu
+    assert 0.95 < q.stddev / s_mu < 1.03
+
+
+def test_without_averaging_a_subsampled_fit_says_to_average():
+    torch.manual_seed(1)
+    y = torch.randn(N, dtype=torch.float64)
+    inference = Inference(model, AutoQEM(model), K=30, lr=0.1)
+    with pytest.warns(SubsampleWarning, match="pass average_from"):
+        inference.step(y, B)
+
+
+def test_a_site_the_regression_cannot_fit_is_named_in_the_warning():
+    def gamma_scale(y, subsample_size=None):
+        tau = pyro.sample("tau", dist.Gamma(torch.tensor(2.0, dtype=y.dtype), 2.0))
+        with pyro.plate("items", N, subsample_size=subsample_size) as idx:
+            pyro.sample("obs", dist.Normal(0.0, tau), obs=y[idx])
+
+    torch.manual_seed(1)
+    y = torch.randn(N, dtype=torch.float64)
+    inference = Inference(gamma_scale, AutoQEM(gamma_scale), K=30, lr=0.1, average_from=0)
+    with pytest.warns(SubsampleWarning, match=r"\['tau'\]"):
+        inference.step(y, B)
 
 
 def test_only_scalar_location_sites_alone_in_their_group_take_the_split_step(y):
@@ -111,5 +134,9 @@ def test_only_scalar_location_sites_alone_in_their_group_take_the_split_step(y):
     guide.setup(y, B)
     assert [n for n in ("mu", "v", "tau", "a", "b") if splits_minibatch_steps(guide, n)] == ["mu"]
     symbol = guide.structure.symbols.plate["items"]
-    assert minibatch_inflation(guide, {symbol: 4.0}) == {"mu": 2.0}
-    assert minibatch_inflation(guide, {}) == {}
+    # With K < 2 D + 2 = 4 the scalar mu takes the split step from a widened proposal;
+    # with more particles it is fitted by regression (tests/infer/test_regression.py),
+    # from q itself.
+    assert minibatch_inflation(guide, {symbol: 4.0}, K=3) == {"mu": 2.0}
+    assert minibatch_inflation(guide, {symbol: 4.0}, K=30) == {}
+    assert minibatch_inflation(guide, {}, K=3) == {}
