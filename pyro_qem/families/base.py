@@ -142,6 +142,20 @@ class Family(ABC):
         stats = self.statistics(clipped, event_shape)
         return tuple(s.mean(0) for s in stats)
 
+    def natural_from_moments(self, moments: Moments, event_shape: torch.Size
+                             ) -> Optional[Tuple[torch.Tensor, ...]]:
+        """The natural parameters of q, one per statistic of :meth:`statistics` (the
+        coefficients of ``T(z)`` in ``log q(z)``), or None for families without the
+        minibatch regression update (:mod:`pyro_qem.infer.regression`), the default."""
+        return None
+
+    def moments_from_natural(self, natural: Sequence[torch.Tensor], event_shape: torch.Size
+                             ) -> Tuple[Moments, torch.Tensor]:
+        """Mean parameters of the q with these natural parameters, and a bool tensor
+        (the statistics' shape) of where they are valid (e.g. a negative precision is
+        not); invalid entries of the moments are arbitrary."""
+        raise NotImplementedError(f"{self.name} has no natural parameters.")
+
     def to_average(self, moments: Moments, event_shape: torch.Size) -> Params:
         """The coordinates in which the iterates of q are averaged (``average_from``).
 

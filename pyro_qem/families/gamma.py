@@ -61,6 +61,20 @@ class Gamma(Family):
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
         return dist.Gamma(params["concentration"], params["rate"]).to_event(len(event_shape))
 
+    def natural_from_moments(self, moments: Moments, event_shape: torch.Size):
+        """``(-rate, concentration - 1)``, the coefficients of ``(z, log z)``."""
+        params = self.params_from_moments(moments, event_shape)
+        return -params["rate"], params["concentration"] - 1.0
+
+    def moments_from_natural(self, natural, event_shape: torch.Size):
+        minus_rate, shape_minus_one = natural
+        rate, concentration = -minus_rate, shape_minus_one + 1.0
+        valid = torch.isfinite(rate) & torch.isfinite(concentration) & (rate > 0) & (concentration > 0)
+        one = torch.ones_like(rate)
+        params = {"concentration": torch.where(valid, concentration, one),
+                  "rate": torch.where(valid, rate, one)}
+        return self.moments_from_params(params, event_shape), valid
+
     def relocate(self, params: Params, value: torch.Tensor) -> Params:
         """``params`` with the mean ``concentration / rate`` at ``value``; the shape is kept."""
         # 1e-300 keeps the rate finite for a centre of exactly 0, the edge of the support.
@@ -136,3 +150,17 @@ class InverseGamma(Family):
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
         q = dist.InverseGamma(params["concentration"], params["rate"])
         return q.to_event(len(event_shape))
+
+    def natural_from_moments(self, moments: Moments, event_shape: torch.Size):
+        """``(-rate, -concentration - 1)``, the coefficients of ``(1 / z, log z)``."""
+        params = self.params_from_moments(moments, event_shape)
+        return -params["rate"], -params["concentration"] - 1.0
+
+    def moments_from_natural(self, natural, event_shape: torch.Size):
+        minus_rate, minus_shape_minus_one = natural
+        rate, concentration = -minus_rate, -minus_shape_minus_one - 1.0
+        valid = torch.isfinite(rate) & torch.isfinite(concentration) & (rate > 0) & (concentration > 0)
+        one = torch.ones_like(rate)
+        params = {"concentration": torch.where(valid, concentration, one),
+                  "rate": torch.where(valid, rate, one)}
+        return self.moments_from_params(params, event_shape), valid

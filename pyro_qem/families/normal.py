@@ -54,6 +54,19 @@ class NormalCoordinates:
     def inflate(self, params: Params, factor: float) -> Params:
         return {**params, "scale": params["scale"] * factor}
 
+    def natural_from_moments(self, moments: Moments, event_shape: torch.Size):
+        """``(loc / variance, -1 / (2 variance))``, the coefficients of ``(u, u^2)``."""
+        first, second = moments
+        precision = 1.0 / floored_variance(first, second)
+        return precision * first, -0.5 * precision
+
+    def moments_from_natural(self, natural, event_shape: torch.Size):
+        shift, half_precision = natural
+        valid = torch.isfinite(shift) & torch.isfinite(half_precision) & (half_precision < 0)
+        variance = -0.5 / torch.where(valid, half_precision, -torch.ones_like(half_precision))
+        loc = shift * variance
+        return (loc, variance + loc * loc), valid
+
     def split_moments(self, moments: Moments, event_shape: torch.Size) -> Params:
         first, second = moments
         return {"loc": first, "variance": second - first * first}

@@ -363,7 +363,8 @@ class Inference:
             if others:
                 warnings.warn(
                     f"pyro.plate('{plate}') is subsampled (N/B = {scale:g}). The sites outside "
-                    f"it that are not Normal-coordinate groups with K >= 2 D + 2 ({others}) "
+                    f"it that the minibatch regression cannot fit ({others}: a family "
+                    "without natural parameters, or K < its group's statistics + 2) "
                     "are fitted to a different minibatch's posterior each step: scalar "
                     "sites of location families, alone in their group, are smoothed in "
                     "location and variance apart from a proposal widened by sqrt(N/B); for "

@@ -1,5 +1,5 @@
-"""The minibatch update of Normal-coordinate groups by regression of the log joint on
-(1, eps, eps^2): exact natural parameters where the log joint is quadratic, and the
+"""The minibatch update of exponential-family groups by regression of the log joint on
+(1, T(z)): exact natural parameters where the log joint is in the family, and the
 full-data posterior at large N once averaged over passes."""
 
 import pyro
@@ -10,7 +10,7 @@ from pyro.infer.autoguide import init_to_value
 
 from pyro_qem import AutoQEM, Inference
 from pyro_qem.infer import SubsampleWarning
-from pyro_qem.infer.regression import coordinates_of, fits_by_regression
+from pyro_qem.infer.regression import fits_by_regression, statistics_count
 
 N, B = 200, 50
 
@@ -109,14 +109,67 @@ def test_which_groups_the_regression_fits():
         v = pyro.sample("v", dist.Normal(torch.zeros(4), 1.0).to_event(1))
         s = pyro.sample("s", dist.LogNormal(0.0, 1.0))          # q: LogNormal, as asked
         tau = pyro.sample("tau", dist.Gamma(2.0, 2.0))
+        p = pyro.sample("p", dist.Beta(2.0, 2.0))
         with pyro.plate("items", N, subsample_size=B) as idx:
-            pyro.sample("obs", dist.Normal(mu + v.sum(-1) + s, tau), obs=y[idx])
+            pyro.sample("obs", dist.Normal(mu + v.sum(-1) + s + p, tau), obs=y[idx])
 
     guide = AutoQEM(mixed, groups=[["mu", "s"]], families={"s": "LogNormal"})
     guide.setup(torch.randn(N))
     group = guide.structure.group_of
-    assert coordinates_of(guide, group("mu")) == 2            # Normal and LogNormal
-    assert coordinates_of(guide, group("v")) == 4
-    assert coordinates_of(guide, group("tau")) is None        # a Gamma q
+    assert statistics_count(guide, group("mu")) == 4          # Normal and LogNormal: 2 each
+    assert statistics_count(guide, group("v")) == 8
+    assert statistics_count(guide, group("tau")) == 2         # a Gamma q: z, log z
+    assert statistics_count(guide, group("p")) is None        # a Beta q: no natural hooks
     assert fits_by_regression(guide, group("v"), K=10)        # 2 * 4 + 2 coefficients
     assert not fits_by_regression(guide, group("v"), K=9)
+
+
+def poisson_rate(y):
+    rate = pyro.sample("rate", dist.Gamma(torch.tensor(2.0, dtype=y.dtype), 0.5))
+    with pyro.plate("items", N, subsample_size=B) as idx:
+        pyro.sample("obs", dist.Poisson(rate), obs=y[idx])
+
+
+def test_a_gamma_q_gets_the_conjugate_minibatch_posterior_exactly():
+    # Poisson counts with a Gamma(2, 0.5) rate: the scaled minibatch log joint is a
+    # Gamma log density in the rate, so one step with lr = 1 gives Gamma(2 + N/B sum_batch
+    # y, 0.5 + N) whatever the particles.
+    torch.manual_seed(0)
+    y = torch.poisson(torch.full((N,), 3.0, dtype=torch.float64))
+    guide = AutoQEM(poisson_rate, init_loc_fn=init_to_value(values={"rate": y.mean()}))
+    inference = Inference(poisson_rate, guide, K=12, lr=1.0)
+    with pytest.warns(SubsampleWarning, match="average_from"):
+        inference.step(y)
+    order, position = inference._epochs._orders[("items", N)]
+    batch = order[position - B:position]
+    exact = dist.Gamma(2.0 + (N / B) * y[batch].sum(), 0.5 + N)
+    q = guide.distributions()["rate"]
+    assert type(guide.families["rate"]).__name__ == "Gamma"
+    torch.testing.assert_close(q.mean, exact.mean, rtol=1e-9, atol=0)
+    torch.testing.assert_close(q.variance, exact.variance, rtol=1e-8, atol=0)
+
+
+def log_scale(x):
+    s = pyro.sample("s", dist.LogNormal(torch.tensor(0.0, dtype=x.dtype), 1.0))
+    with pyro.plate("items", N, subsample_size=B) as idx:
+        pyro.sample("obs", dist.Normal(s.log(), 1.0), obs=x[idx])
+
+
+def test_a_lognormal_q_is_fitted_in_log_space():
+    # In u = log s the prior is N(0, 1) and the likelihood Gaussian: the minibatch
+    # posterior of u is N((N/B sum_batch x) / (N + 1), 1 / (N + 1)). The fit regresses
+    # the log joint over the family's base measure (1/s): fitting log p(s) instead
+    # would move the mean of u by its variance (0.07 sd here).
+    torch.manual_seed(0)
+    x = 0.5 + torch.randn(N, dtype=torch.float64)
+    guide = AutoQEM(log_scale, families={"s": "LogNormal"},
+                    init_loc_fn=init_to_value(values={"s": x.mean().exp()}), init_scale=0.1)
+    inference = Inference(log_scale, guide, K=12, lr=1.0)
+    with pytest.warns(SubsampleWarning, match="average_from"):
+        inference.step(x)
+    order, position = inference._epochs._orders[("items", N)]
+    batch = order[position - B:position]
+    q = guide.distributions()["s"]
+    torch.testing.assert_close(q.loc, (N / B) * x[batch].sum() / (N + 1), rtol=1e-9, atol=0)
+    torch.testing.assert_close(q.scale, torch.tensor((N + 1) ** -0.5, dtype=torch.float64),
+                               rtol=1e-9, atol=0)

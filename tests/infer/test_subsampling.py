@@ -1,6 +1,5 @@
 """Subsampled plates: the N / B scale applied after each element's logsumexp."""
 
-import math
 import warnings
 
 import pyro
@@ -102,14 +101,14 @@ def test_without_averaging_a_subsampled_fit_says_to_average():
 
 
 def test_a_site_the_regression_cannot_fit_is_named_in_the_warning():
-    def gamma_scale(y, subsample_size=None):
-        tau = pyro.sample("tau", dist.Gamma(torch.tensor(2.0, dtype=y.dtype), 2.0))
+    def beta_scale(y, subsample_size=None):
+        tau = pyro.sample("tau", dist.Beta(torch.tensor(2.0, dtype=y.dtype), 2.0))
         with pyro.plate("items", N, subsample_size=subsample_size) as idx:
             pyro.sample("obs", dist.Normal(0.0, tau), obs=y[idx])
 
     torch.manual_seed(1)
     y = torch.randn(N, dtype=torch.float64)
-    inference = Inference(gamma_scale, AutoQEM(gamma_scale), K=30, lr=0.1, average_from=0)
+    inference = Inference(beta_scale, AutoQEM(beta_scale), K=30, lr=0.1, average_from=0)
     with pytest.warns(SubsampleWarning, match=r"\['tau'\]"):
         inference.step(y, B)
 
