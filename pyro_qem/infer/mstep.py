@@ -158,7 +158,7 @@ def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Ma
             if average:
                 site = structure.sites[record.name]
                 _average(guide, site, guide.families[record.name], new,
-                         selection_of(record.frames, subsamples))
+                         selection_of(record.frames, subsamples), restarts=False)
     for record in records:
         family = guide.families.get(record.name)
         if record.draw is None or family is None or record.draw.group in regressed:
@@ -206,10 +206,16 @@ def _regression_groups(guide: QEMGuide, records: Sequence[SiteRecord], subsample
 
 
 def _average(guide: QEMGuide, site: SiteInfo, family: Family, new: Sequence[torch.Tensor],
-             selection) -> None:
+             selection, restarts: bool = True) -> None:
     """Fold the new iterate into the running average, in the family's averaging
     coordinates (location and variance apart for location families), so that the
-    iterates' wander does not widen the averaged q."""
+    iterates' wander does not widen the averaged q.
+
+    :param restarts: restart elements where q is still narrowing. Off for the minibatch
+        regression: there a plate element whose rows are rare in minibatches gets
+        occasional sharp steps (one row scaled by N / B) that are part of the average,
+        not a sign of q still shrinking (restarting at them made county effects of a
+        hierarchy 0.7x too narrow)."""
     state, batch_ndim = guide.state, len(site.batch_shape)
     coordinates = family.to_average(tuple(new), site.event_shape)
     if not state.has_average(site.name):
@@ -217,7 +223,7 @@ def _average(guide: QEMGuide, site: SiteInfo, family: Family, new: Sequence[torc
         state.update_average(site.name, coordinates, selection, batch_ndim, full)
         return
     average = state.average(site.name, list(coordinates), selection, batch_ndim)
-    restart = _still_narrowing(family, coordinates, average, batch_ndim)
+    restart = _still_narrowing(family, coordinates, average, batch_ndim) if restarts else None
     state.update_average(site.name, coordinates, selection, batch_ndim, coordinates, restart)
 
 

@@ -173,3 +173,52 @@ def test_a_lognormal_q_is_fitted_in_log_space():
     torch.testing.assert_close(q.loc, (N / B) * x[batch].sum() / (N + 1), rtol=1e-9, atol=0)
     torch.testing.assert_close(q.scale, torch.tensor((N + 1) ** -0.5, dtype=torch.float64),
                                rtol=1e-9, atol=0)
+
+
+def _hierarchy_errors(seed: int, groups: int = 30, rows: int = 6000, batch: int = 60,
+                      steps: int = 2000):
+    """|mean error| / exact sd and sd / exact sd of q over (mu, a) for the indexed
+    Gaussian hierarchy y_n ~ N(a[g_n], 1), a_g ~ N(mu, 1), mu ~ N(0, 10), fitted with
+    minibatches of ``batch`` rows (groups of Dirichlet-random sizes)."""
+    generator = torch.Generator().manual_seed(100 + seed)
+    weights = torch.distributions.Dirichlet(torch.ones(groups)).sample()
+    group = torch.multinomial(weights, rows, replacement=True, generator=generator)
+    y = (1.0 + torch.randn(groups, generator=generator))[group] + torch.randn(rows, generator=generator)
+    y = y.double()
+
+    def model(group, y):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 10.0))
+        with pyro.plate("groups", groups):
+            a = pyro.sample("a", dist.Normal(mu, 1.0))
+        with pyro.plate("rows", rows, subsample_size=batch) as idx:
+            pyro.sample("y", dist.Normal(a[..., group[idx]], 1.0), obs=y[idx])
+
+    precision = torch.zeros(groups + 1, groups + 1, dtype=torch.float64)
+    shift = torch.zeros(groups + 1, dtype=torch.float64)
+    precision[0, 0] = 1 / 100 + groups
+    for g in range(groups):
+        precision[g + 1, g + 1] = 1 + (group == g).sum()
+        precision[0, g + 1] = precision[g + 1, 0] = -1
+        shift[g + 1] = y[group == g].sum()
+    covariance = torch.linalg.inv(precision)
+    mean, sd = covariance @ shift, covariance.diagonal().sqrt()
+    pyro.set_rng_seed(seed)
+    guide = AutoQEM(model)
+    inference = Inference(model, guide, K=30, lr=0.1, average_from=steps // 2)
+    for _ in range(steps):
+        inference.step(group, y)
+    qs = guide.distributions()
+    q_mean = torch.cat([qs["mu"].mean.reshape(1), qs["a"].mean])
+    q_sd = torch.cat([qs["mu"].stddev.reshape(1), qs["a"].stddev])
+    return ((q_mean - mean) / sd).abs(), q_sd / sd
+
+
+def test_minibatch_fit_of_an_indexed_hierarchy_matches_its_exact_posterior():
+    """The group effects are outside the subsampled rows plate, so each is fitted by
+    regression on the rows of it in each minibatch (N/B = 100; a small group has none
+    in most minibatches and an N/B-scaled one now and then). 20 passes, averaged over
+    the last 10. Seeds 0-4: worst of the 31 mean errors 0.06-0.15 exact sds, sds
+    0.993-1.013x; tolerances 0.25 sd and 4%."""
+    errors, ratios = _hierarchy_errors(0)
+    assert errors.max() < 0.25
+    assert ratios.min() > 0.96 and ratios.max() < 1.04
