@@ -1369,14 +1369,15 @@ and precision times mean), and those are linear in the scaled minibatch likeliho
 their average over minibatches is the full-data answer. `Inference` also walks the rows
 in passes (every row once per pass, in a new random order), so the scaled minibatch
 terms of a pass add up to the full data, and iterate averaging (`average_from`) removes
-what is left. The fit needs K >= 2 P + 2 particles (here 10 for P = 4).
+what is left. The fit has 2 P + 1 coefficients and wants at least twice as many
+particles (here K >= 18 for P = 4), so these fits use K = 30.
 
 Ten passes at each minibatch size (100 steps of 10,000 rows, 1,000 steps of 1,000),
 averaged over the last five:"""),
     ("code", """minibatch = {}
 for B in [10_000, 1_000]:
     steps = 10 * N // B
-    runs = [fit(model, X, y, B, steps=steps, seed=seed) for seed in range(3)]
+    runs = [fit(model, X, y, B, K=30, steps=steps, seed=seed) for seed in range(3)]
     minibatch[B] = runs
     for seed, (q, history, caught) in enumerate(runs):
         err, ratio = score(q["beta"], exact_mean, exact_sd)
@@ -1416,7 +1417,7 @@ minibatches give q the full-data posterior's spread and, once averaged over a fe
 its centre; a pass of small minibatches costs more than one full-batch step (more
 Python per row), so minibatches pay when a full batch does not fit in memory or time.
 The regression covers groups whose q families have natural parameters (Normal on any
-coordinate, LogNormal, Gamma, InverseGamma) and K >= (their statistics) + 2; other sites
+coordinate, LogNormal, Gamma, InverseGamma) and K >= 2 (their statistics + 1); other sites
 outside a subsampled plate (a MultivariateNormal q, a Beta, too few particles) keep the
 moment update, whose spread comes out too wide, and `Inference` says so with a
 `SubsampleWarning` that names them. Without `average_from` it warns too: the iterates
@@ -1675,7 +1676,7 @@ not a measurement."""),
   on a GPU, the NCCL path of the distributed fit and CUDA graphs
   (`compile="cudagraphs"`) are not tested or timed there yet.
 - Minibatches fit sites outside the subsampled plate by regression only where their q
-  family has natural parameters and K is at least their statistics + 2 (section 2);
+  family has natural parameters and K is at least 2 (their statistics + 1) (section 2);
   others (a MultivariateNormal q, a Beta) keep a spread that comes out too wide. A
   distributed fit shards one plate only and does not support `optim` (README)."""),
 ]

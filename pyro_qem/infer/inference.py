@@ -364,7 +364,7 @@ class Inference:
                 warnings.warn(
                     f"pyro.plate('{plate}') is subsampled (N/B = {scale:g}). The sites outside "
                     f"it that the minibatch regression cannot fit ({others}: a family "
-                    "without natural parameters, or K < its group's statistics + 2) "
+                    "without natural parameters, or K < 2 (its group's statistics + 1)) "
                     "are fitted to a different minibatch's posterior each step: scalar "
                     "sites of location families, alone in their group, are smoothed in "
                     "location and variance apart from a proposal widened by sqrt(N/B); for "

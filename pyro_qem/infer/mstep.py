@@ -22,6 +22,9 @@ from .regression import fits_by_regression, regression_update
 
 # A running average restarts where the iterate has become this much more concentrated.
 RESTART_RATIO = 2.0
+# The moment update's step for a minibatch regression group whose weights have not yet
+# spread over enough particles (see moment_update).
+FALLBACK_LR = 0.5
 
 
 def weighted_statistics(family: Family, value: torch.Tensor, weight: torch.Tensor,
@@ -147,11 +150,18 @@ def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Ma
     """
     structure = guide.structure
     subsampled = {f.name for r in records for f in r.frames if is_subsampled(f)}
-    regressed = set()
+    regressed, jump = set(), set()
     for group, members in _regression_groups(guide, records, subsampled, weights).items():
         updated = regression_update(guide, structure.groups[group], members, weights[group],
                                     subsamples, lr)
         if updated is None:
+            # Too few particles of positive weight: q is still far wider than the
+            # posterior. Move halfway to the weighted moments (for a Normal: variance
+            # halved, location halfway to the weighted mean) until the weights spread
+            # and the regression takes over. With lr = 0.1 a 1e5-row regression took 55
+            # steps to get there; jumping all the way (lr = 1) collapsed q onto one
+            # particle, 1e-4 of the posterior sd.
+            jump.add(group)
             continue
         regressed.add(group)
         for record, new in zip(members, updated):
@@ -167,6 +177,10 @@ def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Ma
         weight = weights[record.draw.group]
         estimates = weighted_statistics(family, record.value, weight, site)
         selection = selection_of(record.frames, subsamples)
+        if record.draw.group in jump:
+            guide.state.update(site.name, family.stat_names, estimates, max(lr, FALLBACK_LR),
+                               selection, len(site.batch_shape))
+            continue
         if _smoothed_apart(guide, site, subsampled):
             current = guide.state.selected(site.name, family.stat_names, selection,
                                            len(site.batch_shape))

@@ -120,8 +120,8 @@ def test_which_groups_the_regression_fits():
     assert statistics_count(guide, group("v")) == 8
     assert statistics_count(guide, group("tau")) == 2         # a Gamma q: z, log z
     assert statistics_count(guide, group("p")) is None        # a Beta q: no natural hooks
-    assert fits_by_regression(guide, group("v"), K=10)        # 2 * 4 + 2 coefficients
-    assert not fits_by_regression(guide, group("v"), K=9)
+    assert fits_by_regression(guide, group("v"), K=18)        # twice 8 statistics + 1
+    assert not fits_by_regression(guide, group("v"), K=17)
 
 
 def poisson_rate(y):
