@@ -42,7 +42,9 @@ def _check_max_memory(max_memory) -> Optional[float]:
 
 
 class SubsampleWarning(UserWarning):
-    """QEM's update with a subsampled plate distorts the spread of sites outside it."""
+    """A minibatch fit that will not give the full-data posterior of some site outside
+    the subsampled plate: one the minibatch regression cannot fit (its spread comes
+    out distorted), or a fit without iterate averaging (its location wanders)."""
 
 
 class Inference:
