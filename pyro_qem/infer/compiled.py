@@ -143,6 +143,9 @@ class CompiledStep:
             return "pyro.params fitted by gradient (optim=) are not compiled."
         if inference._minibatch:
             return "a subsampled plate (minibatch steps draw new indices) is not compiled."
+        if inference.update != "moments":
+            return (f"update={inference.update!r} (its fallbacks branch on the weights) is not "
+                    "compiled.")
         if inference._chunked:
             return ("a contraction in chunks (to stay within max_memory) is not compiled; "
                     "raise max_memory if the machine has the memory.")

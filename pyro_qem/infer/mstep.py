@@ -10,7 +10,7 @@ compensation (:meth:`~pyro_qem.families.Family.noise_compensation`).
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import torch
 
@@ -18,7 +18,7 @@ from ..families import Family
 from ..guides.qem_guide import QEMGuide
 from ..handlers import SiteRecord, is_subsampled
 from ..model import SiteInfo, selection_of
-from .regression import fits_by_regression, regression_update
+from .regression import regression_kind, regression_update, score_update
 
 # A running average restarts where the iterate has become this much more concentrated.
 RESTART_RATIO = 2.0
@@ -120,7 +120,7 @@ def minibatch_inflation(guide: QEMGuide, plate_scales: Mapping[str, float], K: i
     for name, site in structure.sites.items():
         outside = [scale for plate, scale in scales.items() if plate not in site.plates]
         if outside and splits_minibatch_steps(guide, name) \
-                and not fits_by_regression(guide, structure.group_of(name), K):
+                and regression_kind(guide, structure.group_of(name), K) is None:
             out[name] = max(outside) ** 0.5
     return out
 
@@ -139,7 +139,7 @@ def _per_element(tensor: torch.Tensor, site: SiteInfo) -> torch.Tensor:
 @torch.no_grad()
 def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Mapping[str, torch.Tensor],
                   weights: Mapping[int, torch.Tensor], lr: float, average: bool = False,
-                  compensate: bool = True) -> None:
+                  compensate: bool = True, update: str = "moments") -> None:
     """Move every moment-matched site's state towards its weighted moments.
 
     :param records: the particle run's site records.
@@ -148,13 +148,17 @@ def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Ma
     :param lr: the smoothing step in (0, 1].
     :param average: also fold the new state into the running average of the iterates.
     :param compensate: add each family's noise compensation.
+    :param update: ``"moments"``: full-batch steps match moments; ``"regression"``:
+        they fit natural parameters by regression too, as minibatch steps do for sites
+        outside the subsampled plates (:mod:`pyro_qem.infer.regression`).
     """
     structure = guide.structure
     subsampled = {f.name for r in records for f in r.frames if is_subsampled(f)}
     regressed, jump = set(), set()
-    for group, members in _regression_groups(guide, records, subsampled, weights).items():
-        updated = regression_update(guide, structure.groups[group], members, weights[group],
-                                    subsamples, lr)
+    for group, (kind, members) in _regression_groups(guide, records, subsampled, weights,
+                                                     update == "regression").items():
+        fit = regression_update if kind == "least_squares" else score_update
+        updated = fit(guide, structure.groups[group], members, weights[group], subsamples, lr)
         if updated is None:
             # Too few particles of positive weight: q is still far wider than the
             # posterior. Move halfway to the weighted moments (for a Normal: variance
@@ -203,11 +207,13 @@ def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Ma
 
 
 def _regression_groups(guide: QEMGuide, records: Sequence[SiteRecord], subsampled: set,
-                       weights: Mapping[int, torch.Tensor]) -> Dict[int, List[SiteRecord]]:
-    """group -> its records (in the group's site order), for the groups of a minibatch
-    step that :func:`~pyro_qem.infer.regression.fits_by_regression` (outside every
-    subsampled plate, every site of the group in this run)."""
-    if not subsampled:
+                       weights: Mapping[int, torch.Tensor], full_batch: bool
+                       ) -> Dict[int, Tuple[str, List[SiteRecord]]]:
+    """group -> (:func:`~pyro_qem.infer.regression.regression_kind`, its records in the
+    group's site order) for the groups this step fits by regression: in a minibatch
+    step those outside every subsampled plate; with ``full_batch`` every group of a
+    full-batch step too."""
+    if not subsampled and not full_batch:
         return {}
     by_name = {r.name: r for r in records if r.draw is not None}
     out = {}
@@ -215,8 +221,9 @@ def _regression_groups(guide: QEMGuide, records: Sequence[SiteRecord], subsample
         if group.index not in weights or group.plates & subsampled \
                 or not all(name in by_name for name in group.sites):
             continue
-        if fits_by_regression(guide, group, weights[group.index].shape[0]):
-            out[group.index] = [by_name[name] for name in group.sites]
+        kind = regression_kind(guide, group, weights[group.index].shape[0])
+        if kind is not None:
+            out[group.index] = (kind, [by_name[name] for name in group.sites])
     return out
 
 

@@ -152,6 +152,11 @@ def test_pyro_params_with_an_optimiser_are_not_compiled():
             optim=pyro.optim.Adam({"lr": 0.01}))
 
 
+def test_the_regression_update_is_not_compiled_and_says_so():
+    with pytest.warns(CompileFallbackWarning, match="update='regression'"):
+        fit("trace", 4, data(), update="regression")
+
+
 def test_a_non_finite_replayed_step_raises_the_eager_error_and_keeps_the_state():
     y = data()
     pyro.set_rng_seed(0)
