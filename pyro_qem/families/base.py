@@ -174,27 +174,6 @@ class Family(ABC):
         """Mean parameters from averaged :meth:`to_average` coordinates."""
         return self.moments_from_params(dict(coordinates), event_shape)
 
-    def inflate(self, params: Params, factor: float) -> Params:
-        """Parameters of a proposal ``factor`` times as wide as q (location families),
-        for sites outside a subsampled plate: a minibatch's rescaled likelihood moves
-        the posterior it implies by about ``sqrt(N / B)`` of q's sds from step to step,
-        so q itself would leave it in its tails. The default leaves q as it is.
-
-        :param factor: the width factor, >= 1.
-        """
-        return params
-
-    def split_moments(self, moments: Moments, event_shape: torch.Size) -> Params:
-        """The coordinates in which a minibatch step is smoothed into q: location and
-        spread apart for location families, so that the step-to-step wander of the
-        minibatch posteriors' centres does not add to q's spread. The default is the
-        mean parameters themselves (the full-batch update)."""
-        return dict(zip(self.stat_names, moments))
-
-    def join_moments(self, coordinates: Params, event_shape: torch.Size) -> Moments:
-        """Mean parameters from :meth:`split_moments` coordinates."""
-        return tuple(coordinates[name] for name in self.stat_names)
-
     def concentration(self, coordinates: Params) -> Optional[torch.Tensor]:
         """A precision-like quantity of :meth:`to_average` coordinates that grows as q
         narrows (a Normal's precision, a Gamma's shape, a Beta's total concentration),

@@ -67,9 +67,6 @@ class MultivariateNormal(Family):
     stat_names = ("z", "zzT")
     event_dims = (1,)
 
-    def inflate(self, params: Params, factor: float) -> Params:
-        return {**params, "scale_tril": params["scale_tril"] * factor}
-
     def coupled_coordinates(self, event_shape: torch.Size) -> int:
         return event_shape[-1]
 
@@ -81,14 +78,6 @@ class MultivariateNormal(Family):
         latent values: f's q up to 13x the posterior sd)."""
         return (isinstance(unwrap_prior(prior), torch.distributions.MultivariateNormal)
                 and len(prior.event_shape) == 1)
-
-    def split_moments(self, moments: Moments, event_shape: torch.Size) -> Params:
-        first, second = moments
-        return {"loc": first, "covariance": second - first.unsqueeze(-1) * first.unsqueeze(-2)}
-
-    def join_moments(self, coordinates: Params, event_shape: torch.Size) -> Moments:
-        loc = coordinates["loc"]
-        return loc, coordinates["covariance"] + loc.unsqueeze(-1) * loc.unsqueeze(-2)
 
     def concentration(self, coordinates: Params) -> torch.Tensor:
         return coordinates["precision"].diagonal(dim1=-2, dim2=-1)

@@ -32,8 +32,9 @@ def normal_inverse_cdf(loc: torch.Tensor, scale: torch.Tensor, probs: torch.Tens
 class NormalCoordinates:
     """What every family that is a Normal on some coordinate (z itself, log z, or an
     unconstrained u; statistics ``(u, u^2)``, parameters ``loc`` and ``scale``) does
-    alike: average its iterates in natural parameters, widen its proposal, and smooth
-    minibatch steps in location and variance apart. Mixed in before :class:`Family`."""
+    alike: average its iterates in natural parameters, and give its natural parameters
+    for the regression update (:mod:`pyro_qem.infer.regression`). Mixed in before
+    :class:`Family`."""
 
     def to_average(self, moments: Moments, event_shape: torch.Size) -> Params:
         """Natural parameters ``(loc / variance, 1 / variance)``: a wandering centre
@@ -51,9 +52,6 @@ class NormalCoordinates:
     def concentration(self, coordinates: Params) -> torch.Tensor:
         return coordinates["precision"]
 
-    def inflate(self, params: Params, factor: float) -> Params:
-        return {**params, "scale": params["scale"] * factor}
-
     def natural_from_moments(self, moments: Moments, event_shape: torch.Size):
         """``(loc / variance, -1 / (2 variance))``, the coefficients of ``(u, u^2)``."""
         first, second = moments
@@ -66,15 +64,6 @@ class NormalCoordinates:
         variance = -0.5 / torch.where(valid, half_precision, -torch.ones_like(half_precision))
         loc = shift * variance
         return (loc, variance + loc * loc), valid
-
-    def split_moments(self, moments: Moments, event_shape: torch.Size) -> Params:
-        first, second = moments
-        return {"loc": first, "variance": second - first * first}
-
-    def join_moments(self, coordinates: Params, event_shape: torch.Size) -> Moments:
-        loc = coordinates["loc"]
-        return loc, coordinates["variance"].clamp_min(0) + loc * loc
-
 
 class Normal(NormalCoordinates, Family):
     """q(z) = Normal(loc, scale), independently per coordinate of a vector site.

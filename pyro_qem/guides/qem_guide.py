@@ -85,7 +85,6 @@ class QEMGuide(Messenger):
         self.structure: Optional[ModelStructure] = None
         self.families: Dict[str, Family] = {}
         self._num_particles: Optional[int] = None
-        self._inflation: Dict[str, float] = {}
         # hook(site, particles, selection) -> particles, called at each drawn (not
         # enumerated) site before log q is taken: a distributed fit gives every
         # process rank 0's particles of the global sites through it.
@@ -146,7 +145,7 @@ class QEMGuide(Messenger):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._subsamples, self._draws, self.particle_draws = {}, {}, {}
-        self._inflation, self._sets = {}, None
+        self._sets = None
         self.particle_hook = None
 
     # ----------------------------------------------------------------- set-up
@@ -201,7 +200,6 @@ class QEMGuide(Messenger):
 
     @contextlib.contextmanager
     def particles(self, num_particles: int, reparameterized: bool = True,
-                  inflation: Optional[Mapping[str, float]] = None,
                   sets: Optional[PlateInfo] = None,
                   ) -> Iterator[Dict[str, ParticleDraw]]:
         """Within this context the guide draws ``num_particles`` values per site; the
@@ -210,9 +208,6 @@ class QEMGuide(Messenger):
 
         :param reparameterized: draw gradient-fitted sites with ``rsample`` (for
             gradients through the particles, as MP-VI needs); False for RWS.
-        :param inflation: site -> width factor of its proposal
-            (:meth:`~pyro_qem.families.Family.inflate`), for the sites outside a
-            subsampled plate.
         :param sets: the plate of independent particle sets
             (:meth:`~pyro_qem.model.ModelStructure.particle_sets_plate`) when the model
             runs inside it: each set gets its own ``num_particles`` draws.
@@ -220,7 +215,6 @@ class QEMGuide(Messenger):
         self._num_particles = num_particles
         self._sets = sets
         self._reparameterized = reparameterized
-        self._inflation = dict(inflation or {})
         self.particle_draws = {}
         try:
             with self:
@@ -357,9 +351,7 @@ class QEMGuide(Messenger):
         """q of the site on this run's plate elements, and the parameters it read
         (None for a moment-matched site)."""
         if site.name in self.families:
-            inflation = self._inflation.get(site.name) if not differentiable else None
-            return self.proposal(site, self._selection(msg), differentiable=differentiable,
-                                 inflation=inflation), None
+            return self.proposal(site, self._selection(msg), differentiable=differentiable), None
         self.selection = self._selection(msg)
         with ParamCollector() as collector:
             q = self.get_posterior(site.name, msg["fn"])
@@ -409,12 +401,11 @@ class QEMGuide(Messenger):
     # ------------------------------------------------------------- q and state
 
     def proposal(self, site: SiteInfo, selection: Selection = (), averaged: bool = False,
-                 differentiable: bool = False, inflation: Optional[float] = None):
+                 differentiable: bool = False):
         """q of ``site`` on the plate elements ``selection`` picks, in the model's dtype.
 
         :param differentiable: read the state through ``pyro.param`` so that gradient
             methods (e.g. SVI) see and fit it.
-        :param inflation: widen q by this factor (the proposal for a minibatch step).
         """
         family = self.families[site.name]
         batch_ndim = len(site.batch_shape)
@@ -426,8 +417,6 @@ class QEMGuide(Messenger):
         else:
             moments = self._moments(site, family, selection, averaged)
         params = family.params_from_moments(moments, site.event_shape)
-        if inflation is not None and inflation > 1:
-            params = family.inflate(dict(params), inflation)
         dtype = _float_dtype(site)
         params = {k: v.to(dtype=dtype, device=site.device) for k, v in params.items()}
         return family.distribution(params, site.event_shape)

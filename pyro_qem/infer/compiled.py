@@ -217,7 +217,7 @@ class CompiledStep:
             lr = next(tensors)
             copies = {key: value.clone() for key, value in zip(state_keys, tensors)}
             with state.substituted(copies), recording_guards() as guards:
-                run = inference._particle_run(args, kwargs, {})
+                run = inference._particle_run(args, kwargs)
                 result = estimate(run.sites, run.structure, inference.K, links=run.links,
                                   plate_reducers=run.plate_reducers, check=False)
                 source_grads, _ = backward(result.log_p_hat, result.sources, run.params,

@@ -24,7 +24,7 @@ from .distributed import (
 from .fit import FitHistory, fit
 from .threads import check_num_threads, step_threads
 from .gradients import apply, backward, check_objective, check_params
-from .mstep import minibatch_inflation, moment_update
+from .mstep import moment_update
 from .regression import regression_kind
 from .pipeline import ParticleRun, run_particles
 from .schedules import StepSize, as_schedule, check_lr
@@ -198,7 +198,6 @@ class Inference:
         self._collapse = CollapseMonitor(K)
         self.num_threads = check_num_threads(num_threads)
         self._largest_factor: Optional[int] = None
-        self._inflation: Dict[str, float] = {}
         # Minibatches by passes over the data (handlers.epochs): a pass's scaled
         # minibatch terms add up to the full-data term.
         self._epochs = EpochSubsampleMessenger()
@@ -223,11 +222,10 @@ class Inference:
         """Run the model once with K particles per latent site, recording every site."""
         return self._run(args, kwargs)
 
-    def _run(self, args: tuple, kwargs: dict, inflation: Optional[Dict[str, float]] = None,
-             num_sets: int = 1) -> ParticleRun:
+    def _run(self, args: tuple, kwargs: dict, num_sets: int = 1) -> ParticleRun:
         if self.sharding is not None:
             self.sharding.start_output_run(num_sets)
-        run = self._particle_run(args, kwargs, inflation, num_sets)
+        run = self._particle_run(args, kwargs, num_sets)
         if self.sharding is not None:
             # Outputs: a run over shards that cover the plate is a full-data run, and
             # what outputs sample from it must agree on the global sites.
@@ -235,8 +233,7 @@ class Inference:
             self.sharding.synchronise_random_stream()
         return run
 
-    def _particle_run(self, args: tuple, kwargs: dict, inflation: Optional[Dict[str, float]] = None,
-                      num_sets: int = 1) -> ParticleRun:
+    def _particle_run(self, args: tuple, kwargs: dict, num_sets: int = 1) -> ParticleRun:
         hook = None
         if self.process_group is not None:
             if self.sharding is None:
@@ -251,7 +248,7 @@ class Inference:
             check_memory_before_run(structure, self.K, self._budget)
         with self._epochs:
             run = run_particles(self.model, self.guide, self.K, args, kwargs,
-                                reparameterized=self.objective == "vi", inflation=inflation,
+                                reparameterized=self.objective == "vi",
                                 num_sets=num_sets, particle_hook=hook)
         largest = check_memory(run.sites, run.structure, self.K, self._budget)
         run.max_memory = self._budget
@@ -297,14 +294,13 @@ class Inference:
                 loss, weights = done
                 self._collapse.observe(self.guide.structure, weights, lr, loss, self._unfitted_groups())
                 return loss
-        run = self._particle_run(args, kwargs, self._inflation)
+        run = self._particle_run(args, kwargs)
         check_params(run.params, self.optim)
         result = estimate(run.sites, run.structure, self.K, links=run.links,
                           plate_reducers=run.plate_reducers, max_memory=self._budget)
         self._minibatch = bool(result.plate_scales)
         self._chunked = result.chunking is not None
         self._warn_subsampling(result.plate_scales)
-        self._inflation = minibatch_inflation(self.guide, result.plate_scales, self.K)
         source_grads, param_grads = backward(result.log_p_hat, result.sources, run.params,
                                              run.sites, self.objective)
         if param_grads:
@@ -382,14 +378,12 @@ class Inference:
                 warnings.warn(
                     f"pyro.plate('{plate}') is subsampled (N/B = {scale:g}). The sites outside "
                     f"it that the minibatch regression cannot fit ({others}: a family "
-                    "without natural parameters, or K < 2 (its group's statistics + 1)) "
-                    "are fitted to a different minibatch's posterior each step: scalar "
-                    "sites of location families, alone in their group, are smoothed in "
-                    "location and variance apart from a proposal widened by sqrt(N/B); for "
-                    "vector sites, groups and other families the fitted spread comes out "
-                    "too wide (2-7x). Use full batches for their final uncertainty, or "
-                    f"raise K (sites {regressed} are fitted by regression, without that "
-                    "distortion).",
+                    "without natural parameters, e.g. a MultivariateNormal or Beta q) keep "
+                    "the moment update, which fits each step to a different minibatch's "
+                    "posterior: their spread comes out too wide (2-7x for vector sites). "
+                    "Use full batches for their final uncertainty, or a Normal, LogNormal, "
+                    f"Gamma or InverseGamma family (sites {regressed} are fitted by "
+                    "regression, without that distortion).",
                     SubsampleWarning,
                     stacklevel=3,
                 )

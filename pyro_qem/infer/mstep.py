@@ -5,7 +5,9 @@ averaging coordinates, :meth:`~pyro_qem.families.Family.to_average`).
 For a moment-matched site with family statistics T, one update is
 ``m <- (1 - lr) m + lr (sum_k w_k T(z_k) + lr sum_k w_k^2 c(m))``, per plate element,
 where w are the site's group's posterior particle weights and ``c`` the family's noise
-compensation (:meth:`~pyro_qem.families.Family.noise_compensation`).
+compensation (:meth:`~pyro_qem.families.Family.noise_compensation`). Groups outside
+the subsampled plates of a minibatch step (and every group with ``update="regression"``)
+are fitted by regression instead (:mod:`pyro_qem.infer.regression`).
 """
 
 from __future__ import annotations
@@ -60,68 +62,6 @@ def noise_compensated(family: Family, estimates: Sequence[torch.Tensor], current
     for estimate, term in zip(estimates, compensation):
         trailing = estimate.dim() - batch_ndim
         out.append(estimate + lr * squares.reshape(squares.shape + (1,) * trailing) * term.to(estimate))
-    return out
-
-
-def splits_minibatch_steps(guide: QEMGuide, name: str) -> bool:
-    """Whether a site's minibatch steps, where the regression update
-    (:mod:`pyro_qem.infer.regression`) does not apply (too few particles), are smoothed
-    in location and variance apart from a widened proposal: a scalar site of a location
-    family, alone in its particle group. A widened proposal in D joint dimensions (a vector site, or a group) leaves
-    an effective sample size that falls like (sqrt(N/B))^-D: measured on 5
-    logistic-regression coefficients in one vector site, q came out 0.16-0.59x the
-    exact sd, overconfident, so such sites keep the mean-parameter update (too wide)."""
-    family = guide.families.get(name)
-    return (family is not None and type(family).split_moments is not Family.split_moments
-            and not guide.structure.sites[name].event_shape
-            and len(guide.structure.group_of(name).sites) == 1)
-
-
-def _smoothed_apart(guide: QEMGuide, site: SiteInfo, subsampled) -> bool:
-    """Whether this step smooths the site in its split coordinates: it is outside every
-    subsampled plate of a minibatch step and :func:`splits_minibatch_steps`."""
-    return bool(subsampled) and not set(site.plates) & subsampled \
-        and splits_minibatch_steps(guide, site.name)
-
-
-def minibatch_step(family: Family, current: Sequence[torch.Tensor], estimates: Sequence[torch.Tensor],
-                   lr: float, site: SiteInfo) -> List[torch.Tensor]:
-    """The minibatch update of a site outside the subsampled plates: location and
-    spread smoothed apart (:meth:`~pyro_qem.families.Family.split_moments`).
-
-    Why: each step's weighted moments estimate the posterior under one minibatch's
-    likelihood scaled by N / B, which has about the right spread but a centre that
-    wanders by about ``sqrt(N / B)`` posterior sds from minibatch to minibatch.
-    Smoothing mean parameters (E z, E z^2) adds that wander to q's variance (1.8-1.9x
-    the exact sd for a Normal hierarchy at N / B = 4); smoothing the location and the
-    variance apart averages the centres and keeps the spread. The proposal is widened
-    by ``sqrt(N / B)`` (:func:`minibatch_inflation`) so that its particles reach the
-    minibatch posterior.
-
-    :returns: the new mean parameters (to be written with step 1).
-    """
-    now = family.split_moments(tuple(current), site.event_shape)
-    target = family.split_moments(tuple(estimates), site.event_shape)
-    stepped = {k: now[k] + lr * (target[k].to(now[k]) - now[k]) for k in now}
-    return list(family.join_moments(stepped, site.event_shape))
-
-
-def minibatch_inflation(guide: QEMGuide, plate_scales: Mapping[str, float], K: int
-                        ) -> Dict[str, float]:
-    """site -> ``sqrt(N / B)`` of the subsampled plates it is outside of (the largest),
-    for the next step's proposals of the sites that :func:`splits_minibatch_steps`
-    (those updated by regression draw from q itself); empty for a full-batch step."""
-    if not plate_scales:
-        return {}
-    structure = guide.structure
-    names = structure.symbols.plate_names
-    scales = {names[symbol]: scale for symbol, scale in plate_scales.items()}
-    out = {}
-    for name, site in structure.sites.items():
-        outside = [scale for plate, scale in scales.items() if plate not in site.plates]
-        if outside and splits_minibatch_steps(guide, name) \
-                and regression_kind(guide, structure.group_of(name), K) is None:
-            out[name] = max(outside) ** 0.5
     return out
 
 
@@ -185,15 +125,6 @@ def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Ma
         if record.draw.group in jump:
             guide.state.update(site.name, family.stat_names, estimates, max(lr, FALLBACK_LR),
                                selection, len(site.batch_shape))
-            continue
-        if _smoothed_apart(guide, site, subsampled):
-            current = guide.state.selected(site.name, family.stat_names, selection,
-                                           len(site.batch_shape))
-            estimates = minibatch_step(family, current, estimates, lr, site)
-            new = guide.state.update(site.name, family.stat_names, estimates, 1.0, selection,
-                                     len(site.batch_shape))
-            if average:
-                _average(guide, site, family, new, selection)
             continue
         if compensate:
             current = guide.state.selected(site.name, family.stat_names, selection,

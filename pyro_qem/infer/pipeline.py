@@ -61,12 +61,11 @@ class ParticleRun:
 
 def run_particles(model: Callable, guide: QEMGuide, num_particles: int, args: tuple,
                   kwargs: dict, reparameterized: bool = True,
-                  inflation: Optional[Dict[str, float]] = None, num_sets: int = 1,
+                  num_sets: int = 1,
                   particle_hook: Optional[Callable] = None) -> ParticleRun:
     """Run ``model(*args, **kwargs)`` once with ``num_particles`` particles of every
     latent site drawn from ``guide`` (set up on the first call), recording every site.
 
-    :param inflation: site -> width factor of its proposal (minibatch steps).
     :param particle_hook: ``hook(site, particles, selection) -> particles`` for the
         guide's draws (:attr:`~pyro_qem.guides.QEMGuide.particle_hook`), e.g. rank 0's
         particles of the global sites in a distributed fit.
@@ -88,7 +87,7 @@ def run_particles(model: Callable, guide: QEMGuide, num_particles: int, args: tu
                   else contextlib.nullcontext())
     guide.particle_hook = particle_hook
     try:
-        with recorder, probe, guide.particles(num_particles, reparameterized, inflation, sets) as draws, \
+        with recorder, probe, guide.particles(num_particles, reparameterized, sets) as draws, \
                 particle_run_errors(recorder, num_particles), sets_plate:
             model(*args, **kwargs)
     finally:

@@ -111,31 +111,3 @@ def test_a_site_the_regression_cannot_fit_is_named_in_the_warning():
     inference = Inference(beta_scale, AutoQEM(beta_scale), K=30, lr=0.1, average_from=0)
     with pytest.warns(SubsampleWarning, match=r"\['tau'\]"):
         inference.step(y, B)
-
-
-def test_only_scalar_location_sites_alone_in_their_group_take_the_split_step(y):
-    """A widened proposal in D joint dims leaves an ESS falling like sqrt(N/B)^-D (a
-    5-dim vector site came out overconfident), so vector sites, groups and families
-    without split coordinates keep the mean-parameter update and an unwidened proposal."""
-    from pyro_qem.infer.mstep import minibatch_inflation, splits_minibatch_steps
-
-    def mixed(y, subsample_size=None):
-        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
-        v = pyro.sample("v", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-        tau = pyro.sample("tau", dist.Gamma(2.0, 2.0))
-        a = pyro.sample("a", dist.Normal(0.0, 1.0))
-        b = pyro.sample("b", dist.Normal(0.0, 1.0))
-        with pyro.plate("items", N, subsample_size=subsample_size) as idx:
-            loc = mu + v.sum(-1, keepdim=True).squeeze(-1) + a + b
-            pyro.sample("obs", dist.Normal(loc, tau), obs=y[idx])
-
-    guide = AutoQEM(mixed, groups=[["a", "b"]])
-    guide.setup(y, B)
-    assert [n for n in ("mu", "v", "tau", "a", "b") if splits_minibatch_steps(guide, n)] == ["mu"]
-    symbol = guide.structure.symbols.plate["items"]
-    # With K < 2 D + 2 = 4 the scalar mu takes the split step from a widened proposal;
-    # with more particles it is fitted by regression (tests/infer/test_regression.py),
-    # from q itself.
-    assert minibatch_inflation(guide, {symbol: 4.0}, K=3) == {"mu": 2.0}
-    assert minibatch_inflation(guide, {symbol: 4.0}, K=30) == {}
-    assert minibatch_inflation(guide, {}, K=3) == {}
