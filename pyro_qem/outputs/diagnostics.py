@@ -195,7 +195,10 @@ def _warn(report: Diagnostics, K: int) -> None:
             f"Site '{name}': the effective sample size of its particle weights is "
             f"{value:.2f} of K = {K} on its worst plate element (threshold "
             f"{report.min_ess:g}), so one particle carries its posterior estimate: q does "
-            "not cover the posterior there. Fit longer, or raise K or q's initial scale.",
+            "not cover the posterior there. Fit longer, or raise K or q's initial scale; "
+            "for a vector site of many coordinates (whose weights stay degenerate at any "
+            "practical K), Inference(..., update='regression') fits q from the "
+            "log-weights without needing an ESS.",
             QEMDiagnosticWarning,
             stacklevel=3,
         )
