@@ -18,7 +18,8 @@ from typing import Dict, Tuple
 import torch
 
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
+
+from .plate_chunks import minibatch_request
 
 
 class EpochSubsampleMessenger(Messenger):
@@ -36,12 +37,10 @@ class EpochSubsampleMessenger(Messenger):
         self._orders: Dict[Tuple[str, int], Tuple[torch.Tensor, int]] = {}
 
     def _pyro_sample(self, msg) -> None:
-        if not site_is_subsample(msg) or msg["value"] is not None:
+        request = minibatch_request(msg)
+        if request is None:
             return
-        fn = msg["fn"]
-        size, batch = fn.size, fn.subsample_size
-        if batch is None or batch >= size:
-            return
+        fn, size, batch = request
         key = (msg["name"], size)
         order, position = self._orders.get(key, (None, size))
         if order is None or position + batch > size:

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Union
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
+
+
+def minibatch_request(msg) -> Optional[Tuple[object, int, int]]:
+    """``(fn, N, B)`` for the sample message by which ``pyro.plate(name, N,
+    subsample_size=B)`` asks for its B indices (B < N, none given yet), else None."""
+    if not site_is_subsample(msg) or msg["value"] is not None:
+        return None
+    fn = msg["fn"]
+    size, batch = fn.size, fn.subsample_size
+    if batch is None or batch >= size:
+        return None
+    return fn, size, batch
 
 
 class PlateChunkMessenger(Messenger):
@@ -36,12 +48,10 @@ class PlateChunkMessenger(Messenger):
         return int(self.chunk)
 
     def _pyro_sample(self, msg) -> None:
-        if not site_is_subsample(msg) or msg["value"] is not None:
+        request = minibatch_request(msg)
+        if request is None:
             return
-        fn = msg["fn"]
-        size, batch = fn.size, fn.subsample_size
-        if batch is None or batch >= size:
-            return
+        fn, size, batch = request
         start = (self.chunk_of(msg["name"]) * batch) % size
         msg["value"] = (start + torch.arange(batch, device=fn.device)) % size
         msg["done"] = True

@@ -9,6 +9,7 @@ import torch
 from pyro_qem import AutoQEM, Inference
 from pyro_qem.families import Gamma, MultivariateNormal, Normal
 from pyro_qem.infer.mstep import RESTART_RATIO
+from tests.helpers.models import logistic_laplace as laplace
 
 
 @pytest.mark.parametrize("family, moments", [
@@ -40,15 +41,6 @@ def logistic(X, y):
     beta = pyro.sample("beta", dist.Normal(torch.zeros(X.shape[-1], dtype=X.dtype), 1.0).to_event(1))
     with pyro.plate("data", X.shape[0]):
         pyro.sample("y", dist.Bernoulli(logits=(X * beta).sum(-1)), obs=y)
-
-
-def laplace(X, y):
-    beta = torch.zeros(X.shape[1], dtype=X.dtype)
-    for _ in range(30):
-        p = torch.sigmoid(X @ beta)
-        hessian = (X * (p * (1 - p)).unsqueeze(-1)).T @ X + torch.eye(X.shape[1], dtype=X.dtype)
-        beta = beta + torch.linalg.solve(hessian, X.T @ (y - p) - beta)
-    return beta, torch.linalg.inv(hessian).diagonal().sqrt()
 
 
 @pytest.mark.slow

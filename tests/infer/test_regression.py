@@ -11,6 +11,7 @@ from pyro.infer.autoguide import init_to_value
 from pyro_qem import AutoQEM, Inference
 from pyro_qem.infer import SubsampleWarning
 from pyro_qem.infer.regression import fits_by_regression, statistics_count
+from tests.helpers.models import logistic_laplace as laplace
 
 N, B = 200, 50
 
@@ -69,15 +70,6 @@ def logistic(X, y, batch):
         coef = beta if beta.dim() > 1 else beta.unsqueeze(-2)   # particles: (K, 1, P)
         logits = (coef @ X[idx].T).squeeze(-2)
         pyro.sample("y", dist.Bernoulli(logits=logits), obs=y[idx])
-
-
-def laplace(X, y):
-    beta = torch.zeros(X.shape[1], dtype=X.dtype)
-    for _ in range(50):
-        p = torch.sigmoid(X @ beta)
-        hessian = (X * (p * (1 - p)).unsqueeze(-1)).T @ X + torch.eye(X.shape[1], dtype=X.dtype)
-        beta = beta + torch.linalg.solve(hessian, X.T @ (y - p) - beta)
-    return beta, torch.linalg.inv(hessian).diagonal().sqrt()
 
 
 @pytest.mark.parametrize("seed", [0, 1])
