@@ -308,9 +308,13 @@ class Source:
 
 
 def make_sources(records: Sequence[SiteRecord], structure: ModelStructure,
-                 symbols: Symbols) -> List[Source]:
+                 symbols: Symbols, dtype: Optional[torch.dtype] = None) -> List[Source]:
     """One :class:`Source` per particle group that this run sampled (an enumerated
-    site's dim holds its support instead of K particles)."""
+    site's dim holds its support instead of K particles).
+
+    :param dtype: the sources' dtype (default: each group's log q's); float64 sources
+        make the whole contraction, and so the weights, float64 (see
+        :func:`~pyro_qem.estimator.estimate`'s ``float64_weights``)."""
     sources: List[Source] = []
     seen = set()
     for record in records:
@@ -329,7 +333,8 @@ def make_sources(records: Sequence[SiteRecord], structure: ModelStructure,
         for frame in frames:
             shape[len(shape) + frame.dim] = frame.size
         log_q = record.draw.log_q
-        tensor = torch.zeros(shape, dtype=log_q.dtype, device=log_q.device, requires_grad=True)
+        tensor = torch.zeros(shape, dtype=dtype or log_q.dtype, device=log_q.device,
+                             requires_grad=True)
         # The packed view names the non-singleton dims in the tensor's own order.
         named = sorted([(group.dim, symbols.group[group.index], num_particles)]
                        + [(f.dim, symbols.plate[f.name], f.size) for f in frames])

@@ -76,7 +76,7 @@ def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_parti
              with_sources: bool = True, links: Optional[Mapping[str, torch.Tensor]] = None,
              plate_reducers: Optional[Mapping[str, PlateReduction]] = None,
              contract: bool = True, check: bool = True,
-             max_memory: Optional[float] = None) -> Estimate:
+             max_memory: Optional[float] = None, float64_weights: bool = False) -> Estimate:
     """Contract one recorded particle run to ``log P_hat``.
 
     :param records: every sample site of the run, latent sites with their
@@ -100,13 +100,18 @@ def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_parti
         (:func:`~pyro_qem.estimator.memory.plan_contraction`) would exceed it, one
         plate is contracted in chunks of its elements, with the same result. None
         (default): no estimate, the whole contraction at once.
+    :param float64_weights: contract in float64 whatever the factors' dtype, so that
+        weights down to exp(-745) (not exp(-87), float32's floor) are resolved: the
+        regression update (:mod:`pyro_qem.infer.regression`) reads the log joint off
+        every particle's weight.
     :raises FloatingPointError: when ``log P_hat`` is not finite and ``check``.
     :raises ~pyro_qem.estimator.memory.MemoryBudgetError: when even chunking cannot
         keep the contraction within ``max_memory``.
     """
     symbols = structure.symbols
     factors = log_factors(records, structure, symbols, num_particles)
-    sources = make_sources(records, structure, symbols) if with_sources else []
+    sources = make_sources(records, structure, symbols,
+                           torch.float64 if float64_weights else None) if with_sources else []
     scales = subsample_scales(records, symbols)
     reducers = {}
     for plate, reduction in (plate_reducers or {}).items():

@@ -72,26 +72,29 @@ def logistic(X, y, batch):
         pyro.sample("y", dist.Bernoulli(logits=logits), obs=y[idx])
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_minibatch_logistic_regression_matches_the_laplace_posterior(seed):
+@pytest.mark.parametrize("seed,dtype", [(0, torch.float64), (1, torch.float64), (0, torch.float32)])
+def test_minibatch_logistic_regression_matches_the_laplace_posterior(seed, dtype):
     """N = 20000 rows, B = 200 (N/B = 100), 3 coefficients in one vector site, K = 30,
     20 passes averaged over the last 10. The Laplace approximation is exact to ~1% of
     an sd at this N. Averaging 1000 steps whose per-step location noise is ~10
     posterior sds in independent minibatches would leave ~0.3 sd; whole passes cancel
-    it (seeds 0-4: means within 0.044 sd, sds 0.979-0.997x). Tolerances: 0.15 sd, 8%."""
+    it (seeds 0-4: means within 0.044 sd, sds 0.979-0.997x; float32 data, whose weights
+    the regression steps take in float64: 0.042 sd, 0.979-0.997x). Tolerances: 0.15 sd,
+    8%."""
     generator = torch.Generator().manual_seed(10 + seed)
     X = torch.randn(20000, 3, generator=generator, dtype=torch.float64)
     y = torch.bernoulli(torch.sigmoid(X @ torch.tensor([0.5, -1.0, 0.25], dtype=torch.float64)),
                         generator=generator)
     mean, sd = laplace(X, y)
+    X, y = X.to(dtype), y.to(dtype)
     pyro.set_rng_seed(seed)
     guide = AutoQEM(logistic)
     inference = Inference(logistic, guide, K=30, lr=0.1, average_from=1000)
     for _ in range(2000):
         inference.step(X, y, 200)
     q = guide.distributions()["beta"]
-    assert ((q.mean - mean) / sd).abs().max() < 0.15
-    ratio = q.stddev / sd
+    assert ((q.mean.double() - mean) / sd).abs().max() < 0.15
+    ratio = q.stddev.double() / sd
     assert ratio.min() > 0.92 and ratio.max() < 1.08
 
 
