@@ -44,6 +44,7 @@ from typing import List, Mapping, Optional, Sequence
 import torch
 
 from ..families import Family
+from ..families.mvn import MultivariateNormal, regularised_covariance
 from ..families.normal import NormalCoordinates, floored_variance
 from ..guides.qem_guide import QEMGuide
 from ..handlers import SiteRecord
@@ -69,12 +70,14 @@ def statistics_count(guide: QEMGuide, group: GroupInfo) -> Optional[int]:
 def regression_kind(guide: QEMGuide, group: GroupInfo, K: int) -> Optional[str]:
     """How a regression step fits ``group``: ``"least_squares"`` where
     :func:`fits_by_regression`, else ``"score"`` where every site of the group is a
-    Normal on some coordinate (:func:`score_update`, any K), else None."""
+    Normal on some coordinate or a MultivariateNormal (:func:`score_update`, any K),
+    else None."""
     if fits_by_regression(guide, group, K):
         return "least_squares"
     sites = [guide.structure.sites[name] for name in group.sites]
     if len({site.batch_shape for site in sites}) == 1 and all(
-            isinstance(guide.families.get(site.name), NormalCoordinates) for site in sites):
+            isinstance(guide.families.get(site.name), (NormalCoordinates, MultivariateNormal))
+            for site in sites):
         return "score"
     return None
 
@@ -191,8 +194,9 @@ SCORE_LOCATION_SDS = 1.0
 def score_update(guide: QEMGuide, group: GroupInfo, records: Sequence[SiteRecord],
                  weight: torch.Tensor, subsamples: Mapping[str, torch.Tensor],
                  lr: float) -> Optional[List[List[torch.Tensor]]]:
-    """A natural-gradient step for a group of Normal-coordinate sites from the
-    particles' log-weights alone, for any K (where least squares has too few particles
+    """A natural-gradient step for a group of Normal-coordinate or MultivariateNormal
+    sites from the particles' log-weights alone (per coordinate, or in whitened
+    coordinates for a full covariance: :func:`_score_full`), for any K (where least squares has too few particles
     for its ``2 D + 1`` coefficients, or the weights are degenerate).
 
     With ``eps_k`` the particles standardised by the q they were drawn from, Stein's
@@ -223,26 +227,69 @@ def score_update(guide: QEMGuide, group: GroupInfo, records: Sequence[SiteRecord
         selection = selection_of(record.frames, subsamples)
         first, second = (m.double() for m in guide.state.selected(
             site.name, family.stat_names, selection, len(site.batch_shape)))
-        width = math.prod(site.event_shape)
-        loc = first.reshape(elements, width)
-        scale = floored_variance(first, second).sqrt().reshape(elements, width)
         value = family.statistics(record.value.double(), site.event_shape)[0]
-        eps = ((value - first) / floored_variance(first, second).sqrt())
-        eps = eps.reshape(K, elements, width).transpose(0, 1)      # (E, K, D)
-        b1 = (log_w * eps).mean(1)
-        b2 = (log_w * (eps.square() - 1.0)).mean(1) / 2
-        precision = 1.0 / scale.square()
-        new_precision = precision - 2.0 * lr * b2 / scale.square()
-        new_shift = precision * loc + lr * (b1 / scale - 2.0 * b2 * loc / scale.square())
-        finite = torch.isfinite(new_precision) & torch.isfinite(new_shift) & (new_precision > 0)
-        new_loc = torch.where(finite, new_shift / torch.where(finite, new_precision, precision), loc)
-        new_precision = torch.where(finite, new_precision, precision)
-        new_precision = new_precision.clamp(precision / SCORE_PRECISION_FACTOR,
-                                            precision * SCORE_PRECISION_FACTOR)
-        new_loc = torch.minimum(torch.maximum(new_loc, loc - SCORE_LOCATION_SDS * scale),
-                                loc + SCORE_LOCATION_SDS * scale)
-        shape = site.batch_shape + site.event_shape
-        moments = [new_loc.reshape(shape), (1.0 / new_precision + new_loc.square()).reshape(shape)]
+        step = _score_full if isinstance(family, MultivariateNormal) else _score_diagonal
+        moments = step(first, second, value, log_w, lr, site, K, elements)
         out.append(guide.state.update(site.name, family.stat_names, moments, 1.0, selection,
                                       len(site.batch_shape)))
     return out
+
+
+def _score_diagonal(first, second, value, log_w, lr: float, site: SiteInfo, K: int,
+                    elements: int) -> List[torch.Tensor]:
+    """The score step of a Normal-coordinate site, per coordinate (:func:`score_update`)."""
+    width = math.prod(site.event_shape)
+    loc = first.reshape(elements, width)
+    scale = floored_variance(first, second).sqrt().reshape(elements, width)
+    eps = ((value - first) / floored_variance(first, second).sqrt())
+    eps = eps.reshape(K, elements, width).transpose(0, 1)          # (E, K, D)
+    b1 = (log_w * eps).mean(1)
+    b2 = (log_w * (eps.square() - 1.0)).mean(1) / 2
+    precision = 1.0 / scale.square()
+    new_precision = precision - 2.0 * lr * b2 / scale.square()
+    new_shift = precision * loc + lr * (b1 / scale - 2.0 * b2 * loc / scale.square())
+    finite = torch.isfinite(new_precision) & torch.isfinite(new_shift) & (new_precision > 0)
+    new_loc = torch.where(finite, new_shift / torch.where(finite, new_precision, precision), loc)
+    new_precision = torch.where(finite, new_precision, precision)
+    new_precision = new_precision.clamp(precision / SCORE_PRECISION_FACTOR,
+                                        precision * SCORE_PRECISION_FACTOR)
+    new_loc = torch.minimum(torch.maximum(new_loc, loc - SCORE_LOCATION_SDS * scale),
+                            loc + SCORE_LOCATION_SDS * scale)
+    shape = site.batch_shape + site.event_shape
+    return [new_loc.reshape(shape), (1.0 / new_precision + new_loc.square()).reshape(shape)]
+
+
+def _score_full(first, second, value, log_w, lr: float, site: SiteInfo, K: int,
+                elements: int) -> List[torch.Tensor]:
+    """The score step of a full-covariance (MultivariateNormal) site, in the whitened
+    coordinates ``eps = L^-1 (z - m)`` of the q its particles were drawn from (``L L^T``
+    its covariance): there the slope is ``g = mean_k lw_k eps_k``, the curvature of
+    ``log w`` is ``H = mean_k lw_k (eps_k eps_k^T - I)``, and the step's precision is
+    ``I - lr H`` with its eigenvalues kept within the trust region, its location
+    ``(I - lr H)^-1 lr g`` with each whitened coordinate within
+    :data:`SCORE_LOCATION_SDS`. Whitening makes the step the same for every posterior
+    correlation: strongly correlated coefficients cost no more than independent ones."""
+    size = site.event_shape[-1]
+    loc = first.reshape(elements, size)
+    covariance = regularised_covariance(first, second).reshape(elements, size, size)
+    chol = torch.linalg.cholesky(covariance)
+    centred = (value.reshape(K, elements, size) - loc).transpose(0, 1)      # (E, K, D)
+    eps = torch.linalg.solve_triangular(chol, centred.transpose(-1, -2), upper=False)
+    eps = eps.transpose(-1, -2)                                               # (E, K, D)
+    g = (log_w * eps).mean(1)
+    identity = torch.eye(size, dtype=eps.dtype, device=eps.device)
+    curvature = torch.einsum("ek,eki,ekj->eij", log_w.squeeze(-1), eps, eps) / K \
+        - log_w.squeeze(-1).mean(-1)[:, None, None] * identity
+    curvature = 0.5 * (curvature + curvature.transpose(-1, -2))
+    values, vectors = torch.linalg.eigh(identity - lr * curvature)
+    values = values.clamp(1.0 / SCORE_PRECISION_FACTOR, SCORE_PRECISION_FACTOR)
+    inverse = vectors @ torch.diag_embed(1.0 / values) @ vectors.transpose(-1, -2)
+    shift = (inverse @ (lr * g).unsqueeze(-1)).squeeze(-1)
+    shift = shift.clamp(-SCORE_LOCATION_SDS, SCORE_LOCATION_SDS)
+    good = torch.isfinite(shift).all(-1) & torch.isfinite(inverse).all(-1).all(-1)
+    new_loc = torch.where(good[:, None], loc + (chol @ shift.unsqueeze(-1)).squeeze(-1), loc)
+    new_cov = torch.where(good[:, None, None], chol @ inverse @ chol.transpose(-1, -2), covariance)
+    new_cov = 0.5 * (new_cov + new_cov.transpose(-1, -2))
+    shape = site.batch_shape + site.event_shape
+    second_new = new_cov + new_loc.unsqueeze(-1) * new_loc.unsqueeze(-2)
+    return [new_loc.reshape(shape), second_new.reshape(site.batch_shape + (size, size))]
