@@ -200,7 +200,9 @@ def _hierarchy_errors(seed: int, groups: int = 30, rows: int = 6000, batch: int 
     pyro.set_rng_seed(seed)
     guide = AutoQEM(model)
     inference = Inference(model, guide, K=30, lr=0.1, average_from=steps // 2)
-    for _ in range(steps):
+    with pytest.warns(SubsampleWarning, match="grouped under latents of plate\\(s\\) \\['groups'\\]"):
+        inference.step(group, y)
+    for _ in range(steps - 1):
         inference.step(group, y)
     qs = guide.distributions()
     q_mean = torch.cat([qs["mu"].mean.reshape(1), qs["a"].mean])
@@ -212,7 +214,9 @@ def test_minibatch_fit_of_an_indexed_hierarchy_matches_its_exact_posterior():
     """The group effects are outside the subsampled rows plate, so each is fitted by
     regression on the rows of it in each minibatch (N/B = 100; a small group has none
     in most minibatches and an N/B-scaled one now and then). 20 passes, averaged over
-    the last 10. Seeds 0-4: worst of the 31 mean errors 0.06-0.15 exact sds, sds
+    the last 10. A SubsampleWarning says that grouped rows bias the sites outside
+    the groups' plate in general (here, with no global parameter in the rows'
+    likelihood, the bias is below the Monte Carlo error). Seeds 0-4: worst of the 31 mean errors 0.06-0.15 exact sds, sds
     0.993-1.013x; tolerances 0.25 sd and 4%."""
     errors, ratios = _hierarchy_errors(0)
     assert errors.max() < 0.25

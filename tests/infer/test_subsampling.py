@@ -111,3 +111,18 @@ def test_a_site_the_regression_cannot_fit_is_named_in_the_warning():
     inference = Inference(beta_scale, AutoQEM(beta_scale), K=30, lr=0.1, average_from=0)
     with pytest.warns(SubsampleWarning, match=r"\['tau'\]"):
         inference.step(y, B)
+
+
+def test_rows_grouped_under_a_plate_of_latents_are_warned_about():
+    def nested(y, subsample_size=None):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros((), dtype=y.dtype), 10.0))
+        with pyro.plate("groups", 4, dim=-2):
+            a = pyro.sample("a", dist.Normal(mu, 1.0))
+            with pyro.plate("rows", 50, subsample_size=subsample_size, dim=-1) as idx:
+                pyro.sample("obs", dist.Normal(a, 1.0), obs=y[..., idx])
+
+    torch.manual_seed(2)
+    y = torch.randn(4, 50, dtype=torch.float64)
+    inference = Inference(nested, AutoQEM(nested), K=30, lr=0.1, average_from=0)
+    with pytest.warns(SubsampleWarning, match=r"grouped under latents of plate\(s\) \['groups'\]"):
+        inference.step(y, 10)
