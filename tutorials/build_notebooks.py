@@ -1417,9 +1417,10 @@ minibatches give q the full-data posterior's spread and, once averaged over a fe
 its centre; a pass of small minibatches costs more than one full-batch step (more
 Python per row), so minibatches pay when a full batch does not fit in memory or time.
 The regression covers groups whose q families have natural parameters (Normal on any
-coordinate, LogNormal, Gamma, InverseGamma) and K >= 2 (their statistics + 1); other sites
-outside a subsampled plate (a MultivariateNormal q, a Beta, too few particles) keep the
-moment update, whose spread comes out too wide, and `Inference` says so with a
+coordinate, LogNormal, Gamma, InverseGamma) and K >= 2 (their statistics + 1), and
+Normal or MultivariateNormal groups with fewer particles (a noisier score step); other
+sites outside a subsampled plate (a Beta or Dirichlet q, say) keep the moment update,
+whose spread comes out too wide, and `Inference` says so with a
 `SubsampleWarning` that names them. Without `average_from` it warns too: the iterates
 wander by about sqrt(lr N / (2 B)) posterior sds."""),
     ("markdown", """## 3. The memory budget and threads
@@ -1675,9 +1676,11 @@ not a measurement."""),
   logistic regression's compiled step at 0.25-0.45x a Pyro SVI step); the memory budget
   on a GPU, the NCCL path of the distributed fit and CUDA graphs
   (`compile="cudagraphs"`) are not tested or timed there yet.
-- Minibatches fit sites outside the subsampled plate by regression only where their q
-  family has natural parameters and K is at least 2 (their statistics + 1) (section 2);
-  others (a MultivariateNormal q, a Beta) keep a spread that comes out too wide. A
+- Minibatches fit sites outside the subsampled plate by regression where their q family
+  has natural parameters (section 2); others (a Beta or Dirichlet q) keep a spread that
+  comes out too wide, and a full-covariance q's score step is noisier than the diagonal
+  fit. Row minibatches of a hierarchy whose groups' effects are averaged per group bias
+  the global sites (README, Limitations). A
   distributed fit shards one plate only and does not support `optim` (README)."""),
 ]
 

@@ -383,7 +383,7 @@ class Inference:
                 warnings.warn(
                     f"pyro.plate('{plate}') is subsampled (N/B = {scale:g}). The sites outside "
                     f"it that the minibatch regression cannot fit ({others}: a family "
-                    "without natural parameters, e.g. a MultivariateNormal or Beta q) keep "
+                    "without natural parameters, e.g. a Beta or Dirichlet q) keep "
                     "the moment update, which fits each step to a different minibatch's "
                     "posterior: their spread comes out too wide (2-7x for vector sites). "
                     "Use full batches for their final uncertainty, or a Normal, LogNormal, "
