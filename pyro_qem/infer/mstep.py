@@ -161,8 +161,8 @@ def _regression_groups(guide: QEMGuide, records: Sequence[SiteRecord], subsample
 def _average(guide: QEMGuide, site: SiteInfo, family: Family, new: Sequence[torch.Tensor],
              selection, restarts: bool = True) -> None:
     """Fold the new iterate into the running average, in the family's averaging
-    coordinates (location and variance apart for location families), so that the
-    iterates' wander does not widen the averaged q.
+    coordinates (:meth:`~pyro_qem.families.Family.to_average`: natural parameters for
+    Normal coordinates), so that the iterates' wander does not widen the averaged q.
 
     :param restarts: restart elements where q is still narrowing. Off for the minibatch
         regression: there a plate element whose rows are rare in minibatches gets

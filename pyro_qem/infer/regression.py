@@ -39,6 +39,7 @@ keep the moment update.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import List, Mapping, Optional, Sequence
 
 import torch
@@ -48,7 +49,7 @@ from ..families.mvn import MultivariateNormal, regularised_covariance
 from ..families.normal import NormalCoordinates, floored_variance
 from ..guides.qem_guide import QEMGuide
 from ..handlers import SiteRecord
-from ..model import GroupInfo, SiteInfo, selection_of
+from ..model import GroupInfo, Selection, SiteInfo, selection_of
 
 
 def statistics_count(guide: QEMGuide, group: GroupInfo) -> Optional[int]:
@@ -56,7 +57,7 @@ def statistics_count(guide: QEMGuide, group: GroupInfo) -> Optional[int]:
     regression update can handle it (every site's family has natural parameters, all
     sites with the same plates), else None."""
     sites = [guide.structure.sites[name] for name in group.sites]
-    if len({site.batch_shape for site in sites}) != 1:
+    if not _same_plates(sites):
         return None
     count = 0
     for site in sites:
@@ -75,11 +76,16 @@ def regression_kind(guide: QEMGuide, group: GroupInfo, K: int) -> Optional[str]:
     if fits_by_regression(guide, group, K):
         return "least_squares"
     sites = [guide.structure.sites[name] for name in group.sites]
-    if len({site.batch_shape for site in sites}) == 1 and all(
+    if _same_plates(sites) and all(
             isinstance(guide.families.get(site.name), (NormalCoordinates, MultivariateNormal))
             for site in sites):
         return "score"
     return None
+
+
+def _same_plates(sites: Sequence[SiteInfo]) -> bool:
+    """Whether the group's sites share one batch shape (one regression per element)."""
+    return len({site.batch_shape for site in sites}) == 1
 
 
 def fits_by_regression(guide: QEMGuide, group: GroupInfo, K: int) -> bool:
@@ -114,10 +120,7 @@ def regression_update(guide: QEMGuide, group: GroupInfo, records: Sequence[SiteR
     parts = [_site_part(guide, site, record, subsamples, K, elements)
              for site, record in zip(sites, records)]
     features = torch.cat([p.features for p in parts], -1)          # (E, K, F)
-    log_w = weight.double().reshape(K, -1).T.log()
-    if log_w.shape[0] != elements:
-        log_w = log_w.expand(elements, K)
-    target = log_w + sum(p.log_q for p in parts)                   # (E, K)
+    target = _log_weights(weight, elements) + sum(p.log_q for p in parts)   # (E, K)
     usable = torch.isfinite(target)
     count = usable.sum(-1, keepdim=True)
     if bool((count < 2 * (features.shape[-1] + 1)).any()):
@@ -154,6 +157,15 @@ def regression_update(guide: QEMGuide, group: GroupInfo, records: Sequence[SiteR
     return out
 
 
+def _log_weights(weight: torch.Tensor, elements: int) -> torch.Tensor:
+    """``(E, K)`` float64 log-weights of a group's particles per plate element of its
+    sites (``-inf`` where a weight underflowed)."""
+    K = weight.shape[0]
+    log_w = weight.double().reshape(K, -1).T.log()
+    return log_w.expand(elements, K) if log_w.shape[0] != elements else log_w
+
+
+@dataclass
 class _SitePart:
     """One site's share of the regression: its statistics ``(E, K, F_site)``, ``eta .
     T(z_k)`` under the q its particles were drawn from ``(E, K)`` (``log q`` but for
@@ -161,9 +173,11 @@ class _SitePart:
     the log joint over the family's base measure), its natural parameters and mean
     parameters (``(E, D)`` tensors, one per statistic) and its plate selection."""
 
-    def __init__(self, features, log_q, natural, moments, selection) -> None:
-        self.features, self.log_q, self.natural = features, log_q, natural
-        self.moments, self.selection = moments, selection
+    features: torch.Tensor
+    log_q: torch.Tensor
+    natural: List[torch.Tensor]
+    moments: List[torch.Tensor]
+    selection: Selection
 
 
 def _site_part(guide: QEMGuide, site: SiteInfo, record: SiteRecord,
@@ -201,8 +215,9 @@ def score_update(guide: QEMGuide, group: GroupInfo, records: Sequence[SiteRecord
                  lr: float) -> Optional[List[List[torch.Tensor]]]:
     """A natural-gradient step for a group of Normal-coordinate or MultivariateNormal
     sites from the particles' log-weights alone (per coordinate, or in whitened
-    coordinates for a full covariance: :func:`_score_full`), for any K (where least squares has too few particles
-    for its ``2 D + 1`` coefficients, or the weights are degenerate).
+    coordinates for a full covariance: :func:`_score_full`), for any K (where least
+    squares has too few particles for its ``2 D + 1`` coefficients, or the weights are
+    degenerate).
 
     With ``eps_k`` the particles standardised by the q they were drawn from, Stein's
     identity for a Normal gives the average slope and curvature of the log joint over
@@ -222,10 +237,10 @@ def score_update(guide: QEMGuide, group: GroupInfo, records: Sequence[SiteRecord
     K = weight.shape[0]
     sites = [guide.structure.sites[record.name] for record in records]
     elements = math.prod(sites[0].batch_shape)
-    log_w = weight.double().reshape(K, -1).T.log()
+    log_w = _log_weights(weight, elements)
     if not bool(torch.isfinite(log_w).all()):
         return None
-    log_w = (log_w - log_w.mean(-1, keepdim=True)).expand(elements, K).unsqueeze(-1)
+    log_w = (log_w - log_w.mean(-1, keepdim=True)).unsqueeze(-1)
     out = []
     for site, record in zip(sites, records):
         family = guide.families[site.name]
@@ -244,10 +259,9 @@ def _score_diagonal(first, second, value, log_w, lr: float, site: SiteInfo, K: i
                     elements: int) -> List[torch.Tensor]:
     """The score step of a Normal-coordinate site, per coordinate (:func:`score_update`)."""
     width = math.prod(site.event_shape)
-    loc = first.reshape(elements, width)
-    scale = floored_variance(first, second).sqrt().reshape(elements, width)
-    eps = ((value - first) / floored_variance(first, second).sqrt())
-    eps = eps.reshape(K, elements, width).transpose(0, 1)          # (E, K, D)
+    sd = floored_variance(first, second).sqrt()
+    loc, scale = first.reshape(elements, width), sd.reshape(elements, width)
+    eps = ((value - first) / sd).reshape(K, elements, width).transpose(0, 1)   # (E, K, D)
     b1 = (log_w * eps).mean(1)
     b2 = (log_w * (eps.square() - 1.0)).mean(1) / 2
     precision = 1.0 / scale.square()
