@@ -260,7 +260,7 @@ def _score(result: FitResult, ref: Mapping, hp: HardPosterior) -> FitResult:
 
 
 def qem(hp: HardPosterior, ref: Mapping, settings: Settings, recommended: bool = False,
-        regression: bool = False) -> FitResult:
+        regression: bool = False, noncentred: bool = False) -> FitResult:
     """QEM at the README settings (see the module docstring), or with ``recommended``
     the README's advice for correlated posteriors (:func:`recommended_options`); then q
     and the joint draws of the sites in ``ref`` (``sites=`` given: ``sample_guide`` has
@@ -270,7 +270,8 @@ def qem(hp: HardPosterior, ref: Mapping, settings: Settings, recommended: bool =
     pyro.clear_param_store()
     groups, families, K = recommended_options(hp, settings.K) if recommended else \
         regression_options(hp, settings.K) if regression else (None, None, settings.K)
-    guide = AutoQEM(hp.model, groups=groups, families=families)
+    guide = AutoQEM(hp.model, groups=groups, families=families,
+                    noncentre="auto" if noncentred else None)
     inference = Inference(hp.model, guide, K=K, lr=settings.lr, average_from=settings.average_from,
                           update="regression" if regression else "moments")
     durations = []
@@ -281,9 +282,12 @@ def qem(hp: HardPosterior, ref: Mapping, settings: Settings, recommended: bool =
     seconds = sum(durations)
     label = f"QEM recommended (K={K})" if recommended else \
         f"QEM regression (K={K})" if regression else "QEM"
+    label += " non-centred" if noncentred else ""
     result = FitResult(label, fit_s=seconds,
                        ms_per_step=1e3 * statistics.median(durations[1:] or durations))
-    q_moments = moments_of(sample_guide(guide, settings.q_draws, sites=sites))
+    # A non-centred site has no q of its own (its q is that of <site>_decentered).
+    q_sites = [s for s in sites if s not in guide.noncentred]
+    q_moments = moments_of(sample_guide(guide, settings.q_draws, sites=q_sites))
     start = time.perf_counter()
     draws = sample_posterior(inference, *args, num_samples=settings.joint_draws, sites=sites)
     result.draw_s = time.perf_counter() - start
@@ -291,7 +295,7 @@ def qem(hp: HardPosterior, ref: Mapping, settings: Settings, recommended: bool =
     result.extra = {"q_moments": q_moments, "joint_moments": joint,
                     "draws_over_fit": result.draw_s / result.fit_s,
                     "final_loss": inference.evaluate_loss(*args)}
-    result.q, result.joint = errors(q_moments, ref, sites), errors(joint, ref, sites)
+    result.q, result.joint = errors(q_moments, ref, q_sites), errors(joint, ref, sites)
     return _score(result, ref, hp)
 
 
@@ -381,6 +385,7 @@ def svi(hp: HardPosterior, ref: Mapping, settings: Settings, guide_class) -> Fit
 
 
 METHOD_LABELS = {"qem": "QEM", "qem_recommended": "QEM recommended", "qem_regression": "QEM regression",
+                 "qem_noncentred": "QEM non-centred",
                  "svi_normal": "SVI AutoNormal", "AutoNormal": "SVI AutoNormal",
                  "svi_mvn": "SVI AutoMultivariateNormal",
                  "AutoMultivariateNormal": "SVI AutoMultivariateNormal"}
@@ -388,6 +393,7 @@ METHODS: Dict[str, Callable[[HardPosterior, Mapping, Settings], FitResult]] = {
     "qem": qem,
     "qem_recommended": functools.partial(qem, recommended=True),
     "qem_regression": functools.partial(qem, regression=True),
+    "qem_noncentred": functools.partial(qem, noncentred=True),
     "svi_normal": functools.partial(svi, guide_class=AutoNormal),
     "svi_mvn": functools.partial(svi, guide_class=AutoMultivariateNormal),
 }

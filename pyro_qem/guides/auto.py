@@ -55,14 +55,16 @@ class AutoQEM(QEMGuide):
         init_loc_fn: Optional[Callable] = None,
         init_scale=None,
         prefix: Optional[str] = None,
+        noncentre: Union[None, str, Sequence[str]] = None,
     ) -> None:
         super().__init__(model, groups=groups, max_plate_nesting=max_plate_nesting,
-                         init_loc_fn=init_loc_fn, init_scale=init_scale, prefix=prefix)
+                         init_loc_fn=init_loc_fn, init_scale=init_scale, prefix=prefix,
+                         noncentre=noncentre)
         self.family_overrides = dict(families or {})
 
     def setup(self, *args, **kwargs):
         structure = super().setup(*args, **kwargs)
-        unknown = sorted(set(self.family_overrides) - set(structure.sites))
+        unknown = sorted(set(map(self.site_name, self.family_overrides)) - set(structure.sites))
         if unknown:
             raise ValueError(
                 f"families: {unknown} are not latent sample sites of the model "
@@ -73,7 +75,8 @@ class AutoQEM(QEMGuide):
     def get_family(self, site: SiteInfo, prior: dist.Distribution) -> Family:
         from ..families import registry
 
-        override = self.family_overrides.get(site.name)
+        overrides = {self.site_name(k): v for k, v in self.family_overrides.items()}
+        override = overrides.get(site.name)
         if override is None:
             return registry.default_family(site.name, site.support, site.event_shape, prior=prior)
         return registry.resolve_family(site.name, override, site.support, site.event_shape,

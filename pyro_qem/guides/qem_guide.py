@@ -31,6 +31,7 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from ..families import Family
 from ..handlers import ParamCollector, ParticleDraw
+from ..handlers.noncentring import NonCentring, decentered_name, scale_dependent_sites
 from ..model import ModelStructure, PlateInfo, Prototype, Selection, SiteInfo, discover, gather
 from ..model import prototype_traces, rng_preserved, selection_of
 from .initialisation import InitOptions, default_init_loc, initial_state
@@ -62,6 +63,14 @@ class QEMGuide(Messenger):
     :param prefix: the prefix of this guide's names in the param store (default: the
         class name, or ``<class name>_2``, ... when another live guide's state already
         holds it; see :attr:`prefix`).
+    :param noncentre: latent ``Normal``/``MultivariateNormal`` sites to propose in
+        standardised form (see :mod:`pyro_qem.handlers.noncentring`): a list of site
+        names, ``"auto"`` (every such site whose scale depends on another latent site:
+        the scales of hierarchies, which otherwise sit in a funnel) or None. A
+        non-centred site ``z`` becomes a deterministic site computed from a new latent
+        ``z_decentered`` (which has the q); :func:`~pyro_qem.outputs.sample_posterior`
+        returns ``z`` itself. Names in ``groups`` (and AutoQEM's ``families``) may
+        still say ``z``.
     """
 
     def __init__(
@@ -73,8 +82,17 @@ class QEMGuide(Messenger):
         init_loc_fn: Optional[Callable] = None,
         init_scale: Union[None, float, Mapping[str, float]] = None,
         prefix: Optional[str] = None,
+        noncentre: Union[None, str, Sequence[str]] = None,
     ) -> None:
         super().__init__()
+        if not (noncentre is None or noncentre == "auto"
+                or (not isinstance(noncentre, str) and all(isinstance(n, str) for n in noncentre))):
+            raise ValueError(
+                f"noncentre must be None, 'auto' or a list of site names, got {noncentre!r}."
+            )
+        self.noncentre = noncentre if noncentre is None or noncentre == "auto" else list(noncentre)
+        #: The sites proposed in standardised form (resolved at set-up).
+        self.noncentred: Tuple[str, ...] = ()
         if max_plate_nesting is not None and max_plate_nesting < 0:
             raise ValueError(f"max_plate_nesting must be >= 0 or None, got {max_plate_nesting}.")
         self.model = model
@@ -172,8 +190,12 @@ class QEMGuide(Messenger):
         """Discover the model's sites and initialise missing state (first call only)."""
         if self.structure is not None:
             return self.structure
-        prototypes = prototype_traces(self.model, args, kwargs, self.init.init_loc_fn or default_init_loc)
-        structure = discover(prototypes[0], self.groups, self.max_plate_nesting)
+        self.noncentred = self._resolve_noncentre(args, kwargs)
+        prototypes = prototype_traces(self.model_run, args, kwargs,
+                                      self.init.init_loc_fn or default_init_loc)
+        self._check_noncentred(prototypes[0].trace)
+        groups = None if self.groups is None else [[self.site_name(n) for n in g] for g in self.groups]
+        structure = discover(prototypes[0], groups, self.max_plate_nesting)
         first = prototypes[0].trace.nodes
         families = {name: self.get_family(site, first[name]["fn"])
                     for name, site in structure.sites.items() if not site.enumerated}
@@ -190,6 +212,34 @@ class QEMGuide(Messenger):
             self.structure, self.families = structure, families
             self.init_gradient_sites(prototypes)
         return structure
+
+    def _resolve_noncentre(self, args: tuple, kwargs: dict) -> Tuple[str, ...]:
+        if self.noncentre is None:
+            return ()
+        if self.noncentre == "auto":
+            with rng_preserved():
+                return tuple(scale_dependent_sites(self.model, args, kwargs))
+        return tuple(self.noncentre)
+
+    def _check_noncentred(self, trace: Trace) -> None:
+        missing = [n for n in self.noncentred if n not in trace.nodes]
+        if missing:
+            raise ValueError(
+                f"noncentre: {missing} are not sample sites of the model (sites: "
+                f"{sorted(n for n, s in trace.nodes.items() if s['type'] == 'sample')})."
+            )
+
+    def site_name(self, name: str) -> str:
+        """The latent site that holds ``name``'s q: ``name`` itself, or
+        ``name + "_decentered"`` for a non-centred site."""
+        return decentered_name(name) if name in self.noncentred else name
+
+    def model_run(self, *args, **kwargs):
+        """Run the model as this guide sees it (non-centred sites rewritten)."""
+        if not self.noncentred:
+            return self.model(*args, **kwargs)
+        with NonCentring(self.noncentred):
+            return self.model(*args, **kwargs)
 
     def init_gradient_sites(self, prototypes: Sequence[Prototype]) -> None:
         """Hook for subclasses: create the parameters of gradient-fitted sites at set-up
@@ -216,8 +266,10 @@ class QEMGuide(Messenger):
         self._sets = sets
         self._reparameterized = reparameterized
         self.particle_draws = {}
+        # Entered inside the guide, so the rewrite reaches a site before the guide does.
+        rewrite = NonCentring(self.noncentred) if self.noncentred else contextlib.nullcontext()
         try:
-            with self:
+            with self, rewrite:
                 yield self.particle_draws
         finally:
             self._num_particles = None
@@ -240,7 +292,11 @@ class QEMGuide(Messenger):
         self.setup(*args, **kwargs)
         self._draws = dict.fromkeys(self.structure.sites)
         tracer = TraceMessenger()
-        with poutine.block(hide_fn=is_observed), tracer, self:
+        rewrite = NonCentring(self.noncentred) if self.noncentred else contextlib.nullcontext()
+        # Non-centred sites stay visible: Predictive(model, guide=guide) replays them.
+        noncentred = frozenset(self.noncentred)
+        with poutine.block(hide_fn=lambda m: is_observed(m) and m["name"] not in noncentred), \
+                tracer, self, rewrite:
             self.model(*args, **kwargs)
         self._last_trace = tracer.trace
         return {name: value for name, value in self._draws.items() if value is not None}

@@ -58,6 +58,11 @@ class ParticleRun:
         """The records of the latent sites, by name."""
         return {r.name: r for r in self.sites if r.draw is not None}
 
+    @property
+    def sites_by_name(self) -> Dict[str, SiteRecord]:
+        """Every site's record, by name."""
+        return {r.name: r for r in self.sites}
+
 
 def run_particles(model: Callable, guide: QEMGuide, num_particles: int, args: tuple,
                   kwargs: dict, reparameterized: bool = True,

@@ -177,17 +177,112 @@ def resample_run(run: WeightedRun, num_draws: int, sites: Optional[Sequence[str]
                  ) -> Dict[str, torch.Tensor]:
     """``num_draws`` joint draws from each particle set of one weighted run (see
     :func:`sample_posterior`): ``{site: (num_draws * sets,) + batch_shape +
-    event_shape}``."""
-    names = select_sites(run.structure, sites)
-    draws: Dict[str, List[torch.Tensor]] = {name: [] for name in names}
+    event_shape}``, deterministic sites (``pyro.deterministic``, non-centred sites)
+    included."""
+    names, derived = _output_sites(run, sites)
+    draws: Dict[str, List[torch.Tensor]] = {name: [] for name in names + derived}
     for indices in _index_draws(run, num_draws):
         for name in names:
             group = run.structure.group_of(name)
             draws[name].append(_gather(run, name, indices[group.index]))
+        for name in derived:
+            draws[name].append(_gather_derived(run, run.run.sites_by_name[name], indices))
     sets = run.structure.plates.get(PARTICLE_SETS)
     if sets is None:
         return {name: torch.stack(values) for name, values in draws.items()}
     return {name: torch.cat(values) for name, values in draws.items()}
+
+
+def _output_sites(run: WeightedRun, sites: Optional[Sequence[str]]) -> Tuple[List[str], List[str]]:
+    """The requested latent sites, and the requested deterministic sites (all of both
+    by default) whose value a draw fixes: non-centred sites, and ``pyro.deterministic``
+    sites given an ``event_dim`` (by default Pyro counts every dim of the value as an
+    event dim, particle dims included, so the draws could not be told apart) whose
+    particle groups all live in plates the site is in."""
+    records = run.run.sites_by_name
+    derived = [r.name for r in run.run.sites if r.is_deterministic]
+    problems = {n: _why_not_drawable(run, records[n]) for n in derived}
+    if sites is None:
+        return select_sites(run.structure, None), [n for n in derived if problems[n] is None]
+    requested = [sites] if isinstance(sites, str) else list(sites)
+    for name in requested:
+        if name in derived and problems[name] is not None:
+            raise ValueError(f"sample_posterior: deterministic site '{name}' {problems[name]}")
+    latent = [s for s in requested if s not in derived]
+    return select_sites(run.structure, latent) if latent else [], \
+        [n for n in derived if n in requested]
+
+
+def _why_not_drawable(run: WeightedRun, record) -> Optional[str]:
+    if len(record.fn.event_shape) >= record.value.dim():
+        if record.value.dim() == 0:
+            return None
+        return ("was recorded with every dim of its value as an event dim (Pyro's default "
+                "for pyro.deterministic), so its particle dims cannot be told from its own: "
+                "pass event_dim (e.g. pyro.deterministic(name, value, event_dim=0)), or "
+                "recompute it from the drawn latents with Predictive(model, "
+                "posterior_samples=draws).")
+    group = _unreadable_group(run, record)
+    if group is not None:
+        return (f"reads particle group {list(group.sites)} through a plate it is not in (an "
+                "indexed plate), so a draw of it is not supported; recompute it from the "
+                "drawn latents with Predictive(model, posterior_samples=draws).")
+    return None
+
+
+def _unreadable_group(run: WeightedRun, record) -> Optional[object]:
+    """A particle group the deterministic ``record`` depends on through a plate it is
+    not in (its value then mixes the group's elements), or None."""
+    value, structure = record.value, run.structure
+    event_ndim = len(record.fn.event_shape)
+    plates = {f.name for f in record.frames} | {PARTICLE_SETS}
+    for group in structure.groups:
+        dim = group.dim - event_ndim
+        if value.dim() >= -dim and value.shape[dim] > 1 and not group.plates <= plates:
+            return group
+    return None
+
+
+def _gather_derived(run: WeightedRun, record, indices: Dict[int, torch.Tensor]) -> torch.Tensor:
+    """A deterministic site's drawn values: its value at the drawn particle of every
+    group it depends on, ``(sets,) + the plates' batch shape + event_shape``."""
+    structure = run.structure
+    event_shape = record.fn.event_shape
+    event_ndim = len(event_shape)
+    value = record.value.detach()
+    for group in structure.groups:
+        dim = group.dim - event_ndim
+        if value.dim() >= -dim and value.shape[dim] > 1:
+            value = _gather_dim(value, indices[group.index], dim, event_ndim)
+    plates = structure.max_plate_nesting
+    value = value.reshape((1,) * max(0, plates + event_ndim - value.dim()) + value.shape)
+    # Left of the plates only size-1 particle dims remain, and the particle sets' dim.
+    lead = value.dim() - event_ndim - plates
+    value = value.reshape((-1,) + value.shape[lead:])
+    batch = [1] * plates
+    for frame in record.frames:
+        if frame.name != PARTICLE_SETS:
+            batch[plates + frame.dim] = frame.size
+    used = max([-f.dim for f in record.frames if f.name != PARTICLE_SETS], default=0)
+    value = value.expand((value.shape[0],) + tuple(batch) + tuple(event_shape))
+    value = value.reshape((value.shape[0],) + tuple(batch[plates - used:]) + tuple(event_shape))
+    sets = structure.plates.get(PARTICLE_SETS)
+    if sets is None:
+        return value[0]
+    return value.expand((sets.size,) + value.shape[1:])
+
+
+def _gather_dim(value: torch.Tensor, index: torch.Tensor, dim: int, event_ndim: int) -> torch.Tensor:
+    """``value`` at ``index`` along the (negative) particle dim ``dim``; ``index`` is in
+    broadcast layout over the batch dims, size 1 in that dim."""
+    ndim = max(index.dim() + event_ndim, value.dim())
+    index = index.reshape((1,) * (ndim - event_ndim - index.dim()) + index.shape + (1,) * event_ndim)
+    value = value.reshape((1,) * (ndim - value.dim()) + value.shape)
+    shape = [max(a, b) for a, b in zip(index.shape, value.shape)]
+    shape[dim] = value.shape[dim]
+    value = value.expand(shape)
+    shape[dim] = 1
+    return value.gather(dim, index.expand(shape))
 
 
 def _index_draws(run: WeightedRun, num_draws: int):

@@ -9,6 +9,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from ..handlers import SiteRecord, is_subsampled
+from ..handlers.noncentring import decentered_name
 from ..infer.inference import Inference
 from ..infer.pipeline import WeightedRun, weigh
 from ..model import ModelStructure, SiteInfo
@@ -64,6 +65,15 @@ def select_sites(structure: ModelStructure, sites: Optional[Sequence[str]]) -> L
     if isinstance(sites, str):
         sites = [sites]
     unknown = [s for s in sites if s not in structure.sites]
+    noncentred = [s for s in unknown if decentered_name(s) in structure.sites]
+    if noncentred:
+        name = noncentred[0]
+        raise ValueError(
+            f"sites: '{name}' is non-centred (the guide proposes '{decentered_name(name)}' "
+            f"and computes '{name}' from it), so it has no particles of its own: its joint "
+            f"draws come from sample_posterior (which returns '{name}'); ask here for "
+            f"'{decentered_name(name)}'."
+        )
     if unknown:
         raise ValueError(
             f"sites: {unknown} are not latent sample sites of the model (latent sites: "

@@ -1,0 +1,180 @@
+"""Non-centred proposals for hierarchical scales: ``z = loc + scale * eps``.
+
+A latent ``z ~ Normal(loc, scale)`` whose scale is another latent (``theta ~
+Normal(mu, tau)`` in a centred hierarchy) puts the posterior in a funnel: where ``tau``
+is small every ``theta`` must sit close to ``mu``. A proposal q(theta) that does not
+depend on ``tau`` then has few particles in the funnel's neck, the importance-weighted
+estimate is biased low there, and ``tau`` comes out too narrow (radon's varying-slope
+scale: 0.60x the NUTS sd at K = 30). Proposing the standardised value instead,
+``eps ~ q(eps)`` and ``z = loc + scale * eps`` for every particle of ``loc`` and
+``scale``, removes the funnel from what q must cover (the same posterior, written as
+Stan users write "non-centred" models).
+
+:class:`NonCentring` is the effect handler that does the rewrite (what
+:class:`pyro.infer.reparam.LocScaleReparam` with ``centered=0`` does): the site ``z`` becomes
+a deterministic site (recorded as ``pyro.deterministic`` records one, so it has no log
+density of its own) whose value is computed from the new latent site ``z_decentered``,
+standard normal with the site's plates but no dependence on ``loc`` or ``scale`` (so its
+log density does not broadcast over their particles). It handles ``Normal``, ``Normal``
+with ``.to_event``, and ``MultivariateNormal`` (``z = loc + scale_tril @ eps``).
+:func:`scale_dependent_sites` finds the sites to rewrite: those whose scale depends on
+another latent site.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, List, Optional, Tuple
+
+import torch
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+from pyro.infer.autoguide.initialization import InitMessenger
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import Independent, MultivariateNormal, Normal, biject_to
+
+#: The suffix of the standardised site that replaces a non-centred site ``z``.
+SUFFIX = "_decentered"
+
+
+def decentered_name(name: str) -> str:
+    """The name of the latent site that carries ``name``'s standardised value."""
+    return name + SUFFIX
+
+
+def _unwrapped(fn) -> Tuple[object, int]:
+    """``fn`` without ``Independent`` wrappers, and the event dims they added."""
+    event_dim = 0
+    while isinstance(fn, Independent):
+        event_dim += fn.reinterpreted_batch_ndims
+        fn = fn.base_dist
+    return fn, event_dim
+
+
+def loc_scale_kind(fn) -> Optional[str]:
+    """``"normal"`` or ``"mvn"`` for the priors :class:`NonCentring` rewrites, else None.
+    Exact types only: a subclass may change what its parameters mean."""
+    base, _ = _unwrapped(fn)
+    if type(base) in (Normal, dist.Normal):
+        return "normal"
+    if type(base) in (MultivariateNormal, dist.MultivariateNormal):
+        return "mvn"
+    return None
+
+
+def _scale_of(fn) -> torch.Tensor:
+    base, _ = _unwrapped(fn)
+    return base.scale_tril if loc_scale_kind(fn) == "mvn" else base.scale
+
+
+class NonCentring(Messenger):
+    """Rewrite each named site ``z ~ Normal(loc, scale)`` (or ``MultivariateNormal(loc,
+    scale_tril)``) as a latent ``z_decentered ~ Normal(0, 1)`` (the site's plates and
+    event shape) and a deterministic ``z = loc + scale * z_decentered`` (``loc +
+    scale_tril @ z_decentered``). The posterior is unchanged.
+
+    Example::
+
+        with NonCentring(["theta"]):
+            trace = poutine.trace(model).get_trace(y)
+        trace.nodes["theta_decentered"]   # the latent; "theta" is deterministic
+
+    :param sites: the names of the sites to rewrite.
+    """
+
+    def __init__(self, sites) -> None:
+        super().__init__()
+        self.sites = frozenset(sites)
+
+    def _pyro_sample(self, msg) -> None:
+        name, fn = msg["name"], msg["fn"]
+        if name not in self.sites or site_is_subsample(msg):
+            return
+        kind = loc_scale_kind(fn)
+        if kind is None:
+            raise ValueError(
+                f"Site '{name}' cannot be non-centred: its prior is {type(fn).__name__}, "
+                "and only Normal (with or without .to_event) and MultivariateNormal priors "
+                "have a loc and scale to standardise by. Leave it out of noncentre."
+            )
+        if msg["is_observed"]:
+            raise ValueError(
+                f"Site '{name}' is observed in this run, so it cannot be non-centred (only "
+                "latent sites are). Leave it out of noncentre."
+            )
+        base, _ = _unwrapped(fn)
+        event_shape = fn.event_shape
+        # Standard normal with no batch shape of its own: the plates around the site
+        # expand it, and it carries no particle dims of loc or scale.
+        # (torch.zeros, not loc.new_zeros: provenance tracking would see loc in it.)
+        standard = dist.Normal(torch.zeros((), dtype=base.loc.dtype, device=base.loc.device), 1.0)
+        standard = standard.expand(event_shape).to_event(len(event_shape))
+        eps = pyro.sample(decentered_name(name), standard)
+        if kind == "mvn":
+            value = base.loc + (base.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+        else:
+            value = base.loc + base.scale * eps
+        # Recorded as pyro.deterministic records a site: a masked Delta marked
+        # deterministic, so the estimator and the outputs treat it as a function of the
+        # latents, with no log density of its own.
+        msg["fn"] = dist.Delta(value, event_dim=len(event_shape)).mask(False)
+        msg["value"] = value
+        msg["is_observed"] = True
+        msg["infer"] = dict(msg["infer"] or {}, _deterministic=True)
+
+
+def scale_dependent_sites(model: Callable, args: tuple, kwargs: dict) -> List[str]:
+    """The latent ``Normal``/``MultivariateNormal`` sites of ``model`` whose scale (or
+    ``scale_tril``) depends on another latent site: the model is run twice with
+    independent values of every latent site (prior draws; uniform on (-2, 2) in the
+    unconstrained space where the prior cannot be sampled), the same data and
+    subsamples, and a site qualifies where its scale differs between the runs.
+    (Provenance tracking cannot tell: ``Normal(mu, 2.0)`` broadcasts its scale against
+    ``mu``.) Empty, with a warning, where the model cannot be run that way.
+
+    Runs the model on the global random stream: wrap the call to keep it.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.no_grad(), poutine.block():
+                first = poutine.trace(InitMessenger(_random_value)(model)).get_trace(*args, **kwargs)
+                subsamples = first.copy()
+                for name, node in list(first.nodes.items()):
+                    if not (node["type"] == "sample" and site_is_subsample(node)):
+                        subsamples.remove_node(name)
+                again = poutine.replay(InitMessenger(_random_value)(model), trace=subsamples)
+                second = poutine.trace(again).get_trace(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 - any failure only disables the rewrite
+        warnings.warn(
+            f"noncentre='auto': the model could not be run to find its hierarchical scales "
+            f"({type(error).__name__}: {error}), so no site is non-centred. Name the sites "
+            "instead (noncentre=['theta', ...]).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return []
+    found = []
+    for name, node in first.nodes.items():
+        if node["type"] != "sample" or node["is_observed"] or site_is_subsample(node):
+            continue
+        if loc_scale_kind(node["fn"]) is None or name not in second.nodes:
+            continue
+        a, b = _scale_of(node["fn"]), _scale_of(second.nodes[name]["fn"])
+        if a.shape != b.shape or not torch.equal(a, b):
+            found.append(name)
+    return found
+
+
+def _random_value(site) -> torch.Tensor:
+    fn = site["fn"]
+    try:
+        return fn.sample().detach()
+    except NotImplementedError:
+        shape = fn.batch_shape + fn.event_shape
+        unconstrained = biject_to(fn.support).inv.forward_shape(shape)
+        u = torch.rand(unconstrained) * 4.0 - 2.0
+        return biject_to(fn.support)(u).detach()

@@ -1,0 +1,70 @@
+"""The non-centring rewrite and the search for hierarchical scales."""
+
+import pytest
+import torch
+
+import pyro
+import pyro.distributions as dist
+from pyro import poutine
+
+from pyro_qem.handlers.noncentring import NonCentring, scale_dependent_sites
+
+
+def hierarchy(y=None):
+    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    log_tau = pyro.sample("log_tau", dist.Normal(0.0, 1.0))
+    with pyro.plate("groups", 3):
+        # The scale reaches theta through a computation (exp).
+        theta = pyro.sample("theta", dist.Normal(mu, log_tau.exp()))
+        fixed = pyro.sample("fixed", dist.Normal(mu, 2.0))
+        pyro.sample("y", dist.Normal(theta + fixed, 1.0), obs=y)
+
+
+def vector_model():
+    amplitude = pyro.sample("amplitude", dist.LogNormal(0.0, 1.0))
+    points = torch.linspace(0, 1, 4)
+    cov = amplitude * torch.exp(-(points[:, None] - points) ** 2) + 1e-3 * torch.eye(4)
+    pyro.sample("f", dist.MultivariateNormal(torch.zeros(4), covariance_matrix=cov))
+    pyro.sample("g", dist.Normal(torch.zeros(4), pyro.param("s", torch.ones(4))).to_event(1))
+
+
+def test_scale_dependent_sites_are_those_whose_scale_reads_a_latent():
+    assert scale_dependent_sites(hierarchy, (torch.zeros(3),), {}) == ["theta"]
+    # A pyro.param scale is not a funnel; a covariance built from a latent is.
+    assert scale_dependent_sites(vector_model, (), {}) == ["f"]
+
+
+def test_rewrite_keeps_the_value_a_function_of_the_standardised_latent():
+    with NonCentring(["theta", "f"]):
+        trace = poutine.trace(hierarchy).get_trace(torch.zeros(3))
+        vector = poutine.trace(vector_model).get_trace()
+    eps = trace.nodes["theta_decentered"]
+    assert not eps["is_observed"] and eps["fn"].batch_shape == (3,)
+    assert torch.allclose(eps["fn"].log_prob(eps["value"]),
+                          dist.Normal(0.0, 1.0).log_prob(eps["value"]))
+    theta = trace.nodes["theta"]
+    assert theta["infer"]["_deterministic"] and theta["is_observed"]
+    expected = trace.nodes["mu"]["value"] + trace.nodes["log_tau"]["value"].exp() * eps["value"]
+    assert torch.allclose(theta["value"], expected)
+    # The deterministic site adds no log density.
+    assert float(theta["fn"].log_prob(theta["value"]).sum()) == 0.0
+    f, z = vector.nodes["f"], vector.nodes["f_decentered"]["value"]
+    assert z.shape == (4,)
+    scale_tril = dist.MultivariateNormal(
+        torch.zeros(4), covariance_matrix=vector.nodes["amplitude"]["value"]
+        * torch.exp(-(torch.linspace(0, 1, 4)[:, None] - torch.linspace(0, 1, 4)) ** 2)
+        + 1e-3 * torch.eye(4)).scale_tril
+    assert torch.allclose(f["value"], scale_tril @ z, atol=1e-6)
+
+
+def test_rewrite_refuses_sites_it_cannot_standardise():
+    def gamma_model():
+        rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
+        pyro.sample("x", dist.Gamma(2.0, rate))
+
+    with pytest.raises(ValueError, match="Site 'x' cannot be non-centred: its prior is Gamma"):
+        with NonCentring(["x"]):
+            gamma_model()
+    with pytest.raises(ValueError, match="Site 'y' is observed"):
+        with NonCentring(["y"]):
+            hierarchy(torch.zeros(3))
