@@ -251,7 +251,9 @@ def qem_result(model: Callable, groups, args: tuple, ref: Optional[Moments], set
     joint = moments_of(draws)
     result.extra = {"q_moments": q_moments, "joint_moments": joint}
     if ref is not None:
-        result.q, result.joint = errors(q_moments, ref, sites), errors(joint, ref, sites)
+        # A non-centred site has no q of its own (its q is <site>_decentered's).
+        q_sites = [s for s in (sites or ref) if s in q_moments]
+        result.q, result.joint = errors(q_moments, ref, q_sites), errors(joint, ref, sites)
     return result
 
 

@@ -93,7 +93,7 @@ class LogPHat:
 
     def __init__(self, model: Callable, train: Data, groups: Sequence[Sequence[str]],
                  K: int = 30) -> None:
-        self.guide = AutoQEM(model, groups=groups, prefix="benchmark_log_p_hat")
+        self.guide = AutoQEM(model, groups=groups, prefix="benchmark_log_p_hat", noncentre=None)
         self.guide.setup(train)
         self.inference = Inference(model, self.guide, K=K)
         self.train = train

@@ -41,7 +41,7 @@ def test_draw_cost_and_funnel_commands_run_on_a_tiny_setting(capsys):
     funnel.main(["--seeds", "0", "--steps", "4", "--num-samples", "10", "--models", "slopes"])
     out = capsys.readouterr().out
     assert out.count("| eight schools") == 2 and out.count("| radon varying") == 2
-    assert "| centred | 0 |" in out and "| non-centred | 0 |" in out
+    assert "| centred | 0 |" in out and "| non-centred by hand | 0 |" in out and "| noncentre='auto' | 0 |" in out
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -106,7 +106,7 @@ def test_pointwise_and_joint_predictive_scores():
 def test_log_p_hat_of_a_qem_posterior_matches_the_engine():
     bm = MODELS["radon"]
     train, _ = bm.load("cpu")
-    guide = AutoQEM(bm.model, groups=bm.groups)
+    guide = AutoQEM(bm.model, groups=bm.groups, noncentre=None)
     inference = Inference(bm.model, guide, K=10, lr=0.1)
     for _ in range(3):
         inference.step(train)

@@ -346,6 +346,64 @@ def make_sources(records: Sequence[SiteRecord], structure: ModelStructure,
     return sources
 
 
+@dataclass
+class JointSource:
+    """A zero tensor over the particle dims of every group a deterministic site's value
+    varies over, and over the site's plates: the gradient of log P_hat with respect to
+    it is the joint posterior weight of each combination of those groups' particles, per
+    plate element (what a moment of the site needs: its value is a function of them).
+    ``tensor`` has the value's broadcast layout without its event dims."""
+
+    name: str
+    tensor: torch.Tensor
+    factor: LogFactor
+    #: The positions of the groups' particle dims in ``tensor``.
+    particle_dims: Tuple[int, ...]
+
+    def weights(self, grad: torch.Tensor) -> torch.Tensor:
+        """``grad`` normalised to sum to 1 over the particle dims."""
+        if not self.particle_dims:  # (an empty dim list would sum over every dim)
+            return grad / grad
+        return grad / grad.sum(self.particle_dims, keepdim=True)
+
+
+def make_joint_source(record: SiteRecord, structure: ModelStructure, symbols: Symbols,
+                      dtype: torch.dtype) -> JointSource:
+    """The :class:`JointSource` of a deterministic site's record.
+
+    :raises ValueError: when the value varies over a group in a plate the site is not
+        in (its weight would mix that plate's elements).
+    """
+    event_ndim = len(record.fn.event_shape)
+    value = record.value
+    groups = [g for g in structure.groups
+              if value.dim() >= event_ndim - g.dim and value.shape[g.dim - event_ndim] > 1]
+    plates = {f.name for f in record.frames}
+    outside = [g for g in groups if not g.plates <= plates]
+    if outside:
+        raise ValueError(
+            f"Site '{record.name}' depends on particle group {list(outside[0].sites)} through "
+            f"plate(s) {sorted(outside[0].plates - plates)} it is not in."
+        )
+    width = max([-g.dim for g in groups] + [-f.dim for f in record.frames], default=0)
+    shape = [1] * width
+    named = []
+    for g in groups:
+        size = value.shape[g.dim - event_ndim]
+        shape[width + g.dim] = size
+        named.append((g.dim, symbols.group[g.index], size))
+    for f in record.frames:
+        shape[width + f.dim] = f.size
+        named.append((f.dim, symbols.plate[f.name], f.size))
+    named.sort()
+    tensor = torch.zeros(shape, dtype=dtype, device=value.device, requires_grad=True)
+    packed = tensor.reshape([size for _, _, size in named])
+    dims = "".join(symbol for _, symbol, _ in named)
+    ordinal = frozenset(symbols.plate[f.name] for f in record.frames)
+    return JointSource(record.name, tensor, LogFactor(f"joint:{record.name}", packed, dims, ordinal),
+                       tuple(width + g.dim for g in groups))
+
+
 def log_marginal_and_weights(
     factors: Sequence[LogFactor], sources: Sequence[Source], plate_scales: Mapping[str, float]
 ) -> Tuple[torch.Tensor, Dict[int, torch.Tensor]]:

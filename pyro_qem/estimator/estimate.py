@@ -16,7 +16,8 @@ import torch
 
 from ..handlers import SiteRecord
 from ..model.structure import ModelStructure
-from .contraction import Chunking, Source, check_finite, make_sources, normalised_weights
+from .contraction import (Chunking, JointSource, Source, check_finite, make_joint_source,
+                          make_sources, normalised_weights)
 from .factors import LogFactor, log_factors, subsample_scales
 from .linked import PlateLink, contract_terms
 from .memory import plan_contraction
@@ -62,6 +63,17 @@ class Estimate:
     links: Dict[str, PlateLink] = field(default_factory=dict)
     #: The chunking the contraction used to stay within ``max_memory`` (None: whole).
     chunking: Optional[Chunking] = None
+    #: One :class:`~pyro_qem.estimator.contraction.JointSource` per deterministic site
+    #: asked for (``estimate(..., joint=...)``), contracted with the rest.
+    joint_sources: List[JointSource] = field(default_factory=list)
+
+    def joint_weights(self) -> Dict[str, torch.Tensor]:
+        """Each joint source's normalised weights (see :class:`JointSource`)."""
+        if not self.joint_sources:
+            return {}
+        grads = torch.autograd.grad(self.log_p_hat, [j.tensor for j in self.joint_sources],
+                                    retain_graph=True)
+        return {j.name: j.weights(g) for j, g in zip(self.joint_sources, grads)}
 
     def weights(self, source_grads: Sequence[torch.Tensor] = None) -> Dict[int, torch.Tensor]:
         """Each group's normalised particle weights (broadcast layout, particles in dim
@@ -76,7 +88,8 @@ def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_parti
              with_sources: bool = True, links: Optional[Mapping[str, torch.Tensor]] = None,
              plate_reducers: Optional[Mapping[str, PlateReduction]] = None,
              contract: bool = True, check: bool = True,
-             max_memory: Optional[float] = None, float64_weights: bool = False) -> Estimate:
+             max_memory: Optional[float] = None, float64_weights: bool = False,
+             joint: Sequence[str] = ()) -> Estimate:
     """Contract one recorded particle run to ``log P_hat``.
 
     :param records: every sample site of the run, latent sites with their
@@ -104,6 +117,9 @@ def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_parti
         weights down to exp(-745) (not exp(-87), float32's floor) are resolved: the
         regression update (:mod:`pyro_qem.infer.regression`) reads the log joint off
         every particle's weight.
+    :param joint: deterministic sites whose joint weights are wanted: each gets a
+        :class:`~pyro_qem.estimator.contraction.JointSource` over the particle groups
+        its value varies over (its moments need the joint posterior of those groups).
     :raises FloatingPointError: when ``log P_hat`` is not finite and ``check``.
     :raises ~pyro_qem.estimator.memory.MemoryBudgetError: when even chunking cannot
         keep the contraction within ``max_memory``.
@@ -112,6 +128,10 @@ def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_parti
     factors = log_factors(records, structure, symbols, num_particles)
     sources = make_sources(records, structure, symbols,
                            torch.float64 if float64_weights else None) if with_sources else []
+    by_name = {r.name: r for r in records}
+    dtype = torch.float64 if float64_weights else factors[0].tensor.dtype if factors else None
+    joint_sources = [make_joint_source(by_name[name], structure, symbols, dtype or torch.get_default_dtype())
+                     for name in joint]
     scales = subsample_scales(records, symbols)
     reducers = {}
     for plate, reduction in (plate_reducers or {}).items():
@@ -122,8 +142,8 @@ def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_parti
             scales[symbol] = reduction.scale
     plate_links = plate_links_of(records, structure, links or {})
     if not contract:
-        return Estimate(factors, sources, scales, None, plate_links)
-    terms = factors + [s.factor for s in sources]
+        return Estimate(factors, sources, scales, None, plate_links, joint_sources=joint_sources)
+    terms = factors + [s.factor for s in sources] + [j.factor for j in joint_sources]
     locals_ = local_dims(structure) if plate_links else None
     chunking = None
     if max_memory is not None:
@@ -132,7 +152,7 @@ def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_parti
     log_p_hat = contract_terms(terms, scales, reducers, plate_links, locals_, chunking)
     if check:
         check_finite(log_p_hat, factors)
-    return Estimate(factors, sources, scales, log_p_hat, plate_links, chunking)
+    return Estimate(factors, sources, scales, log_p_hat, plate_links, chunking, joint_sources)
 
 
 def local_dims(structure: ModelStructure) -> Dict[str, FrozenSet[str]]:

@@ -55,7 +55,7 @@ class AutoQEM(QEMGuide):
         init_loc_fn: Optional[Callable] = None,
         init_scale=None,
         prefix: Optional[str] = None,
-        noncentre: Union[None, str, Sequence[str]] = None,
+        noncentre: Union[None, str, Sequence[str]] = "auto",
     ) -> None:
         super().__init__(model, groups=groups, max_plate_nesting=max_plate_nesting,
                          init_loc_fn=init_loc_fn, init_scale=init_scale, prefix=prefix,

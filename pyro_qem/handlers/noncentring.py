@@ -127,13 +127,16 @@ class NonCentring(Messenger):
 
 
 def scale_dependent_sites(model: Callable, args: tuple, kwargs: dict) -> List[str]:
-    """The latent ``Normal``/``MultivariateNormal`` sites of ``model`` whose scale (or
-    ``scale_tril``) depends on another latent site: the model is run twice with
+    """The children of hierarchical scales: the latent ``Normal``/``MultivariateNormal``
+    sites of ``model`` inside a plate whose scale (or ``scale_tril``) depends on another
+    latent site. (A single vector outside the plates, such as a Gaussian process's
+    values under a latent kernel, is left out: there the standardised proposal measured
+    worse, its amplitude 0.34-0.49x the reference sd against 0.65x.) The model is run twice with
     independent values of every latent site (prior draws; uniform on (-2, 2) in the
     unconstrained space where the prior cannot be sampled), the same data and
     subsamples, and a site qualifies where its scale differs between the runs.
     (Provenance tracking cannot tell: ``Normal(mu, 2.0)`` broadcasts its scale against
-    ``mu``.) Empty, with a warning, where the model cannot be run that way.
+    ``mu``.) Empty where the model cannot be run that way.
 
     Runs the model on the global random stream: wrap the call to keep it.
     """
@@ -148,20 +151,17 @@ def scale_dependent_sites(model: Callable, args: tuple, kwargs: dict) -> List[st
                         subsamples.remove_node(name)
                 again = poutine.replay(InitMessenger(_random_value)(model), trace=subsamples)
                 second = poutine.trace(again).get_trace(*args, **kwargs)
-    except Exception as error:  # noqa: BLE001 - any failure only disables the rewrite
-        warnings.warn(
-            f"noncentre='auto': the model could not be run to find its hierarchical scales "
-            f"({type(error).__name__}: {error}), so no site is non-centred. Name the sites "
-            "instead (noncentre=['theta', ...]).",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    except Exception:  # noqa: BLE001
+        # Set-up runs the model next and reports what is wrong with it; a model that
+        # only fails with these random values is fitted without the rewrite.
         return []
     found = []
     for name, node in first.nodes.items():
         if node["type"] != "sample" or node["is_observed"] or site_is_subsample(node):
             continue
         if loc_scale_kind(node["fn"]) is None or name not in second.nodes:
+            continue
+        if not any(f.vectorized for f in node["cond_indep_stack"]):
             continue
         a, b = _scale_of(node["fn"]), _scale_of(second.nodes[name]["fn"])
         if a.shape != b.shape or not torch.equal(a, b):

@@ -144,6 +144,9 @@ class WeightedRun:
     estimate: Estimate
     weights: Optional[Dict[int, torch.Tensor]]
     complements: List[LogFactor] = field(default_factory=list)
+    #: deterministic site -> the joint weights of the particle groups its value varies
+    #: over (``weigh(..., joint=...)``).
+    joint_weights: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def structure(self) -> ModelStructure:
@@ -173,13 +176,16 @@ class WeightedRun:
         return self.run.structure.symbols
 
 
-def weigh(run: ParticleRun, weights: bool = True, contract: bool = True) -> WeightedRun:
+def weigh(run: ParticleRun, weights: bool = True, contract: bool = True,
+          joint: Sequence[str] = ()) -> WeightedRun:
     """Contract a particle run and, if ``weights``, read each group's particle weights
     off the source terms (one backward pass; it runs even under ``torch.no_grad``).
     The source terms are there either way: joint resampling walks back to them.
     ``contract=False`` (without ``weights``) leaves ``log P_hat`` uncomputed, for joint
     resampling, which contracts the factors itself; a distributed run is contracted
-    anyway, as resampling needs what the other processes add to each plate."""
+    anyway, as resampling needs what the other processes add to each plate. ``joint``
+    names deterministic sites whose joint weights to compute as well (for their
+    moments)."""
     complements: List[LogFactor] = []
     plates = frozenset(run.structure.symbols.plate.values())
     reducers = {name: dataclasses.replace(r, reduce=_recording(r.reduce, complements, plates))
@@ -187,11 +193,12 @@ def weigh(run: ParticleRun, weights: bool = True, contract: bool = True) -> Weig
     with torch.enable_grad():
         result = estimate(run.sites, run.structure, run.num_particles, links=run.links,
                           plate_reducers=reducers, max_memory=run.max_memory,
-                          contract=contract or weights or bool(reducers))
+                          contract=contract or weights or bool(reducers), joint=joint)
+        joint_weights = {k: w.detach() for k, w in result.joint_weights().items()}
         marginals = result.weights() if weights else None
     if result.log_p_hat is not None:
         result.log_p_hat = result.log_p_hat.detach()
-    return WeightedRun(run, result, marginals, complements)
+    return WeightedRun(run, result, marginals, complements, joint_weights)
 
 
 def _recording(reduce: Callable, complements: List[LogFactor], plates: frozenset) -> Callable:

@@ -31,7 +31,7 @@ from ..estimator.memory import MemoryBudgetError
 from ..guides.qem_guide import QEMGuide
 from ..infer.pipeline import WeightedRun
 from ..model.structure import PARTICLE_SETS
-from .sites import check_count, select_sites, weighted_run
+from .sites import check_count, select_outputs, select_sites, weighted_run
 
 from ..infer.inference import Inference
 
@@ -194,53 +194,10 @@ def resample_run(run: WeightedRun, num_draws: int, sites: Optional[Sequence[str]
 
 
 def _output_sites(run: WeightedRun, sites: Optional[Sequence[str]]) -> Tuple[List[str], List[str]]:
-    """The requested latent sites, and the requested deterministic sites (all of both
-    by default) whose value a draw fixes: non-centred sites, and ``pyro.deterministic``
-    sites given an ``event_dim`` (by default Pyro counts every dim of the value as an
-    event dim, particle dims included, so the draws could not be told apart) whose
-    particle groups all live in plates the site is in."""
-    records = run.run.sites_by_name
-    derived = [r.name for r in run.run.sites if r.is_deterministic]
-    problems = {n: _why_not_drawable(run, records[n]) for n in derived}
-    if sites is None:
-        return select_sites(run.structure, None), [n for n in derived if problems[n] is None]
-    requested = [sites] if isinstance(sites, str) else list(sites)
-    for name in requested:
-        if name in derived and problems[name] is not None:
-            raise ValueError(f"sample_posterior: deterministic site '{name}' {problems[name]}")
-    latent = [s for s in requested if s not in derived]
-    return select_sites(run.structure, latent) if latent else [], \
-        [n for n in derived if n in requested]
-
-
-def _why_not_drawable(run: WeightedRun, record) -> Optional[str]:
-    if len(record.fn.event_shape) >= record.value.dim():
-        if record.value.dim() == 0:
-            return None
-        return ("was recorded with every dim of its value as an event dim (Pyro's default "
-                "for pyro.deterministic), so its particle dims cannot be told from its own: "
-                "pass event_dim (e.g. pyro.deterministic(name, value, event_dim=0)), or "
-                "recompute it from the drawn latents with Predictive(model, "
-                "posterior_samples=draws).")
-    group = _unreadable_group(run, record)
-    if group is not None:
-        return (f"reads particle group {list(group.sites)} through a plate it is not in (an "
-                "indexed plate), so a draw of it is not supported; recompute it from the "
-                "drawn latents with Predictive(model, posterior_samples=draws).")
-    return None
-
-
-def _unreadable_group(run: WeightedRun, record) -> Optional[object]:
-    """A particle group the deterministic ``record`` depends on through a plate it is
-    not in (its value then mixes the group's elements), or None."""
-    value, structure = record.value, run.structure
-    event_ndim = len(record.fn.event_shape)
-    plates = {f.name for f in record.frames} | {PARTICLE_SETS}
-    for group in structure.groups:
-        dim = group.dim - event_ndim
-        if value.dim() >= -dim and value.shape[dim] > 1 and not group.plates <= plates:
-            return group
-    return None
+    """The requested latent sites and the requested deterministic sites (by default
+    all latent sites, and the deterministic ones a draw fixes: see
+    :func:`~pyro_qem.outputs.sites.select_outputs`)."""
+    return select_outputs(run.run, sites, "sample_posterior")
 
 
 def _gather_derived(run: WeightedRun, record, indices: Dict[int, torch.Tensor]) -> torch.Tensor:

@@ -64,7 +64,8 @@ def to_inference_data(
         draws = _draw(inference, args, kwargs, num_samples, method)
     draws = {name: value.detach() for name, value in draws.items()}
     _check_chains(num_chains, next(iter(draws.values())).shape[0])
-    layout = _Layout(model_trace(inference.model, args, kwargs), num_chains)
+    # The model as the guide sees it: non-centred sites' standardised latents included.
+    layout = _Layout(model_trace(inference.guide.model_run, args, kwargs), num_chains)
     model = inference.model
     groups = {
         "posterior": layout.sampled(draws),

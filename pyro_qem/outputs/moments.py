@@ -15,7 +15,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Union
 import torch
 
 from ..infer.pipeline import WeightedRun
-from .sites import check_count, resolve_fn, select_sites, to_site_shape, weighted_run
+from .sites import check_count, resolve_fn, select_outputs, to_site_shape, weighted_run
 
 from ..infer.inference import Inference
 
@@ -44,14 +44,19 @@ def moment_runs(
     :param fn: the statistic: a callable applied elementwise to a site's particles
         (batch dims kept, event dims may be reduced or extended), a dict
         ``site -> callable``, or None for the posterior mean.
-    :param sites: latent site names (default: all).
+    :param sites: site names (default: every latent site, and the deterministic sites
+        whose value the particles fix: non-centred sites, ``pyro.deterministic`` sites
+        given an ``event_dim``; their moments use the joint weights of the particle
+        groups they read).
     :param num_runs: independent particle runs, each with fresh K particles.
     :param kwargs: the model's keyword arguments.
     :returns: ``{site: tensor (num_runs,) + batch_shape + statistic's event shape}``,
         float64.
     """
     check_count("num_runs", num_runs)
-    per_run = [_moments_of_run(weighted_run(inference, args, kwargs, "moments"), fn, sites)
+    derived = lambda run: select_outputs(run, sites, "posterior_moments")[1]  # noqa: E731
+    per_run = [_moments_of_run(weighted_run(inference, args, kwargs, "moments", joint=derived),
+                               fn, sites)
                for _ in range(num_runs)]
     return {name: torch.stack([run[name] for run in per_run]) for name in per_run[0]}
 
@@ -86,8 +91,9 @@ def posterior_moments(
 
 def _moments_of_run(run: WeightedRun, fn: Statistic, sites: Optional[Sequence[str]]
                     ) -> Dict[str, torch.Tensor]:
+    names, derived = select_outputs(run.run, sites, "posterior_moments")
     out = {}
-    for name in select_sites(run.structure, sites):
+    for name in names:
         site = run.structure.sites[name]
         group = run.structure.group_of(name)
         value = run.records[name].value.detach()
@@ -104,4 +110,43 @@ def _moments_of_run(run: WeightedRun, fn: Statistic, sites: Optional[Sequence[st
         trailing = stat.dim() - batch_ndim
         moment = (weight.reshape(weight.shape + (1,) * trailing) * stat.double()).sum(0)
         out[name] = to_site_shape(moment, site, trailing)
-    return out
+    for name in derived:
+        out[name] = _derived_moment(run, name, fn)
+    return {name: out[name] for name in [r.name for r in run.run.sites] if name in out}
+
+
+def _derived_moment(run: WeightedRun, name: str, fn: Statistic) -> torch.Tensor:
+    """A deterministic site's moment: its statistic at every combination of the
+    particles of the groups it reads, weighed by their joint weights."""
+    record = run.run.sites_by_name[name]
+    weight = run.joint_weights[name].double()
+    value = record.value.detach()
+    with torch.no_grad():
+        stat = torch.as_tensor(resolve_fn(fn, name)(value)).double()
+    batch_ndim = value.dim() - len(record.fn.event_shape)
+    trailing = stat.dim() - batch_ndim
+    if trailing < 0 or stat.shape[:batch_ndim] != value.shape[:batch_ndim]:
+        raise ValueError(
+            f"fn for site '{name}' returned shape {tuple(stat.shape)} for values of shape "
+            f"{tuple(value.shape)}: it must keep the particle and batch dims (work "
+            "elementwise, or reduce only the event dims)."
+        )
+    width = max(weight.dim(), batch_ndim)
+    weight = weight.reshape((1,) * (width - weight.dim()) + weight.shape + (1,) * trailing)
+    stat = stat.reshape((1,) * (width - batch_ndim) + stat.shape)
+    groups = [width + d for d in range(-width, 0) if run.structure.group_at_dim(d) is not None]
+    moment = weight * stat
+    moment = moment.sum(groups, keepdim=True) if groups else moment
+    # What is left: the plates' dims (size-1 particle dims on their left) and the
+    # statistic's own.
+    plates = run.structure.max_plate_nesting
+    batch = [1] * plates
+    for frame in record.frames:
+        batch[plates + frame.dim] = frame.size
+    used = max([-f.dim for f in record.frames], default=0)
+    if width >= plates:
+        moment = moment.reshape(moment.shape[width - plates:])
+    else:
+        moment = moment.reshape((1,) * (plates - width) + moment.shape)
+    moment = moment.expand(tuple(batch) + moment.shape[plates:])
+    return moment.reshape(tuple(batch[plates - used:]) + moment.shape[plates:])

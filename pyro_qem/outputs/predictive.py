@@ -9,7 +9,7 @@ held-out data) are sampled from the model given the others.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -19,6 +19,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 
 from ..handlers import UnconditionData
+from ..handlers.noncentring import SUFFIX
 
 Draws = Dict[str, torch.Tensor]
 
@@ -82,6 +83,8 @@ def _batched(draws: Draws, prototype: Trace, nesting: int, new_plates: set) -> D
     out = {}
     for name, value in draws.items():
         site = prototype.nodes.get(name)
+        if _recomputed(name, site, prototype):
+            continue
         if site is None or site["type"] != "sample" or site["is_observed"]:
             raise ValueError(
                 f"draws['{name}']: the model has no latent sample site '{name}' when called "
@@ -99,6 +102,18 @@ def _batched(draws: Draws, prototype: Trace, nesting: int, new_plates: set) -> D
             )
         out[name] = value.reshape(value.shape[:1] + (1,) * (nesting - len(batch)) + shape)
     return out
+
+
+def _recomputed(name: str, site: Optional[dict], prototype: Trace) -> bool:
+    """Draws the model recomputes from the others (what sample_posterior adds to the
+    model's latents): its deterministic sites, and the standardised latent of a
+    non-centred site (``theta_decentered`` beside a latent ``theta``)."""
+    if site is not None:
+        return site["type"] == "sample" and bool(site["infer"].get("_deterministic"))
+    if not name.endswith(SUFFIX):
+        return False
+    base = prototype.nodes.get(name[: -len(SUFFIX)])
+    return base is not None and base["type"] == "sample" and not base["is_observed"]
 
 
 def _lstrip(shape) -> tuple:

@@ -4,15 +4,16 @@ the selection of sites and statistics."""
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..handlers import SiteRecord, is_subsampled
 from ..handlers.noncentring import decentered_name
 from ..infer.inference import Inference
-from ..infer.pipeline import WeightedRun, weigh
+from ..infer.pipeline import ParticleRun, WeightedRun, weigh
 from ..model import ModelStructure, SiteInfo
+from ..model.structure import PARTICLE_SETS
 
 
 def check_inference(inference) -> None:
@@ -24,7 +25,8 @@ def check_inference(inference) -> None:
 
 
 def weighted_run(inference: Inference, args: tuple, kwargs: dict, what: str,
-                 weights: bool = True, num_sets: int = 1, contract: bool = True) -> WeightedRun:
+                 weights: bool = True, num_sets: int = 1, contract: bool = True,
+                 joint: Optional[Callable[[ParticleRun], Sequence[str]]] = None) -> WeightedRun:
     """Run the model once with K particles per group and weigh the particles.
 
     :param what: the output being computed, for error messages.
@@ -33,11 +35,55 @@ def weighted_run(inference: Inference, args: tuple, kwargs: dict, what: str,
     :param num_sets: independent particle sets in the one vectorised run (a plate of
         its own, :meth:`~pyro_qem.model.ModelStructure.with_particle_sets`).
     :param contract: compute ``log P_hat`` (see :func:`~pyro_qem.infer.pipeline.weigh`).
+    :param joint: ``joint(run)`` -> the deterministic sites whose joint weights to
+        compute (for their moments).
     """
     check_inference(inference)
     run = inference._run(args, kwargs, num_sets=num_sets)
     _check_full_plates(run.sites, what)
-    return weigh(run, weights=weights, contract=contract)
+    return weigh(run, weights=weights, contract=contract, joint=joint(run) if joint else ())
+
+
+def select_outputs(run: ParticleRun, sites: Optional[Sequence[str]], what: str
+                   ) -> Tuple[List[str], List[str]]:
+    """The requested latent sites, and the requested deterministic sites, in model
+    order. By default: every latent site, and every deterministic site whose value a
+    draw of the particle groups fixes (non-centred sites, ``pyro.deterministic`` sites
+    given an ``event_dim``, in the plates of the groups they read).
+
+    :raises ValueError: for a requested deterministic site that is not of that kind.
+    """
+    derived = [r for r in run.sites if r.is_deterministic]
+    problems = {r.name: _why_not_derivable(run.structure, r) for r in derived}
+    if sites is None:
+        return select_sites(run.structure, None), [r.name for r in derived if problems[r.name] is None]
+    requested = [sites] if isinstance(sites, str) else list(sites)
+    for name in requested:
+        if problems.get(name) is not None:
+            raise ValueError(f"{what}: deterministic site '{name}' {problems[name]}")
+    latent = [s for s in requested if s not in problems]
+    return (select_sites(run.structure, latent) if latent else [],
+            [r.name for r in derived if r.name in requested])
+
+
+def _why_not_derivable(structure: ModelStructure, record: SiteRecord) -> Optional[str]:
+    if record.value.dim() > 0 and len(record.fn.event_shape) >= record.value.dim():
+        return ("was recorded with every dim of its value as an event dim (Pyro's default "
+                "for pyro.deterministic), so its particle dims cannot be told from its own: "
+                "pass event_dim (e.g. pyro.deterministic(name, value, event_dim=0)), or "
+                "recompute it from the drawn latents with Predictive(model, "
+                "posterior_samples=draws).")
+    event_ndim = len(record.fn.event_shape)
+    plates = {f.name for f in record.frames}
+    for group in structure.groups:
+        dim = group.dim - event_ndim
+        if record.value.dim() >= -dim and record.value.shape[dim] > 1 and \
+                not group.plates - {PARTICLE_SETS} <= plates:
+            return (f"reads particle group {list(group.sites)} through a plate it is not in "
+                    "(an indexed plate), which is not supported; recompute it from the drawn "
+                    "latents with Predictive(model, posterior_samples=draws).")
+    return None
+
 
 
 def _check_full_plates(records: Sequence[SiteRecord], what: str) -> None:
@@ -70,8 +116,8 @@ def select_sites(structure: ModelStructure, sites: Optional[Sequence[str]]) -> L
         name = noncentred[0]
         raise ValueError(
             f"sites: '{name}' is non-centred (the guide proposes '{decentered_name(name)}' "
-            f"and computes '{name}' from it), so it has no particles of its own: its joint "
-            f"draws come from sample_posterior (which returns '{name}'); ask here for "
+            f"and computes '{name}' from it), so it has no q of its own: its joint draws "
+            f"and moments come from sample_posterior and posterior_moments; ask here for "
             f"'{decentered_name(name)}'."
         )
     if unknown:

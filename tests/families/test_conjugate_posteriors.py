@@ -41,7 +41,8 @@ MEAN_TOL, SD_TOL = 0.05, 0.05
 
 
 def fit(model, *args, families=None, lr=0.1, average_from=AVERAGE_FROM, steps=None):
-    guide = AutoQEM(model, families=families)
+    # The q of every site itself is under test: no site is proposed non-centred.
+    guide = AutoQEM(model, families=families, noncentre=None)
     inference = Inference(model, guide, K=30, lr=lr, average_from=average_from)
     for _ in range(steps or STEPS):
         inference.step(*args)

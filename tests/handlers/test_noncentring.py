@@ -25,13 +25,16 @@ def vector_model():
     points = torch.linspace(0, 1, 4)
     cov = amplitude * torch.exp(-(points[:, None] - points) ** 2) + 1e-3 * torch.eye(4)
     pyro.sample("f", dist.MultivariateNormal(torch.zeros(4), covariance_matrix=cov))
-    pyro.sample("g", dist.Normal(torch.zeros(4), pyro.param("s", torch.ones(4))).to_event(1))
+    with pyro.plate("rows", 2):
+        pyro.sample("h", dist.MultivariateNormal(torch.zeros(4), covariance_matrix=cov))
+        pyro.sample("g", dist.Normal(torch.zeros(4), pyro.param("s", torch.ones(4))).to_event(1))
 
 
 def test_scale_dependent_sites_are_those_whose_scale_reads_a_latent():
     assert scale_dependent_sites(hierarchy, (torch.zeros(3),), {}) == ["theta"]
-    # A pyro.param scale is not a funnel; a covariance built from a latent is.
-    assert scale_dependent_sites(vector_model, (), {}) == ["f"]
+    # A pyro.param scale is not a funnel; a covariance built from a latent is, in a
+    # plate (f, outside every plate, is left alone).
+    assert scale_dependent_sites(vector_model, (), {}) == ["h"]
 
 
 def test_rewrite_keeps_the_value_a_function_of_the_standardised_latent():

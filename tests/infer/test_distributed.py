@@ -113,7 +113,7 @@ def shard(rank, world):
 def reference_state(model):
     """A full-data guide's state: every process and the reference start from it."""
     pyro.set_rng_seed(1)
-    guide = AutoQEM(model)
+    guide = AutoQEM(model, noncentre=None)
     guide.setup(data(), torch.arange(N))
     return guide.state_dict()
 
@@ -124,7 +124,7 @@ def _exactness(rank, world, out):
         pyro.clear_param_store()
         state = reference_state(model)
         pyro.set_rng_seed(100 + rank)  # different streams: rank 0's particles must win
-        guide = AutoQEM(model)
+        guide = AutoQEM(model, noncentre=None)
         guide.load_state_dict(state)
         inference = Inference(model, guide, K=K, process_group=ProcessGroup(timeout=30))
         rows = shard(rank, world)
@@ -147,7 +147,7 @@ def _minibatch(rank, world, out):
     pyro.clear_param_store()
     state = reference_state(plain_model)
     pyro.set_rng_seed(100 + rank)
-    guide = AutoQEM(plain_model)
+    guide = AutoQEM(plain_model, noncentre=None)
     guide.load_state_dict(state)
     rows = shard(rank, world)
     inference = Inference(plain_model, guide, K=K, process_group=ProcessGroup(timeout=30, shard=rows))
@@ -163,7 +163,7 @@ def reference(model, values, rows=None):
     """log P_hat and weights of one process on the full data (or on ``rows`` of it, a
     minibatch) with ``values``."""
     pyro.clear_param_store()
-    guide = AutoQEM(model)
+    guide = AutoQEM(model, noncentre=None)
     guide.load_state_dict(reference_state(model))
 
     def inject(site, value, selection):
