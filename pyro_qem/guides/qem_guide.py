@@ -31,7 +31,7 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from ..families import Family
 from ..handlers import ParamCollector, ParticleDraw
-from ..handlers.noncentring import NonCentring, decentered_name, scale_dependent_sites
+from ..handlers.noncentring import NonCentring, decentered_name, noncentring_plan
 from ..model import ModelStructure, PlateInfo, Prototype, Selection, SiteInfo, discover, gather
 from ..model import prototype_traces, rng_preserved, selection_of
 from .initialisation import InitOptions, default_init_loc, initial_state
@@ -66,7 +66,9 @@ class QEMGuide(Messenger):
     :param noncentre: latent ``Normal``/``MultivariateNormal`` sites to propose in
         standardised form (see :mod:`pyro_qem.handlers.noncentring`): a list of site
         names, ``"auto"`` (every such site whose scale depends on another latent site:
-        the scales of hierarchies, which otherwise sit in a funnel) or None. A
+        the scales of hierarchies, which otherwise sit in a funnel; elements whose
+        data dominate their prior stay centred, see
+        :func:`~pyro_qem.handlers.noncentring.noncentring_plan`) or None. A
         non-centred site ``z`` becomes a deterministic site computed from a new latent
         ``z_decentered`` (which has the q); :func:`~pyro_qem.outputs.sample_posterior`
         returns ``z`` itself. Names in ``groups`` (and AutoQEM's ``families``) may
@@ -91,8 +93,10 @@ class QEMGuide(Messenger):
                 f"noncentre must be None, 'auto' or a list of site names, got {noncentre!r}."
             )
         self.noncentre = noncentre if noncentre is None or noncentre == "auto" else list(noncentre)
-        #: The sites proposed in standardised form (resolved at set-up).
+        #: The sites proposed in standardised form (resolved at set-up), and per site
+        #: which plate elements stay centred (None: none do).
         self.noncentred: Tuple[str, ...] = ()
+        self.noncentring_plan: Dict[str, Optional[torch.Tensor]] = {}
         if max_plate_nesting is not None and max_plate_nesting < 0:
             raise ValueError(f"max_plate_nesting must be >= 0 or None, got {max_plate_nesting}.")
         self.model = model
@@ -190,7 +194,8 @@ class QEMGuide(Messenger):
         """Discover the model's sites and initialise missing state (first call only)."""
         if self.structure is not None:
             return self.structure
-        self.noncentred = self._resolve_noncentre(args, kwargs)
+        self.noncentring_plan = self._resolve_noncentre(args, kwargs)
+        self.noncentred = tuple(self.noncentring_plan)
         prototypes = prototype_traces(self.model_run, args, kwargs,
                                       self.init.init_loc_fn or default_init_loc)
         self._check_noncentred(prototypes[0].trace)
@@ -213,13 +218,14 @@ class QEMGuide(Messenger):
             self.init_gradient_sites(prototypes)
         return structure
 
-    def _resolve_noncentre(self, args: tuple, kwargs: dict) -> Tuple[str, ...]:
+    def _resolve_noncentre(self, args: tuple, kwargs: dict) -> Dict[str, Optional[torch.Tensor]]:
         if self.noncentre is None:
-            return ()
+            return {}
         if self.noncentre == "auto":
             with rng_preserved():
-                return tuple(scale_dependent_sites(self.model, args, kwargs))
-        return tuple(self.noncentre)
+                return noncentring_plan(self.model, args, kwargs,
+                                        self.init.init_loc_fn or default_init_loc)
+        return dict.fromkeys(self.noncentre)
 
     def _check_noncentred(self, trace: Trace) -> None:
         missing = [n for n in self.noncentred if n not in trace.nodes]
@@ -238,7 +244,7 @@ class QEMGuide(Messenger):
         """Run the model as this guide sees it (non-centred sites rewritten)."""
         if not self.noncentred:
             return self.model(*args, **kwargs)
-        with NonCentring(self.noncentred):
+        with NonCentring(self.noncentring_plan):
             return self.model(*args, **kwargs)
 
     def init_gradient_sites(self, prototypes: Sequence[Prototype]) -> None:
@@ -267,7 +273,7 @@ class QEMGuide(Messenger):
         self._reparameterized = reparameterized
         self.particle_draws = {}
         # Entered inside the guide, so the rewrite reaches a site before the guide does.
-        rewrite = NonCentring(self.noncentred) if self.noncentred else contextlib.nullcontext()
+        rewrite = NonCentring(self.noncentring_plan) if self.noncentred else contextlib.nullcontext()
         try:
             with self, rewrite:
                 yield self.particle_draws
@@ -292,7 +298,7 @@ class QEMGuide(Messenger):
         self.setup(*args, **kwargs)
         self._draws = dict.fromkeys(self.structure.sites)
         tracer = TraceMessenger()
-        rewrite = NonCentring(self.noncentred) if self.noncentred else contextlib.nullcontext()
+        rewrite = NonCentring(self.noncentring_plan) if self.noncentred else contextlib.nullcontext()
         # Non-centred sites stay visible: Predictive(model, guide=guide) replays them.
         noncentred = frozenset(self.noncentred)
         with poutine.block(hide_fn=lambda m: is_observed(m) and m["name"] not in noncentred), \

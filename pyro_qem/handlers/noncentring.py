@@ -24,7 +24,7 @@ another latent site.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -70,11 +70,24 @@ def _scale_of(fn) -> torch.Tensor:
     return base.scale_tril if loc_scale_kind(fn) == "mvn" else base.scale
 
 
+#: An element stays centred where its data's information times its prior variance is
+#: at least this (see :func:`noncentring_plan`).
+CENTRED_FROM = 10.0
+
+#: Per site, which plate elements keep the centred proposal (a bool tensor of the
+#: site's batch shape), or None: every element non-centred.
+Plan = Dict[str, Optional[torch.Tensor]]
+
+
 class NonCentring(Messenger):
     """Rewrite each named site ``z ~ Normal(loc, scale)`` (or ``MultivariateNormal(loc,
     scale_tril)``) as a latent ``z_decentered ~ Normal(0, 1)`` (the site's plates and
     event shape) and a deterministic ``z = loc + scale * z_decentered`` (``loc +
     scale_tril @ z_decentered``). The posterior is unchanged.
+
+    Plate elements whose data pin them down are better proposed as written: a plan may
+    keep them centred (``z_decentered`` then has the prior ``Normal(loc, scale)`` there
+    and ``z`` equals it), see :func:`noncentring_plan`.
 
     Example::
 
@@ -82,16 +95,21 @@ class NonCentring(Messenger):
             trace = poutine.trace(model).get_trace(y)
         trace.nodes["theta_decentered"]   # the latent; "theta" is deterministic
 
-    :param sites: the names of the sites to rewrite.
+    :param sites: the names of the sites to rewrite (every element non-centred), or a
+        :data:`Plan`.
     """
 
     def __init__(self, sites) -> None:
         super().__init__()
-        self.sites = frozenset(sites)
+        self.plan: Plan = dict(sites) if isinstance(sites, Mapping) else dict.fromkeys(sites)
+
+    @property
+    def sites(self) -> FrozenSet[str]:
+        return frozenset(self.plan)
 
     def _pyro_sample(self, msg) -> None:
         name, fn = msg["name"], msg["fn"]
-        if name not in self.sites or site_is_subsample(msg):
+        if name not in self.plan or site_is_subsample(msg):
             return
         kind = loc_scale_kind(fn)
         if kind is None:
@@ -107,16 +125,29 @@ class NonCentring(Messenger):
             )
         base, _ = _unwrapped(fn)
         event_shape = fn.event_shape
-        # Standard normal with no batch shape of its own: the plates around the site
-        # expand it, and it carries no particle dims of loc or scale.
-        # (torch.zeros, not loc.new_zeros: provenance tracking would see loc in it.)
-        standard = dist.Normal(torch.zeros((), dtype=base.loc.dtype, device=base.loc.device), 1.0)
-        standard = standard.expand(event_shape).to_event(len(event_shape))
-        eps = pyro.sample(decentered_name(name), standard)
-        if kind == "mvn":
-            value = base.loc + (base.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+        loc = base.loc
+        centred = self.plan[name]
+        if centred is None:
+            # Standard normal with no batch shape of its own: the plates around the site
+            # expand it, and it carries no particle dims of loc or scale.
+            # (torch.zeros, not loc.new_zeros: provenance tracking would see loc in it.)
+            prior = dist.Normal(torch.zeros((), dtype=loc.dtype, device=loc.device), 1.0)
+            prior = prior.expand(event_shape).to_event(len(event_shape))
+            eps = pyro.sample(decentered_name(name), prior)
+            value = _standardised_to_value(kind, base, eps)
         else:
-            value = base.loc + base.scale * eps
+            c = _aligned(centred, fn, name).to(loc.dtype)
+            c_event = c.reshape(c.shape + (1,) * len(event_shape))
+            if kind == "mvn":
+                eye = torch.eye(event_shape[-1], dtype=loc.dtype, device=loc.device)
+                c_matrix = c_event.unsqueeze(-1)
+                prior = dist.MultivariateNormal(
+                    loc * c_event, scale_tril=base.scale_tril * c_matrix + eye * (1 - c_matrix))
+            else:
+                prior = dist.Normal(loc * c_event, base.scale * c_event + (1 - c_event))
+                prior = prior.to_event(len(event_shape))
+            eps = pyro.sample(decentered_name(name), prior)
+            value = c_event * eps + (1 - c_event) * _standardised_to_value(kind, base, eps)
         # Recorded as pyro.deterministic records a site: a masked Delta marked
         # deterministic, so the estimator and the outputs treat it as a function of the
         # latents, with no log density of its own.
@@ -124,6 +155,27 @@ class NonCentring(Messenger):
         msg["value"] = value
         msg["is_observed"] = True
         msg["infer"] = dict(msg["infer"] or {}, _deterministic=True)
+
+
+def _standardised_to_value(kind: str, base, eps: torch.Tensor) -> torch.Tensor:
+    if kind == "mvn":
+        return base.loc + (base.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+    return base.loc + base.scale * eps
+
+
+def _aligned(centred: torch.Tensor, fn, name: str) -> torch.Tensor:
+    """The plan's mask, checked against the site's batch shape in this run."""
+    batch = fn.batch_shape
+    try:
+        torch.broadcast_shapes(centred.shape, batch)
+    except RuntimeError:
+        raise ValueError(
+            f"Site '{name}': its plates have shape {tuple(batch)[-centred.dim():]} in this run "
+            f"but {tuple(centred.shape)} when the guide chose which of its elements to "
+            "non-centre. Pass the same data to every step, or name the sites to non-centre "
+            "(noncentre=[...]) for a model whose plates change."
+        ) from None
+    return centred
 
 
 def scale_dependent_sites(model: Callable, args: tuple, kwargs: dict) -> List[str]:
@@ -178,3 +230,77 @@ def _random_value(site) -> torch.Tensor:
         unconstrained = biject_to(fn.support).inv.forward_shape(shape)
         u = torch.rand(unconstrained) * 4.0 - 2.0
         return biject_to(fn.support)(u).detach()
+
+
+def noncentring_plan(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Callable) -> Plan:
+    """Which sites (and which of their plate elements) to non-centre: the sites of
+    :func:`scale_dependent_sites`, each element non-centred where its prior is wider
+    than what its data say, centred where the data dominate.
+
+    At the values of ``init_loc_fn``, the log density of everything else in the model
+    is differentiated twice with respect to the site (the diagonal: exact where each
+    element's data are its own), and ``information * prior variance`` (averaged over
+    event dims) is compared with 1. A non-centred proposal suits a prior that dominates
+    (few or noisy rows: ``theta = mu + tau * eps`` moves with ``mu`` and ``tau`` as the
+    posterior does); with many rows the element's posterior is far narrower than
+    ``tau`` and does not move with it, so a standardised proposal would have to cover
+    every particle of ``mu`` and ``tau`` at once (measured on 1000 groups of up to 18,000
+    rows at K = 10: intercept sds down to 0.46x with every element non-centred). A site
+    in a subsampled plate, or one whose curvature cannot be computed, stays centred.
+
+    Runs the model on the global random stream: wrap the call to keep it.
+    """
+    candidates = scale_dependent_sites(model, args, kwargs)
+    if not candidates:
+        return {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.no_grad(), poutine.block():
+                start = poutine.trace(InitMessenger(init_loc_fn)(model)).get_trace(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - set-up reports a failing model
+        return {}
+    plan: Plan = {}
+    for name in candidates:
+        node = start.nodes[name]
+        if any(f.vectorized and f.full_size is not None and f.size != f.full_size
+               for f in node["cond_indep_stack"]):
+            continue
+        ratio = _information_ratio(model, args, kwargs, start, name)
+        if ratio is None:
+            continue
+        centred = ratio >= CENTRED_FROM
+        if bool(centred.all()):
+            continue
+        plan[name] = None if not bool(centred.any()) else centred
+    return plan
+
+
+def _information_ratio(model: Callable, args: tuple, kwargs: dict, start, name: str
+                       ) -> Optional[torch.Tensor]:
+    """Per element of site ``name``: (minus the second derivative of the rest of the
+    model's log density) x (the prior variance), averaged over event dims; None where
+    it cannot be computed."""
+    node = start.nodes[name]
+    fn = node["fn"]
+    event_ndim = len(fn.event_shape)
+    value = node["value"].detach().clone().requires_grad_(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.enable_grad(), poutine.block():
+                conditioned = poutine.condition(model, data={name: value})
+                trace = poutine.trace(poutine.replay(conditioned, trace=start)).get_trace(*args, **kwargs)
+                rest = trace.log_prob_sum(site_filter=lambda n, site: n != name)
+                (grad,) = torch.autograd.grad(rest, value, create_graph=True)
+                (second,) = torch.autograd.grad(grad.sum(), value, allow_unused=True)
+    except Exception:  # noqa: BLE001 - any failure only keeps the site centred
+        return None
+    information = torch.zeros_like(value) if second is None else (-second).clamp_min(0.0)
+    base, _ = _unwrapped(fn)
+    scale = base.scale_tril.square().sum(-1) if loc_scale_kind(fn) == "mvn" else base.scale.square()
+    ratio = (information * scale).detach()
+    if not torch.isfinite(ratio).all():
+        return None
+    ratio = ratio.mean(tuple(range(-event_ndim, 0))) if event_ndim else ratio
+    return ratio.expand(fn.batch_shape)

@@ -10,6 +10,7 @@ from pyro import poutine
 from pyro.infer import Predictive
 
 from pyro_qem import AutoQEM, Inference
+from pyro_qem.handlers.noncentring import NonCentring
 from pyro_qem.outputs import posterior_moments, sample_guide, sample_posterior
 from tests.outputs.test_eight_schools import SIGMA, Y, exact_theta_moments
 
@@ -131,3 +132,16 @@ def test_noncentre_argument_errors():
     guide = AutoQEM(centred, noncentre=["y"])
     with pytest.raises(ValueError, match="Site 'y' is observed"):
         Inference(centred, guide, K=4).step(Y)
+
+
+@pytest.mark.slow
+def test_a_mixed_plan_is_exact_too():
+    # Schools 0, 2, 4, 6 centred, the others standardised: the same posterior.
+    mixed = NonCentring({"theta": torch.arange(8) % 2 == 0})(centred)
+    guide, inference = fit(mixed, noncentre=None)
+    draws = sample_posterior(inference, Y, num_samples=2000)
+    mean, sd = exact_theta_moments()
+    theta = draws["theta"].double()
+    # Tolerances as in test_auto_noncentring_fits_the_centred_funnel_exactly.
+    assert ((theta.mean(0) - mean) / sd).abs().max() < 0.15
+    assert ((theta.std(0) / sd) - 1).abs().max() < 0.15

@@ -7,7 +7,9 @@ import pyro
 import pyro.distributions as dist
 from pyro import poutine
 
-from pyro_qem.handlers.noncentring import NonCentring, scale_dependent_sites
+from pyro.infer.autoguide.initialization import init_to_median
+
+from pyro_qem.handlers.noncentring import NonCentring, noncentring_plan, scale_dependent_sites
 
 
 def hierarchy(y=None):
@@ -71,3 +73,35 @@ def test_rewrite_refuses_sites_it_cannot_standardise():
     with pytest.raises(ValueError, match="Site 'y' is observed"):
         with NonCentring(["y"]):
             hierarchy(torch.zeros(3))
+
+
+def test_plan_keeps_elements_whose_data_dominate_centred():
+    # Group 0 has one noisy row, group 1 a thousand precise ones: its posterior is far
+    # narrower than tau, so it keeps the centred proposal.
+    rows = torch.tensor([0] + [1] * 1000)
+    y = torch.randn(1001)
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        tau = pyro.sample("tau", dist.HalfNormal(1.0))
+        with pyro.plate("groups", 2):
+            a = pyro.sample("a", dist.Normal(mu, tau))
+        with pyro.plate("rows", 1001):
+            pyro.sample("y", dist.Normal(a[..., rows], 1.0), obs=y)
+
+    plan = noncentring_plan(model, (y,), {}, init_to_median)
+    assert list(plan) == ["a"] and plan["a"].tolist() == [False, True]
+
+
+def test_mixed_plan_centres_some_elements_and_standardises_the_others():
+    centred = torch.tensor([True, False, True])
+    with NonCentring({"theta": centred}):
+        trace = poutine.trace(hierarchy).get_trace(torch.zeros(3))
+    eps, theta = trace.nodes["theta_decentered"], trace.nodes["theta"]["value"]
+    mu, tau = trace.nodes["mu"]["value"], trace.nodes["log_tau"]["value"].exp()
+    expected = torch.where(centred, eps["value"], mu + tau * eps["value"])
+    assert torch.allclose(theta, expected)
+    # The proposal's prior: the site's own where centred, standard normal elsewhere.
+    prior = eps["fn"]
+    assert torch.allclose(prior.loc, torch.where(centred, mu, 0.0).expand(3))
+    assert torch.allclose(prior.scale, torch.where(centred, tau, 1.0).expand(3))
