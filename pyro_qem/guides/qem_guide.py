@@ -97,6 +97,9 @@ class QEMGuide(Messenger):
         #: which plate elements stay centred (None: none do).
         self.noncentred: Tuple[str, ...] = ()
         self.noncentring_plan: Dict[str, Optional[torch.Tensor]] = {}
+        # hook(site, centred mask) -> mask, called at set-up for each candidate of
+        # noncentre="auto": a distributed fit makes every process use rank 0's choice.
+        self.plan_hook: Optional[Callable] = None
         if max_plate_nesting is not None and max_plate_nesting < 0:
             raise ValueError(f"max_plate_nesting must be >= 0 or None, got {max_plate_nesting}.")
         self.model = model
@@ -160,7 +163,7 @@ class QEMGuide(Messenger):
         # What torch.save(guide) keeps: the model, options, structure and fitted state;
         # not the handler's per-run scratch space.
         state = self.__dict__.copy()
-        for key in ("_last_trace", "_subsamples", "_draws", "particle_draws"):
+        for key in ("_last_trace", "_subsamples", "_draws", "particle_draws", "plan_hook"):
             state.pop(key, None)
         return state
 
@@ -169,6 +172,7 @@ class QEMGuide(Messenger):
         self._subsamples, self._draws, self.particle_draws = {}, {}, {}
         self._sets = None
         self.particle_hook = None
+        self.plan_hook = None
 
     # ----------------------------------------------------------------- set-up
 
@@ -224,7 +228,8 @@ class QEMGuide(Messenger):
         if self.noncentre == "auto":
             with rng_preserved():
                 return noncentring_plan(self.model, args, kwargs,
-                                        self.init.init_loc_fn or default_init_loc)
+                                        self.init.init_loc_fn or default_init_loc,
+                                        agree=self.plan_hook)
         return dict.fromkeys(self.noncentre)
 
     def _check_noncentred(self, trace: Trace) -> None:

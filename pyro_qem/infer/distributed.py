@@ -335,19 +335,30 @@ class _ShardSetup(Messenger):
             msg["value"].copy_(rows)
 
 
-def setup_guide(guide: QEMGuide, args: tuple, kwargs: dict) -> ModelStructure:
-    """Set the guide up on this process's rows (see :class:`_ShardSetup`)."""
+def setup_guide(guide: QEMGuide, args: tuple, kwargs: dict,
+                group: Optional["ProcessGroup"] = None) -> ModelStructure:
+    """Set the guide up on this process's rows (see :class:`_ShardSetup`). With
+    ``group``, which plate elements the guide keeps centred
+    (:func:`~pyro_qem.handlers.noncentring.noncentring_plan`) is rank ``src``'s choice on
+    every process: each would choose from its own rows, and elements proposed
+    differently on different processes would not be one model."""
     model = guide.model
 
     def on_shard(*a, **k):
         with _ShardSetup():
             return model(*a, **k)
 
+    def agree(name: str, centred: torch.Tensor) -> torch.Tensor:
+        mask = centred.to(torch.float64).contiguous()
+        return group.broadcast(mask, f"which elements of site '{name}' stay centred") > 0.5
+
     guide.model = on_shard
+    guide.plan_hook = agree if group is not None else None
     try:
         return guide.setup(*args, **kwargs)
     finally:
         guide.model = model
+        guide.plan_hook = None
 
 
 def setup_sharding(group: ProcessGroup, guide: QEMGuide, run_probe: Callable[[], Tuple[List[SiteRecord], Dict[str, torch.Tensor]]],

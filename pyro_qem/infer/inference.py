@@ -260,7 +260,7 @@ class Inference:
 
     def _setup_sharding(self, args: tuple, kwargs: dict) -> None:
         self.process_group.what = "set-up"
-        structure = setup_guide(self.guide, args, kwargs)
+        structure = setup_guide(self.guide, args, kwargs, self.process_group)
         gradient_sites = sorted(name for name, site in structure.sites.items()
                                 if not site.enumerated and name not in self.guide.families)
         if gradient_sites:

@@ -61,6 +61,19 @@ def indexed_model(y, rows):
 
 MODELS = {"plain": plain_model, "indexed": indexed_model}
 
+# Rows of rank 1 (of 3) are precise, the others' noisy: from its own rows rank 1 would
+# keep counties 0-2 centred, the others would standardise every county.
+NOISE = torch.where(torch.arange(N) % 3 == 1, 0.01, 5.0).double()
+
+
+def scale_model(y, rows):
+    mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 2.0))
+    sigma_a = pyro.sample("sigma_a", dist.HalfNormal(torch.tensor(1.0, dtype=torch.float64)))
+    with pyro.plate("county", C):
+        a = pyro.sample("a", dist.Normal(mu, sigma_a))
+    with pyro.plate("house", N, subsample=rows):
+        pyro.sample("y", dist.Normal(a[..., COUNTY[rows]], NOISE[rows]), obs=y)
+
 
 # ---------------------------------------------------------------------- spawning
 
@@ -353,8 +366,14 @@ def _bad_inputs(rank, world, out):
         warnings.simplefilter("always")
         messages["unequal"] = _error_of(lambda: sample_posterior(inference, y[rows], rows, num_samples=20))
     messages["unequal_warning"] = " ".join(str(w.message) for w in caught)
+    # Which counties are proposed non-centred is rank 0's choice on every process.
+    rows = shard(rank, world)
+    guide = AutoQEM(scale_model, prefix="scales")
+    inference = Inference(scale_model, guide, K=K, process_group=ProcessGroup(timeout=30))
+    inference.step(y[rows], rows)
+    plan = {k: None if v is None else v.tolist() for k, v in guide.noncentring_plan.items()}
     return {"messages": messages, "exactness": _exactness(rank, world, out),
-            "minibatch": _minibatch(rank, world, out)}
+            "minibatch": _minibatch(rank, world, out), "plan": plan}
 
 
 def _error_of(call):
@@ -375,6 +394,7 @@ SCENARIOS = {"fit": _fit, "failure": _failure, "resume": _resume, "hang": _hang,
 def test_three_processes_exact_and_bad_inputs_fail_clearly(tmp_path):
     results = spawn("bad_inputs", 3, tmp_path)
     check_exactness([r["exactness"] for r in results])
+    assert [r["plan"] for r in results] == [{"a": None}] * 3
     for r in results:
         messages = r["messages"]
         assert "overlap" in messages["overlap"] and "pyro.plate('data')" in messages["overlap"]
