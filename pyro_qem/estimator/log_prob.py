@@ -31,7 +31,10 @@ MIN_BROADCAST_GAIN = 4
 
 def log_prob(fn: torch.distributions.Distribution, value: torch.Tensor) -> torch.Tensor:
     """``fn.log_prob(value)``, by a contraction where ``fn`` is a Normal with one event
-    dim whose batch broadcasts against ``value``'s to a much larger tensor."""
+    dim whose batch broadcasts against ``value``'s to a much larger tensor, and with the
+    scale's terms on the scale's own elements where ``fn`` is a plain Normal."""
+    if type(fn) in (Normal, dist.Normal):
+        return _normal_log_prob(fn, value)
     normal = _diagonal_normal(fn)
     if normal is None or value.dim() < 1:
         return fn.log_prob(value)
@@ -46,6 +49,22 @@ def log_prob(fn: torch.distributions.Distribution, value: torch.Tensor) -> torch
     # product per plate element instead of one matrix product).
     result = _expanded(_compact(value), _compact(loc), _compact(scale), batch)
     return fn.log_prob(value) if result is None else result
+
+
+def _normal_log_prob(fn: Normal, value: torch.Tensor) -> torch.Tensor:
+    """``Normal.log_prob``, with ``1 / scale`` and ``log scale`` taken before broadcasting:
+    the scale is stored expanded to the batch shape (a noise sd read by every particle
+    and row), and torch's own formula takes its square and log once per element of the
+    broadcast (on a 30 x 30 x 30 x 8 factor, 2.4x the time of the rest)."""
+    if fn._validate_args:
+        fn._validate_sample(value)
+    scale = _compact(fn.scale)
+    # The same formula as torch's, rearranged: -(x - m)^2 / (2 s^2) - log s - log sqrt(2 pi).
+    standardised = (value - fn.loc) * scale.reciprocal()
+    return -0.5 * standardised.square() - (scale.log() + _HALF_LOG_2PI)
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def _compact(t: torch.Tensor) -> torch.Tensor:

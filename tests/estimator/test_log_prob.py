@@ -76,3 +76,24 @@ def test_plate_expanded_parameters_give_the_same_density_and_gradients():
                     torch.autograd.grad((want * weights).sum(), (loc, scale))):
         torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-8)
     assert lp._compact(expanded.loc).shape == (1, 30, 1, 18)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_plain_normal_with_a_broadcast_scale_matches_log_prob(dtype):
+    # A noise sd read by every particle and row: stored expanded by Normal itself.
+    torch.manual_seed(1)
+    value = torch.randn(8, dtype=dtype)
+    loc = torch.randn(30, 1, 30, 8, dtype=dtype, requires_grad=True)
+    scale = (0.5 + torch.rand(30, 1, 1, 1, dtype=dtype)).requires_grad_()
+    fn = dist.Normal(loc, scale)
+    got, want = lp.log_prob(fn, value), fn.log_prob(value)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, want, **tol)
+    # The scale's gradient sums 7200 terms: float32 rounding grows with it.
+    grad_tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else tol
+    for g, e in zip(torch.autograd.grad(got.sum(), [loc, scale]),
+                    torch.autograd.grad(want.sum(), [loc, scale])):
+        torch.testing.assert_close(g, e, **grad_tol)
+    # Data outside the support are refused as by Normal.log_prob itself.
+    with pytest.raises(ValueError):
+        lp.log_prob(dist.Normal(0.0, 1.0, validate_args=True), torch.tensor(float("nan")))
