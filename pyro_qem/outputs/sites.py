@@ -74,6 +74,13 @@ def _why_not_derivable(structure: ModelStructure, record: SiteRecord) -> Optiona
                 "recompute it from the drawn latents with Predictive(model, "
                 "posterior_samples=draws).")
     event_ndim = len(record.fn.event_shape)
+    misplaced = _misplaced_dim(structure, record, event_ndim)
+    if misplaced is not None:
+        return (f"has a value whose batch dims do not line up with the plates and particle "
+                f"dims ({misplaced}): it was computed with a reduction or reshape over a "
+                "batch dim (e.g. theta.sum(-1) over a plate). Keep the plate dims "
+                "(theta.sum(-1, keepdim=True)) or recompute it from the drawn latents with "
+                "Predictive(model, posterior_samples=draws).")
     plates = {f.name for f in record.frames}
     for group in structure.groups:
         dim = group.dim - event_ndim
@@ -102,6 +109,30 @@ def check_count(name: str, value) -> None:
     """Raise unless ``value`` (the argument ``name``) is a positive int."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+
+def _misplaced_dim(structure: ModelStructure, record: SiteRecord, event_ndim: int) -> Optional[str]:
+    """Why the batch dims of a deterministic value are not (particle dims, plate dims)
+    right-aligned as every site's are, or None: a plate position must have size 1 or
+    its plate's size, and no dim may lie left of the particle dims (and particle sets)."""
+    shape = record.value.shape[:record.value.dim() - event_ndim]
+    nesting = structure.max_plate_nesting
+    frames = {f.dim: f.size for f in record.frames if f.name != PARTICLE_SETS}
+    sets = structure.plates.get(PARTICLE_SETS)
+    particle_dims = {g.dim for g in structure.groups}
+    for position in range(1, len(shape) + 1):
+        size, dim = shape[-position], -position
+        if size == 1:
+            continue
+        if position <= nesting:
+            if frames.get(dim) != size:
+                return f"dim {dim} has size {size}, not that of a plate at dim {dim}"
+        elif sets is not None and dim == sets.dim:
+            if size != sets.size:
+                return f"dim {dim} has size {size}"
+        elif dim not in particle_dims:
+            return f"dim {dim} of size {size} is left of every particle dim"
+    return None
 
 
 def select_sites(structure: ModelStructure, sites: Optional[Sequence[str]]) -> List[str]:

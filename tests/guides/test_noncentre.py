@@ -24,6 +24,8 @@ def centred(y):
         pyro.deterministic("gap", theta - mu, event_dim=0)
         pyro.deterministic("unmarked", theta * 2.0)
         pyro.sample("y", dist.Normal(theta, SIGMA), obs=y)
+    # A reduction over the plate: its particle dims move right, into the plate's place.
+    pyro.deterministic("total", theta.sum(-1), event_dim=0)
 
 
 def exact_tau_moments():
@@ -120,6 +122,8 @@ def test_predictive_and_outputs_with_a_noncentred_guide():
         sample_guide(guide, 3, sites=["theta"])
     with pytest.raises(ValueError, match="deterministic site 'unmarked' was recorded with every dim"):
         posterior_moments(inference, Y, sites=["unmarked"], num_runs=1)
+    with pytest.raises(ValueError, match="'total' has a value whose batch dims do not line up"):
+        sample_posterior(inference, Y, num_samples=3, sites=["total"])
 
 
 def test_noncentre_argument_errors():
