@@ -6,10 +6,11 @@ build q from the fitted state.
 """
 
 from .index_probe import IndexedValue, IndexProbe, IndexUse, plain
+from .noncentring import NonCentring
 from .params import ParamCollector
 from .plate_chunks import PlateChunkMessenger
 from .record import ParticleDraw, SiteRecord, SiteRecorder, is_subsampled
 from .uncondition import UnconditionData
 
-__all__ = ["IndexProbe", "IndexUse", "IndexedValue", "ParamCollector", "ParticleDraw", "PlateChunkMessenger", "SiteRecord", "SiteRecorder",
+__all__ = ["IndexProbe", "IndexUse", "IndexedValue", "NonCentring", "ParamCollector", "ParticleDraw", "PlateChunkMessenger", "SiteRecord", "SiteRecorder",
            "UnconditionData", "is_subsampled", "plain"]
