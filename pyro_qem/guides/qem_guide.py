@@ -502,10 +502,12 @@ class QEMGuide(Messenger):
         """Site name -> current q of each moment-matched site, with the batch and event
         shape the site has in the model (full plate sizes). ``averaged`` uses the running
         average of the iterates where :class:`~pyro_qem.infer.Inference` kept one. Enumerated
-        and gradient-fitted sites have no fixed q and are left out."""
+        and gradient-fitted sites have no fixed q and are left out; a non-centred site's q
+        is that of ``<site>_decentered``."""
         if self.structure is None:
             raise RuntimeError("The guide has no distributions before its first step.")
-        return {name: self.proposal(self.structure.sites[name], (), averaged) for name in self.families}
+        return PerSite(self.noncentred, {name: self.proposal(self.structure.sites[name], (), averaged)
+                                         for name in self.families})
 
     @torch.no_grad()
     def quantiles(self, quantiles: Sequence[float], *args, **kwargs) -> Dict[str, torch.Tensor]:
@@ -525,12 +527,32 @@ class QEMGuide(Messenger):
             except NotImplementedError as error:
                 raise NotImplementedError(f"Site '{name}': {error}") from error
             out[name] = values.to(dtype=_float_dtype(site), device=site.device)
-        return out
+        return PerSite(self.noncentred, out)
 
     @torch.no_grad()
     def median(self, *args, **kwargs) -> Dict[str, torch.Tensor]:
         """The median of each moment-matched site's q (per coordinate)."""
-        return {name: value[0] for name, value in self.quantiles([0.5], *args, **kwargs).items()}
+        return PerSite(self.noncentred, {name: value[0] for name, value in
+                                         self.quantiles([0.5], *args, **kwargs).items()})
+
+
+class PerSite(dict):
+    """A dict by latent site whose lookup of a non-centred site's name says where its q
+    went instead of a bare KeyError."""
+
+    def __init__(self, noncentred: Sequence[str], items: Mapping) -> None:
+        super().__init__(items)
+        self.noncentred = tuple(noncentred)
+
+    def __missing__(self, name):
+        if name in self.noncentred:
+            raise KeyError(
+                f"'{name}' is proposed non-centred: the guide fits q to "
+                f"'{decentered_name(name)}' and computes '{name}' from it. Its posterior "
+                f"comes from sample_posterior or posterior_moments (which return '{name}'); "
+                "for a q of the site itself, create the guide with noncentre=None."
+            )
+        raise KeyError(name)
 
 
 def _fixed_support_advice(name: str, support: constraints.Constraint) -> str:

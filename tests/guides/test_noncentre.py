@@ -149,3 +149,13 @@ def test_a_mixed_plan_is_exact_too():
     # Tolerances as in test_auto_noncentring_fits_the_centred_funnel_exactly.
     assert ((theta.mean(0) - mean) / sd).abs().max() < 0.15
     assert ((theta.std(0) / sd) - 1).abs().max() < 0.15
+
+
+def test_asking_the_guide_for_a_noncentred_site_says_where_its_q_went():
+    guide, _ = fit(centred, steps=2, noncentre="auto")
+    for lookup in (guide.distributions(), guide.median(), guide.quantiles([0.5])):
+        with pytest.raises(KeyError, match="'theta' is proposed non-centred.*noncentre=None"):
+            lookup["theta"]
+        with pytest.raises(KeyError):
+            lookup["nope"]
+    assert isinstance(guide.distributions()["theta_decentered"], dist.Normal)
