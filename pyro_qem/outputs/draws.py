@@ -149,6 +149,11 @@ def particle_sets(inference: Inference, args: tuple, kwargs: dict, num_sets: int
     """
     largest = max(f.tensor.numel() for f in first.factors)
     per_run, done = _agreed(inference, max(1, int(SETS_ENTRIES // max(largest, 1)))), 0
+    if any(site.enumerated and site.plates for site in first.structure.sites.values()):
+        # Pyro's SampleRing cannot sample an enumerated dim inside a plate when the
+        # particle sets' plate encloses it (its backward pass fails to broadcast the
+        # sampled indices): one set per run.
+        per_run = 1
     while done < num_sets:
         size = min(per_run, num_sets - done)
         try:

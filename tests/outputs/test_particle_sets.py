@@ -9,6 +9,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.ops.indexing import Vindex
 
 from pyro_qem import AutoQEM, Inference
 from pyro_qem.outputs import resample_run, sample_posterior
@@ -115,3 +116,23 @@ def test_model_without_room_for_the_sets_dim_falls_back_to_one_run_per_set():
     with pytest.warns(RuntimeWarning, match="one set per model run"):
         draws = sample_posterior(inference, Y, num_samples=6, draws_per_run=1)
     assert draws["mu"].shape == (6,) and draws.num_sets == 6
+
+
+def test_an_enumerated_site_in_a_plate_is_drawn_one_set_per_run():
+    # Pyro's SampleRing fails on enumerated dims inside a plate within the sets' plate.
+    def mixture(y):
+        scales = pyro.sample("scales", dist.HalfNormal(torch.ones(2)).to_event(1))
+        with pyro.plate("g", 6):
+            c = pyro.sample("c", dist.Categorical(torch.tensor([0.5, 0.5])),
+                            infer={"enumerate": "parallel"})
+            z = pyro.sample("z", dist.Normal(0.0, Vindex(scales)[..., c]))
+            pyro.sample("y", dist.Normal(z, 0.3), obs=y)
+
+    y = torch.linspace(-3, 3, 6)
+    pyro.set_rng_seed(0)
+    inference = Inference(mixture, AutoQEM(mixture), K=10, lr=0.1)
+    for _ in range(3):
+        inference.step(y)
+    draws = sample_posterior(inference, y, num_samples=12, draws_per_run=1)
+    assert draws.num_sets == 12 and draws["c"].shape == (12, 6) and draws["z"].shape == (12, 6)
+    assert set(draws["c"].unique().tolist()) <= {0, 1}
