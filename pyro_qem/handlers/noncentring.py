@@ -123,6 +123,15 @@ class NonCentring(Messenger):
                 f"Site '{name}' is observed in this run, so it cannot be non-centred (only "
                 "latent sites are). Leave it out of noncentre."
             )
+        reweighted = _reweighted(msg)
+        if reweighted:
+            raise ValueError(
+                f"Site '{name}' is {reweighted}, so proposing it standardised would change "
+                "the model: the mask or scale would apply to the density of "
+                f"'{decentered_name(name)}' instead of '{name}' (they differ by the "
+                "Jacobian log scale). Leave it out of noncentre (or create the guide with "
+                "noncentre=None)."
+            )
         base, _ = _unwrapped(fn)
         event_shape = fn.event_shape
         loc = base.loc
@@ -155,6 +164,27 @@ class NonCentring(Messenger):
         msg["value"] = value
         msg["is_observed"] = True
         msg["infer"] = dict(msg["infer"] or {}, _deterministic=True)
+
+
+def _reweighted(msg) -> Optional[str]:
+    """How a site's log density is masked or scaled beyond the ``N / B`` of its
+    subsampled plates (which weighs every element alike and keeps the posterior of the
+    rest), or None."""
+    mask = msg["mask"]
+    if mask is False or (isinstance(mask, torch.Tensor) and not bool(mask.all())):
+        return "masked (poutine.mask)"
+    subsample = 1.0
+    for frame in msg["cond_indep_stack"]:
+        if frame.full_size is not None and frame.size != frame.full_size:
+            subsample *= frame.full_size / frame.size
+    scale = msg["scale"]
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() != 1:
+            return "scaled element by element (poutine.scale)"
+        scale = float(scale)
+    if abs(scale - subsample) > 1e-9 * subsample:
+        return f"scaled by {scale / subsample:g} (poutine.scale)"
+    return None
 
 
 def _standardised_to_value(kind: str, base, eps: torch.Tensor) -> torch.Tensor:
@@ -211,7 +241,7 @@ def scale_dependent_sites(model: Callable, args: tuple, kwargs: dict) -> List[st
     for name, node in first.nodes.items():
         if node["type"] != "sample" or node["is_observed"] or site_is_subsample(node):
             continue
-        if loc_scale_kind(node["fn"]) is None or name not in second.nodes:
+        if loc_scale_kind(node["fn"]) is None or name not in second.nodes or _reweighted(node):
             continue
         if not any(f.vectorized for f in node["cond_indep_stack"]):
             continue

@@ -105,3 +105,36 @@ def test_mixed_plan_centres_some_elements_and_standardises_the_others():
     prior = eps["fn"]
     assert torch.allclose(prior.loc, torch.where(centred, mu, 0.0).expand(3))
     assert torch.allclose(prior.scale, torch.where(centred, tau, 1.0).expand(3))
+
+
+def _masked(y=None, scale=1.0):
+    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = pyro.sample("tau", dist.HalfNormal(3.0))
+    with pyro.plate("n", 4), poutine.mask(mask=torch.tensor([True, False, True, True])):
+        with poutine.scale(scale=scale):
+            theta = pyro.sample("theta", dist.Normal(mu, tau))
+        pyro.sample("y", dist.Normal(theta, 1.0), obs=y)
+
+
+def test_masked_or_scaled_sites_are_not_standardised():
+    # A mask or scale on theta's density would land on theta_decentered's instead, which
+    # differs by the Jacobian log tau: a different model.
+    y = torch.zeros(4)
+    assert scale_dependent_sites(_masked, (y,), {}) == []
+    with pytest.raises(ValueError, match="Site 'theta' is masked.*Leave it out of noncentre"):
+        with NonCentring(["theta"]):
+            _masked(y)
+
+
+def test_only_a_subsampled_plate_s_own_scale_is_allowed():
+    def model(scale):
+        tau = pyro.sample("tau", dist.HalfNormal(1.0))
+        with pyro.plate("n", 10, subsample_size=5), poutine.scale(scale=scale):
+            pyro.sample("theta", dist.Normal(0.0, tau))
+
+    with NonCentring(["theta"]):
+        trace = poutine.trace(model).get_trace(1.0)   # the plate's N / B = 2 only
+    assert trace.nodes["theta"]["infer"]["_deterministic"]
+    with pytest.raises(ValueError, match=r"Site 'theta' is scaled by 0.5 \(poutine.scale\)"):
+        with NonCentring(["theta"]):
+            model(0.5)
