@@ -33,6 +33,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.reparam_messenger import _get_init_messengers
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import Independent, MultivariateNormal, Normal, biject_to
 
@@ -142,7 +143,7 @@ class NonCentring(Messenger):
             # (torch.zeros, not loc.new_zeros: provenance tracking would see loc in it.)
             prior = dist.Normal(torch.zeros((), dtype=loc.dtype, device=loc.device), 1.0)
             prior = prior.expand(event_shape).to_event(len(event_shape))
-            eps = pyro.sample(decentered_name(name), prior)
+            eps = _sample_standardised(msg, kind, base, prior, None)
             value = _standardised_to_value(kind, base, eps)
         else:
             c = _aligned(centred, fn, name).to(loc.dtype)
@@ -155,7 +156,7 @@ class NonCentring(Messenger):
             else:
                 prior = dist.Normal(loc * c_event, base.scale * c_event + (1 - c_event))
                 prior = prior.to_event(len(event_shape))
-            eps = pyro.sample(decentered_name(name), prior)
+            eps = _sample_standardised(msg, kind, base, prior, c_event)
             value = c_event * eps + (1 - c_event) * _standardised_to_value(kind, base, eps)
         # Recorded as pyro.deterministic records a site: a masked Delta marked
         # deterministic, so the estimator and the outputs treat it as a function of the
@@ -164,6 +165,28 @@ class NonCentring(Messenger):
         msg["value"] = value
         msg["is_observed"] = True
         msg["infer"] = dict(msg["infer"] or {}, _deterministic=True)
+
+
+def _sample_standardised(msg, kind: str, base, prior, c_event: Optional[torch.Tensor]) -> torch.Tensor:
+    """``pyro.sample`` of the standardised site; where an init strategy
+    (``init_to_value``, ...) encloses the model, the site's initial value is carried
+    over (standardised), as Pyro's reparameterisers do."""
+    for messenger in _get_init_messengers():
+        messenger._process_message(msg)
+    init = msg["value"]
+    msg["value"] = None
+    name = decentered_name(msg["name"])
+    if init is None:
+        return pyro.sample(name, prior)
+    offset = init - base.loc
+    if kind == "mvn":
+        standardised = torch.linalg.solve_triangular(
+            base.scale_tril, offset.unsqueeze(-1), upper=False).squeeze(-1)
+    else:
+        standardised = offset / base.scale
+    if c_event is not None:
+        standardised = c_event * init + (1 - c_event) * standardised
+    return pyro.sample(name, prior, obs=standardised.detach(), infer={"is_observed": False})
 
 
 def _reweighted(msg) -> Optional[str]:

@@ -159,3 +159,15 @@ def test_asking_the_guide_for_a_noncentred_site_says_where_its_q_went():
         with pytest.raises(KeyError):
             lookup["nope"]
     assert isinstance(guide.distributions()["theta_decentered"], dist.Normal)
+
+
+def test_init_to_value_of_a_noncentred_site_starts_its_standardised_q_there():
+    from pyro.infer.autoguide.initialization import init_to_value
+
+    values = {"mu": torch.tensor(1.0), "tau": torch.tensor(2.0), "theta": torch.full((8,), 4.0)}
+    guide = AutoQEM(centred, init_loc_fn=init_to_value(values=values))
+    guide.setup(Y)
+    assert guide.noncentred == ("theta",)
+    # theta = mu + tau * eps: eps starts at (4 - 1) / 2.
+    q = guide.distributions()["theta_decentered"]
+    assert torch.allclose(q.mean, torch.full((8,), 1.5), atol=1e-5)
