@@ -46,7 +46,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..model.structure import ModelStructure
 from ..handlers import SiteRecord
-from ..model.structure import Symbols
+from ..model.structure import GroupInfo, Symbols
 from .factors import LogFactor
 
 
@@ -367,6 +367,13 @@ class JointSource:
         return grad / grad.sum(self.particle_dims, keepdim=True)
 
 
+def varying_groups(value: torch.Tensor, event_ndim: int, structure: ModelStructure) -> List[GroupInfo]:
+    """The particle groups along whose dims ``value`` (a deterministic site's, in the
+    broadcast layout) varies: size above 1 in the group's dim."""
+    return [g for g in structure.groups
+            if value.dim() >= event_ndim - g.dim and value.shape[g.dim - event_ndim] > 1]
+
+
 def make_joint_source(record: SiteRecord, structure: ModelStructure, symbols: Symbols,
                       dtype: torch.dtype) -> JointSource:
     """The :class:`JointSource` of a deterministic site's record.
@@ -376,8 +383,7 @@ def make_joint_source(record: SiteRecord, structure: ModelStructure, symbols: Sy
     """
     event_ndim = len(record.fn.event_shape)
     value = record.value
-    groups = [g for g in structure.groups
-              if value.dim() >= event_ndim - g.dim and value.shape[g.dim - event_ndim] > 1]
+    groups = varying_groups(value, event_ndim, structure)
     plates = {f.name for f in record.frames}
     outside = [g for g in groups if not g.plates <= plates]
     if outside:

@@ -93,9 +93,8 @@ class QEMGuide(Messenger):
                 f"noncentre must be None, 'auto' or a list of site names, got {noncentre!r}."
             )
         self.noncentre = noncentre if noncentre is None or noncentre == "auto" else list(noncentre)
-        #: The sites proposed in standardised form (resolved at set-up), and per site
-        #: which plate elements stay centred (None: none do).
-        self.noncentred: Tuple[str, ...] = ()
+        #: Per site proposed in standardised form (resolved at set-up), which plate
+        #: elements stay centred (None: none do).
         self.noncentring_plan: Dict[str, Optional[torch.Tensor]] = {}
         # hook(site, centred mask) -> mask, called at set-up for each candidate of
         # noncentre="auto": a distributed fit makes every process use rank 0's choice.
@@ -199,7 +198,6 @@ class QEMGuide(Messenger):
         if self.structure is not None:
             return self.structure
         self.noncentring_plan = self._resolve_noncentre(args, kwargs)
-        self.noncentred = tuple(self.noncentring_plan)
         prototypes = prototype_traces(self.model_run, args, kwargs,
                                       self.init.init_loc_fn or default_init_loc)
         self._check_noncentred(prototypes[0].trace)
@@ -240,6 +238,15 @@ class QEMGuide(Messenger):
                 f"{sorted(n for n, s in trace.nodes.items() if s['type'] == 'sample')})."
             )
 
+    @property
+    def noncentred(self) -> Tuple[str, ...]:
+        """The sites proposed in standardised form (set at set-up)."""
+        return tuple(self.noncentring_plan)
+
+    def _rewrite(self):
+        """The handler that rewrites the non-centred sites (a no-op without any)."""
+        return NonCentring(self.noncentring_plan) if self.noncentring_plan else contextlib.nullcontext()
+
     def site_name(self, name: str) -> str:
         """The latent site that holds ``name``'s q: ``name`` itself, or
         ``name + "_decentered"`` for a non-centred site."""
@@ -247,9 +254,7 @@ class QEMGuide(Messenger):
 
     def model_run(self, *args, **kwargs):
         """Run the model as this guide sees it (non-centred sites rewritten)."""
-        if not self.noncentred:
-            return self.model(*args, **kwargs)
-        with NonCentring(self.noncentring_plan):
+        with self._rewrite():
             return self.model(*args, **kwargs)
 
     def init_gradient_sites(self, prototypes: Sequence[Prototype]) -> None:
@@ -277,10 +282,9 @@ class QEMGuide(Messenger):
         self._sets = sets
         self._reparameterized = reparameterized
         self.particle_draws = {}
-        # Entered inside the guide, so the rewrite reaches a site before the guide does.
-        rewrite = NonCentring(self.noncentring_plan) if self.noncentred else contextlib.nullcontext()
         try:
-            with self, rewrite:
+            # The rewrite is entered inside the guide, so it reaches a site first.
+            with self, self._rewrite():
                 yield self.particle_draws
         finally:
             self._num_particles = None
@@ -303,11 +307,10 @@ class QEMGuide(Messenger):
         self.setup(*args, **kwargs)
         self._draws = dict.fromkeys(self.structure.sites)
         tracer = TraceMessenger()
-        rewrite = NonCentring(self.noncentring_plan) if self.noncentred else contextlib.nullcontext()
         # Non-centred sites stay visible: Predictive(model, guide=guide) replays them.
-        noncentred = frozenset(self.noncentred)
+        noncentred = frozenset(self.noncentring_plan)
         with poutine.block(hide_fn=lambda m: is_observed(m) and m["name"] not in noncentred), \
-                tracer, self, rewrite:
+                tracer, self, self._rewrite():
             self.model(*args, **kwargs)
         self._last_trace = tracer.trace
         return {name: value for name, value in self._draws.items() if value is not None}

@@ -24,14 +24,14 @@ from pyro.ops.einsum.adjoint import require_backward
 from pyro.ops.rings import SampleRing
 
 from ..estimator import LogFactor
-from ..estimator.contraction import term_tree
+from ..estimator.contraction import term_tree, varying_groups
 from ..estimator.estimate import local_dims
 from ..estimator.linked import fold_links, link_order, row_index
 from ..estimator.memory import MemoryBudgetError
 from ..guides.qem_guide import QEMGuide
 from ..infer.pipeline import WeightedRun
 from ..model.structure import PARTICLE_SETS
-from .sites import check_count, select_outputs, select_sites, weighted_run
+from .sites import check_count, plate_layout, select_outputs, select_sites, weighted_run
 
 from ..infer.inference import Inference
 
@@ -212,22 +212,16 @@ def _gather_derived(run: WeightedRun, record, indices: Dict[int, torch.Tensor]) 
     event_shape = record.fn.event_shape
     event_ndim = len(event_shape)
     value = record.value.detach()
-    for group in structure.groups:
-        dim = group.dim - event_ndim
-        if value.dim() >= -dim and value.shape[dim] > 1:
-            value = _gather_dim(value, indices[group.index], dim, event_ndim)
+    for group in varying_groups(value, event_ndim, structure):
+        value = _gather_dim(value, indices[group.index], group.dim - event_ndim, event_ndim)
     plates = structure.max_plate_nesting
     value = value.reshape((1,) * max(0, plates + event_ndim - value.dim()) + value.shape)
     # Left of the plates only size-1 particle dims remain, and the particle sets' dim.
     lead = value.dim() - event_ndim - plates
     value = value.reshape((-1,) + value.shape[lead:])
-    batch = [1] * plates
-    for frame in record.frames:
-        if frame.name != PARTICLE_SETS:
-            batch[plates + frame.dim] = frame.size
-    used = max([-f.dim for f in record.frames if f.name != PARTICLE_SETS], default=0)
-    value = value.expand((value.shape[0],) + tuple(batch) + tuple(event_shape))
-    value = value.reshape((value.shape[0],) + tuple(batch[plates - used:]) + tuple(event_shape))
+    batch, trimmed = plate_layout(record, plates)
+    value = value.expand((value.shape[0],) + batch + tuple(event_shape))
+    value = value.reshape((value.shape[0],) + trimmed + tuple(event_shape))
     sets = structure.plates.get(PARTICLE_SETS)
     if sets is None:
         return value[0]
@@ -240,6 +234,7 @@ def _gather_dim(value: torch.Tensor, index: torch.Tensor, dim: int, event_ndim: 
     ndim = max(index.dim() + event_ndim, value.dim())
     index = index.reshape((1,) * (ndim - event_ndim - index.dim()) + index.shape + (1,) * event_ndim)
     value = value.reshape((1,) * (ndim - value.dim()) + value.shape)
+    # Broadcast by hand: torch.broadcast_shapes imports sympy on its first call (~1 s).
     shape = [max(a, b) for a, b in zip(index.shape, value.shape)]
     shape[dim] = value.shape[dim]
     value = value.expand(shape)
@@ -372,16 +367,8 @@ def _gather(run: WeightedRun, name: str, index: torch.Tensor) -> torch.Tensor:
     site = run.structure.sites[name]
     event_ndim = len(site.event_shape)
     value = run.records[name].value.detach()
-    ndim = max(index.dim() + event_ndim, value.dim())
-    index = index.reshape((1,) * (ndim - event_ndim - index.dim()) + index.shape + (1,) * event_ndim)
-    value = value.reshape((1,) * (ndim - value.dim()) + value.shape)
-    # Broadcast by hand: torch.broadcast_shapes imports sympy on its first call (~1 s).
-    shape = [max(a, b) for a, b in zip(index.shape, value.shape)]
     particle_dim = run.structure.group_of(name).dim - event_ndim
-    shape[particle_dim] = value.shape[particle_dim]
-    value = value.expand(shape)
-    shape[particle_dim] = 1
-    picked = value.gather(particle_dim, index.expand(shape))
+    picked = _gather_dim(value, index, particle_dim, event_ndim)
     sets = run.structure.plates.get(PARTICLE_SETS)
     leading = (sets.size,) if sets is not None else ()
     return picked.reshape(leading + site.batch_shape + site.event_shape)

@@ -15,7 +15,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Union
 import torch
 
 from ..infer.pipeline import WeightedRun
-from .sites import check_count, resolve_fn, select_outputs, to_site_shape, weighted_run
+from .sites import check_count, plate_layout, resolve_fn, select_outputs, to_site_shape, weighted_run
 
 from ..infer.inference import Inference
 
@@ -140,13 +140,10 @@ def _derived_moment(run: WeightedRun, name: str, fn: Statistic) -> torch.Tensor:
     # What is left: the plates' dims (size-1 particle dims on their left) and the
     # statistic's own.
     plates = run.structure.max_plate_nesting
-    batch = [1] * plates
-    for frame in record.frames:
-        batch[plates + frame.dim] = frame.size
-    used = max([-f.dim for f in record.frames], default=0)
+    batch, trimmed = plate_layout(record, plates)
     if width >= plates:
         moment = moment.reshape(moment.shape[width - plates:])
     else:
         moment = moment.reshape((1,) * (plates - width) + moment.shape)
-    moment = moment.expand(tuple(batch) + moment.shape[plates:])
-    return moment.reshape(tuple(batch[plates - used:]) + moment.shape[plates:])
+    moment = moment.expand(batch + moment.shape[plates:])
+    return moment.reshape(trimmed + moment.shape[plates:])

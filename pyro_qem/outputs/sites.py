@@ -9,6 +9,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 from ..handlers import SiteRecord, is_subsampled
+from ..estimator.contraction import varying_groups
 from ..handlers.noncentring import decentered_name
 from ..infer.inference import Inference
 from ..infer.pipeline import ParticleRun, WeightedRun, weigh
@@ -82,16 +83,24 @@ def _why_not_derivable(structure: ModelStructure, record: SiteRecord) -> Optiona
                 "(theta.sum(-1, keepdim=True)) or recompute it from the drawn latents with "
                 "Predictive(model, posterior_samples=draws).")
     plates = {f.name for f in record.frames}
-    for group in structure.groups:
-        dim = group.dim - event_ndim
-        if record.value.dim() >= -dim and record.value.shape[dim] > 1 and \
-                not group.plates - {PARTICLE_SETS} <= plates:
+    for group in varying_groups(record.value, event_ndim, structure):
+        if not group.plates <= plates:
             return (f"reads particle group {list(group.sites)} through a plate it is not in "
                     "(an indexed plate), which is not supported; recompute it from the drawn "
                     "latents with Predictive(model, posterior_samples=draws).")
     return None
 
 
+def plate_layout(record: SiteRecord, nesting: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """A deterministic site's batch shape from its plates: over all ``nesting`` plate
+    dims (size 1 where it is in no plate), and trimmed to its outermost plate (the
+    shape Pyro gives a site in those plates)."""
+    batch = [1] * nesting
+    for frame in record.frames:
+        if frame.name != PARTICLE_SETS:
+            batch[nesting + frame.dim] = frame.size
+    used = max([-f.dim for f in record.frames if f.name != PARTICLE_SETS], default=0)
+    return tuple(batch), tuple(batch[nesting - used:])
 
 def _check_full_plates(records: Sequence[SiteRecord], what: str) -> None:
     for record in records:
