@@ -138,3 +138,11 @@ def test_only_a_subsampled_plate_s_own_scale_is_allowed():
     with pytest.raises(ValueError, match=r"Site 'theta' is scaled by 0.5 \(poutine.scale\)"):
         with NonCentring(["theta"]):
             model(0.5)
+
+
+def test_a_plan_for_other_plate_sizes_is_refused_by_name():
+    # The plan was chosen for 2 groups; a run with 3 would pair masks with wrong groups.
+    with pytest.raises(ValueError, match=r"Site 'theta': its plates have shape \(3,\) in this run "
+                                         r"but \(2,\).*Pass the same data to every step"):
+        with NonCentring({"theta": torch.tensor([True, False])}):
+            hierarchy(torch.zeros(3))
