@@ -109,6 +109,7 @@ class QEMGuide(Messenger):
         self.structure: Optional[ModelStructure] = None
         self.families: Dict[str, Family] = {}
         self._num_particles: Optional[int] = None
+        self._averaged = False
         # hook(site, particles, selection) -> particles, called at each drawn (not
         # enumerated) site before log q is taken: a distributed fit gives every
         # process rank 0's particles of the global sites through it.
@@ -266,7 +267,7 @@ class QEMGuide(Messenger):
 
     @contextlib.contextmanager
     def particles(self, num_particles: int, reparameterized: bool = True,
-                  sets: Optional[PlateInfo] = None,
+                  sets: Optional[PlateInfo] = None, averaged: bool = False,
                   ) -> Iterator[Dict[str, ParticleDraw]]:
         """Within this context the guide draws ``num_particles`` values per site; the
         context yields a dict that fills with a :class:`~pyro_qem.handlers.ParticleDraw`
@@ -277,8 +278,11 @@ class QEMGuide(Messenger):
         :param sets: the plate of independent particle sets
             (:meth:`~pyro_qem.model.ModelStructure.particle_sets_plate`) when the model
             runs inside it: each set gets its own ``num_particles`` draws.
+        :param averaged: draw moment-matched sites from the running average of the
+            iterates where one is kept (as outputs do), not from the current iterate.
         """
         self._num_particles = num_particles
+        self._averaged = averaged
         self._sets = sets
         self._reparameterized = reparameterized
         self.particle_draws = {}
@@ -289,6 +293,7 @@ class QEMGuide(Messenger):
         finally:
             self._num_particles = None
             self._sets = None
+            self._averaged = False
 
     def __enter__(self):
         self._subsamples = {}
@@ -421,7 +426,8 @@ class QEMGuide(Messenger):
         """q of the site on this run's plate elements, and the parameters it read
         (None for a moment-matched site)."""
         if site.name in self.families:
-            return self.proposal(site, self._selection(msg), differentiable=differentiable), None
+            return self.proposal(site, self._selection(msg), averaged=self._averaged,
+                                 differentiable=differentiable), None
         self.selection = self._selection(msg)
         with ParamCollector() as collector:
             q = self.get_posterior(site.name, msg["fn"])

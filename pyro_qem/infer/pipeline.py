@@ -67,7 +67,8 @@ class ParticleRun:
 def run_particles(model: Callable, guide: QEMGuide, num_particles: int, args: tuple,
                   kwargs: dict, reparameterized: bool = True,
                   num_sets: int = 1,
-                  particle_hook: Optional[Callable] = None) -> ParticleRun:
+                  particle_hook: Optional[Callable] = None,
+                  averaged: bool = False) -> ParticleRun:
     """Run ``model(*args, **kwargs)`` once with ``num_particles`` particles of every
     latent site drawn from ``guide`` (set up on the first call), recording every site.
 
@@ -78,6 +79,8 @@ def run_particles(model: Callable, guide: QEMGuide, num_particles: int, args: tu
         call, inside the plate of
         :meth:`~pyro_qem.model.ModelStructure.particle_sets_plate` (the run's
         structure then has that plate; outputs that need many fresh runs use it).
+    :param averaged: propose from the running average of q's iterates where the guide
+        keeps one (outputs), not from the current iterate (steps).
     """
     structure = guide.setup(*args, **kwargs)
     sets = None
@@ -92,7 +95,7 @@ def run_particles(model: Callable, guide: QEMGuide, num_particles: int, args: tu
                   else contextlib.nullcontext())
     guide.particle_hook = particle_hook
     try:
-        with recorder, probe, guide.particles(num_particles, reparameterized, sets) as draws, \
+        with recorder, probe, guide.particles(num_particles, reparameterized, sets, averaged) as draws, \
                 particle_run_errors(recorder, num_particles), sets_plate:
             model(*args, **kwargs)
     finally:
