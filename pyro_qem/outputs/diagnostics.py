@@ -107,11 +107,22 @@ def guide_log_weights(model: Callable, guide: QEMGuide, *args, num_samples: int 
                       averaged: bool = True, **kwargs) -> torch.Tensor:
     """``log p(x, z_s) - log q(z_s)`` for ``num_samples`` joint draws from the guide.
 
+    ``z`` are the latents q covers: a non-centred site's standardised latent
+    (``theta_decentered``), with ``p`` the model as the guide rewrites it (the same
+    posterior and marginal likelihood).
+
     :returns: a tensor of shape ``(num_samples,)``, float64.
     """
     draws = sample_guide(guide, num_samples, averaged=averaged)
     qs = guide.distributions(averaged=averaged)
-    trace, prototype, nesting = conditioned_trace(model, draws, args, kwargs)
+
+    def rewritten(*a, **k):
+        # q's non-centred sites are the standardised latents of the model as the guide
+        # rewrites it: the weights are p / q of that model's latents.
+        with guide._rewrite():
+            return model(*a, **k)
+
+    trace, prototype, nesting = conditioned_trace(rewritten, draws, args, kwargs)
     total = torch.zeros(num_samples, dtype=torch.float64)
     for name, site in prototype.nodes.items():
         if site["type"] != "sample" or site["infer"].get("_deterministic"):

@@ -16,8 +16,10 @@ import torch
 import pyro
 import pyro.poutine as poutine
 from pyro.poutine.trace_struct import Trace
+from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.util import prune_subsample_sites
 
+from ..guides.initialisation import default_init_loc
 from ..handlers import UnconditionData
 from ..handlers.noncentring import SUFFIX
 
@@ -25,8 +27,10 @@ Draws = Dict[str, torch.Tensor]
 
 
 def model_trace(model: Callable, args: tuple, kwargs: dict) -> Trace:
-    """One run of ``model`` (latents from the prior), hidden from outer handlers."""
-    with torch.no_grad(), poutine.block():
+    """One run of ``model``, hidden from outer handlers, for its sites' shapes: latents
+    at the guides' default initial values (a prior such as ``ImproperUniform`` cannot
+    be sampled)."""
+    with torch.no_grad(), poutine.block(), InitMessenger(default_init_loc):
         trace = poutine.trace(model).get_trace(*args, **kwargs)
     return prune_subsample_sites(trace)
 
