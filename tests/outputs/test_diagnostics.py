@@ -7,6 +7,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.ops.indexing import Vindex
 
 from tests.helpers.fitted_models import J, fit_model, hierarchy, hierarchy_data, restore
 from pyro_qem import AutoQEM, Inference
@@ -128,3 +129,33 @@ def test_diagnose_runs_on_a_flat_prior():
         inference.step(x, y)
     report = diagnose(inference, x, y, warn=False)
     assert report.khat is not None and report.khat < report.khat_threshold
+
+
+def _mixture(y):
+    locs = pyro.sample("locs", dist.Normal(torch.tensor([-3.0, 3.0]), 1.0).to_event(1))
+    with pyro.plate("data", len(y)):
+        c = pyro.sample("c", dist.Categorical(torch.tensor([0.5, 0.5])),
+                        infer={"enumerate": "parallel"})
+        pyro.sample("y", dist.Normal(Vindex(locs)[..., c], 0.5), obs=y)
+
+
+def test_enumerated_sites_are_neither_flagged_nor_given_a_khat():
+    """A well-separated mixture's labels are certain: their exact posterior over the
+    support has an "ESS" of 1, which is not degeneracy. q draws no labels, so k-hat
+    (p / q of q's draws) is not defined: reported as not computed, and the function
+    that would compute it refuses by name."""
+    from pyro_qem.outputs import guide_log_weights
+
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    y = torch.tensor([-3.1, -2.8, 3.2, 2.9, 3.0])
+    inference = Inference(_mixture, AutoQEM(_mixture), K=30, lr=0.2, average_from=50)
+    for _ in range(100):
+        inference.step(y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QEMDiagnosticWarning)
+        report = diagnose(inference, y)
+    assert "c" not in report.ess and not report.flagged
+    assert report.khat is None and "'c'" in report.khat_note
+    with pytest.raises(NotImplementedError, match="enumerates \\['c'\\]"):
+        guide_log_weights(_mixture, inference.guide, y)
