@@ -260,8 +260,8 @@ def _warn(report: Diagnostics, K: int) -> None:
             "of q (sample_guide, guide.distributions()) can be off, and so can "
             "sample_posterior and posterior_moments, which reweight K = "
             f"{K} particles drawn from q (on strongly correlated coefficients and a GP's "
-            "hyperparameters, k-hat stayed above 0.7 and the joint draws missed NUTS's "
-            f"sds by 35-45%). Check the sites with the lowest weight ESS ({worst}); raise "
+            "hyperparameters, k-hat stayed above 0.7 and the joint draws' sds were 35% "
+            f"or more off NUTS's). Check the sites with the lowest weight ESS ({worst}); raise "
             "K, give correlated sites one full-covariance q (groups=, families=), or "
             "check the answer against MCMC.",
             QEMDiagnosticWarning,
