@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -95,10 +96,14 @@ def effective_sample_size(draws: torch.Tensor) -> torch.Tensor:
     monotone sequence estimator (as :func:`pyro.ops.stats.effective_sample_size`, whose
     monotone step takes memory quadratic in the number of draws: 34 GB for 20000)."""
     n = draws.shape[0]
-    rho = autocorrelation(draws.double().reshape(n, -1), dim=0)
+    flat = draws.double().reshape(n, -1)
+    rho = autocorrelation(flat, dim=0)
     pairs = rho[: n - n % 2].reshape(n // 2, 2, -1).sum(1)
     monotone = torch.cummin(pairs[1:].clamp(min=0), dim=0).values
-    return n / (-1 + 2 * pairs[0] + 2 * monotone.sum(0))
+    ess = n / (-1 + 2 * pairs[0] + 2 * monotone.sum(0))
+    # A constant coordinate (the fixed entries of a Cholesky factor) has no Monte Carlo
+    # error: infinite ESS, not the 0/0 of its autocorrelation.
+    return torch.where(flat.std(0) > 0, ess, torch.full_like(ess, math.inf))
 
 
 def run_nuts(bm: BenchmarkModel, warmup: int, samples: int, seed: int = 0) -> Tuple[Moments, Dict]:

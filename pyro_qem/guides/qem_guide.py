@@ -34,6 +34,7 @@ from ..handlers import ParamCollector, ParticleDraw
 from ..handlers.noncentring import NonCentring, decentered_name, noncentring_plan
 from ..model import ModelStructure, PlateInfo, Prototype, Selection, SiteInfo, discover, gather
 from ..model import prototype_traces, rng_preserved, selection_of
+from .grouping import standardised_groups
 from .initialisation import InitOptions, default_init_loc, initial_state
 from .layout import enumerated_support, in_dim, in_sets_dim, is_observed
 from .state import MomentState
@@ -204,6 +205,10 @@ class QEMGuide(Messenger):
         self._check_noncentred(prototypes[0].trace)
         groups = None if self.groups is None else [[self.site_name(n) for n in g] for g in self.groups]
         structure = discover(prototypes[0], groups, self.max_plate_nesting)
+        if self.groups is None and self.noncentred:
+            regrouped = standardised_groups(structure, self.noncentred)
+            if regrouped is not None:
+                structure = discover(prototypes[0], regrouped, self.max_plate_nesting)
         first = prototypes[0].trace.nodes
         families = {name: self.get_family(site, first[name]["fn"])
                     for name, site in structure.sites.items() if not site.enumerated}
