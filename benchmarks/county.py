@@ -27,13 +27,14 @@ Prints Markdown tables and writes ``county.md`` and ``county.json`` under ``--ou
 
 NUTS references (cached as ``results/reference_county_<model>.{npz,json}`` by
 :func:`benchmarks.reference.save`; the JSON records the time, divergences and minimum
-ESS): Pyro NUTS, one chain, seed 0, target acceptance 0.9, jit-compiled, 500 warmup
-steps and 3000 draws, on non-centred twins of the models (``a``, ``b`` by
+ESS): Pyro NUTS, one chain, seed 0, target acceptance 0.9, jit-compiled, 1000 warmup
+steps and 20000 draws, on non-centred twins of the models (``a``, ``b`` by
 ``LocScaleReparam``; ``ab = mu_ab + diag(tau) L z``), so the draws are of the same
 posterior without funnels. Measured on this project's CPU machine (x86_64, 2 cores, 1
-torch thread, torch 2.13.0+cpu, pyro-ppl 1.9.2): intercepts 82 s (min ESS 857), slopes
-252 s (min ESS 640), correlated 294 s (min ESS 376), no divergences (the last two shared
-the machine with another process); ``seconds`` in each JSON. The Monte Carlo
+torch thread, torch 2.13.0+cpu, pyro-ppl 1.9.2): intercepts 242 s (min ESS 7786),
+slopes 622 s (min ESS 3430), correlated 704 s (min ESS 3798), no divergences (with
+another process on the machine); ``seconds`` in each JSON. With 3000 draws (min ESS
+376-857) the references' own error hid a 15% too narrow sd of the LKJ model's scales. The Monte Carlo
 error of a reference mean is about 1/sqrt(ESS) reference sds, so over ~170-260
 coordinates the worst error of even an exact method is expected near
 3/sqrt(min ESS) (reported under each table as the noise floor).
@@ -79,7 +80,7 @@ from .models.county import (COUNTY_MODELS, CountyModel, collapsed_intercepts, gr
                             varying_intercepts)
 
 Moments = Mapping[str, Mapping[str, torch.Tensor]]
-NUTS_DRAWS = (500, 3000)           # warmup, samples per radon reference
+NUTS_DRAWS = (1000, 20000)         # warmup, samples per radon reference (4-15 min each)
 SYNTHETIC_NUTS_DRAWS = (500, 4000)  # the collapsed model: 4 parameters, cheap
 TARGET_MEAN, TARGET_SD = 0.1, 0.1  # the issue's target: 0.1 posterior sd, 10% in sd
 
