@@ -8,7 +8,7 @@ element: on a movielens-shaped model (user vectors under a vector mean and a vec
 log-scale, each its own group) a step took 3.4 s against 0.33 s centred. The global
 (plate-free) parents of such a site therefore share one particle dim, as the global
 latents of an indexed-rows model already do, and the log density keeps the size it had
-centred (K for the globals times K for the site's own group); the same step took 80 ms.
+centred (K for the globals times K for the site's own group); the same step took 87 ms.
 """
 
 from __future__ import annotations

@@ -357,7 +357,9 @@ class Inference:
 
     @torch.no_grad()
     def evaluate_loss(self, *args, **kwargs) -> float:
-        """``-log P_hat`` for fresh particles from the current q, without updating it."""
+        """``-log P_hat`` for fresh particles from the fitted q (the running average of
+        its iterates where ``average_from`` keeps one, as for every output), without
+        updating it."""
         if self.process_group is not None:
             self.process_group.what = "evaluate_loss"
         with step_threads(self.num_threads, self._largest_factor):
