@@ -260,8 +260,19 @@ class QEMGuide(Messenger):
 
     def model_run(self, *args, **kwargs):
         """Run the model as this guide sees it (non-centred sites rewritten)."""
-        with self._rewrite():
-            return self.model(*args, **kwargs)
+        return self.rewritten(self.model)(*args, **kwargs)
+
+    def rewritten(self, fn: Callable) -> Callable:
+        """``fn`` (a model) with this guide's non-centred sites rewritten to their
+        standardised latents, the sites q covers (``fn`` itself when none are)."""
+        if not self.noncentring_plan:
+            return fn
+
+        def run(*args, **kwargs):
+            with self._rewrite():
+                return fn(*args, **kwargs)
+
+        return run
 
     def init_gradient_sites(self, prototypes: Sequence[Prototype]) -> None:
         """Hook for subclasses: create the parameters of gradient-fitted sites at set-up

@@ -129,14 +129,9 @@ def guide_log_weights(model: Callable, guide: QEMGuide, *args, num_samples: int 
         )
     draws = sample_guide(guide, num_samples, averaged=averaged)
     qs = guide.distributions(averaged=averaged)
-
-    def rewritten(*a, **k):
-        # q's non-centred sites are the standardised latents of the model as the guide
-        # rewrites it: the weights are p / q of that model's latents.
-        with guide._rewrite():
-            return model(*a, **k)
-
-    trace, prototype, nesting = conditioned_trace(rewritten, draws, args, kwargs)
+    # q's non-centred sites are the standardised latents of the model as the guide
+    # rewrites it: the weights are p / q of that model's latents.
+    trace, prototype, nesting = conditioned_trace(guide.rewritten(model), draws, args, kwargs)
     total = torch.zeros(num_samples, dtype=torch.float64)
     for name, site in prototype.nodes.items():
         if site["type"] != "sample" or site["infer"].get("_deterministic"):
