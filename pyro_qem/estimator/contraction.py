@@ -362,8 +362,8 @@ class JointSource:
 
     def weights(self, grad: torch.Tensor) -> torch.Tensor:
         """``grad`` normalised to sum to 1 over the particle dims."""
-        if not self.particle_dims:  # (an empty dim list would sum over every dim)
-            return grad / grad
+        if not self.particle_dims:  # one combination (an empty dim list would sum over every dim)
+            return torch.ones_like(grad)
         return grad / grad.sum(self.particle_dims, keepdim=True)
 
 

@@ -74,9 +74,24 @@ def default_init_loc(site) -> torch.Tensor:
     try:
         return init_to_median(site)
     except NotImplementedError:
-        # A prior that cannot be sampled (a flat ImproperUniform): the point of its
-        # support that its bijection maps 0 to, as NUTS starts from.
-        return biject_to(fn.support)(torch.zeros(fn.shape()))
+        return _flat_start(fn)
+
+
+def init_to_sample_or_feasible(site) -> torch.Tensor:
+    """A prior draw (Pyro's ``init_to_sample``), or for a flat prior that cannot be
+    sampled the image of 0 under the bijection onto its support."""
+    from pyro.infer.autoguide.initialization import init_to_sample
+
+    try:
+        return init_to_sample(site)
+    except NotImplementedError:
+        return _flat_start(site["fn"])
+
+
+def _flat_start(fn) -> torch.Tensor:
+    # A prior that cannot be sampled (a flat ImproperUniform): the point of its support
+    # that its bijection maps 0 to, as NUTS starts from.
+    return biject_to(fn.support)(torch.zeros(fn.shape()))
 
 
 def _init_draws(site: SiteInfo, node, options: InitOptions) -> torch.Tensor:

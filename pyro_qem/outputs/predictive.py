@@ -19,7 +19,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.util import prune_subsample_sites
 
-from ..guides.initialisation import default_init_loc
+from ..guides.initialisation import init_to_sample_or_feasible
 from ..handlers import UnconditionData
 from ..handlers.noncentring import SUFFIX
 
@@ -28,9 +28,9 @@ Draws = Dict[str, torch.Tensor]
 
 def model_trace(model: Callable, args: tuple, kwargs: dict) -> Trace:
     """One run of ``model``, hidden from outer handlers, for its sites' shapes: latents
-    at the guides' default initial values (a prior such as ``ImproperUniform`` cannot
-    be sampled)."""
-    with torch.no_grad(), poutine.block(), InitMessenger(default_init_loc):
+    from the prior (a flat prior such as ``ImproperUniform``, which cannot be sampled,
+    at a feasible point)."""
+    with torch.no_grad(), poutine.block(), InitMessenger(init_to_sample_or_feasible):
         trace = poutine.trace(model).get_trace(*args, **kwargs)
     return prune_subsample_sites(trace)
 

@@ -102,6 +102,7 @@ def plate_layout(record: SiteRecord, nesting: int) -> Tuple[Tuple[int, ...], Tup
     used = max([-f.dim for f in record.frames if f.name != PARTICLE_SETS], default=0)
     return tuple(batch), tuple(batch[nesting - used:])
 
+
 def _check_full_plates(records: Sequence[SiteRecord], what: str) -> None:
     for record in records:
         for frame in record.frames:
