@@ -179,3 +179,21 @@ def test_compare_selected_grid_is_the_recommended_qem_against_svi():
     labels = [config.label for config in compare.method_grid(False, 200, selected=True)]
     assert labels == ["QEM K=30 lr=0.1 avg>100", "QEM K=30 lr=0.1 avg>100 compile=inductor",
                       "SVI lr=0.01", "SVI lr=0.03"]
+
+
+def test_reference_ess_matches_pyro_and_is_infinite_for_constant_coordinates():
+    """The references' own ESS (Pyro's needs memory quadratic in the draws) gives
+    Pyro's values on an AR(1) chain, and a constant coordinate (a Cholesky factor's
+    fixed entries) has no Monte Carlo error."""
+    from pyro.ops.stats import effective_sample_size as pyro_ess
+
+    from benchmarks.reference import effective_sample_size
+
+    generator = torch.Generator().manual_seed(0)
+    chain = torch.zeros(2000, 3, dtype=torch.float64)
+    for i in range(1, 2000):
+        chain[i] = 0.8 * chain[i - 1] + torch.randn(3, generator=generator, dtype=torch.float64)
+    chain[:, 2] = 1.0
+    ours = effective_sample_size(chain)
+    assert torch.allclose(ours[:2], pyro_ess(chain[:, :2].unsqueeze(0)), rtol=1e-9)
+    assert math.isinf(ours[2].item())
