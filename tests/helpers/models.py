@@ -4,6 +4,7 @@ fresh Python process, e.g. to load a pickled guide)."""
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.ops.indexing import Vindex
 
 
 def radon_like(x, y, c=1.0):
@@ -44,3 +45,14 @@ def logistic_laplace(X, y):
     from benchmarks.scale_accuracy import laplace
 
     return laplace(X, y)
+
+
+def mixture(y):
+    """Two Normal components with an exactly enumerated label per point. Priors centred
+    at -2 and 2 break the label symmetry; as with Pyro's enumeration, Vindex lets the
+    particle and enumeration dims broadcast."""
+    locs = pyro.sample("locs", dist.Normal(torch.tensor([-2.0, 2.0]), 1.0).to_event(1))
+    with pyro.plate("data", len(y)):
+        c = pyro.sample("c", dist.Categorical(torch.tensor([0.5, 0.5])),
+                        infer={"enumerate": "parallel"})
+        pyro.sample("obs", dist.Normal(Vindex(locs)[..., c], 1.0), obs=y)

@@ -5,21 +5,13 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.ops.indexing import Vindex
 
 from pyro_qem import AutoQEM, Inference
+from tests.helpers.models import mixture
 
 N_MIX = 40
 
 
-def mixture(y):
-    # Priors centred at -2 and 2 break the label symmetry. As with Pyro's enumeration,
-    # index with Vindex so that particle and enumeration dims broadcast.
-    locs = pyro.sample("locs", dist.Normal(torch.tensor([-2.0, 2.0]), 1.0).to_event(1))
-    with pyro.plate("data", len(y)):
-        c = pyro.sample("c", dist.Categorical(torch.tensor([0.5, 0.5])),
-                        infer={"enumerate": "parallel"})
-        pyro.sample("obs", dist.Normal(Vindex(locs)[..., c], 1.0), obs=y)
 
 
 def grid_moments(log_density, axes):

@@ -7,8 +7,8 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.ops.indexing import Vindex
 
+from tests.helpers.models import mixture
 from tests.helpers.fitted_models import J, fit_model, hierarchy, hierarchy_data, restore
 from pyro_qem import AutoQEM, Inference
 from pyro_qem.outputs import QEMDiagnosticWarning, diagnose, khat_threshold, pareto_khat
@@ -131,14 +131,6 @@ def test_diagnose_runs_on_a_flat_prior():
     assert report.khat is not None and report.khat < report.khat_threshold
 
 
-def _mixture(y):
-    locs = pyro.sample("locs", dist.Normal(torch.tensor([-3.0, 3.0]), 1.0).to_event(1))
-    with pyro.plate("data", len(y)):
-        c = pyro.sample("c", dist.Categorical(torch.tensor([0.5, 0.5])),
-                        infer={"enumerate": "parallel"})
-        pyro.sample("y", dist.Normal(Vindex(locs)[..., c], 0.5), obs=y)
-
-
 def test_enumerated_sites_are_neither_flagged_nor_given_a_khat():
     """A well-separated mixture's labels are certain: their exact posterior over the
     support has an "ESS" of 1, which is not degeneracy. q draws no labels, so k-hat
@@ -149,7 +141,7 @@ def test_enumerated_sites_are_neither_flagged_nor_given_a_khat():
     pyro.set_rng_seed(0)
     pyro.clear_param_store()
     y = torch.tensor([-3.1, -2.8, 3.2, 2.9, 3.0])
-    inference = Inference(_mixture, AutoQEM(_mixture), K=30, lr=0.2, average_from=50)
+    inference = Inference(mixture, AutoQEM(mixture), K=30, lr=0.2, average_from=50)
     for _ in range(100):
         inference.step(y)
     with warnings.catch_warnings():
@@ -158,4 +150,4 @@ def test_enumerated_sites_are_neither_flagged_nor_given_a_khat():
     assert "c" not in report.ess and not report.flagged
     assert report.khat is None and "'c'" in report.khat_note
     with pytest.raises(NotImplementedError, match="enumerates \\['c'\\]"):
-        guide_log_weights(_mixture, inference.guide, y)
+        guide_log_weights(mixture, inference.guide, y)

@@ -5,9 +5,9 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.ops.indexing import Vindex
 from scipy import stats
 
+from tests.helpers.models import mixture
 from tests.helpers.fitted_models import (
     J,
     Fitted,
@@ -129,14 +129,6 @@ def test_subsampled_plate_is_refused_with_advice():
     inference = Inference(subsampled, AutoQEM(subsampled), K=5)
     with pytest.raises(ValueError, match=r"pyro.plate\('data'\) is subsampled \(5 of 20"):
         posterior_moments(inference, y, num_runs=1)
-
-
-def mixture(y):
-    locs = pyro.sample("locs", dist.Normal(torch.tensor([-2.0, 2.0]), 1.0).to_event(1))
-    with pyro.plate("data", len(y)):
-        c = pyro.sample("c", dist.Categorical(torch.tensor([0.5, 0.5])),
-                        infer={"enumerate": "parallel"})
-        pyro.sample("obs", dist.Normal(Vindex(locs)[..., c], 1.0), obs=y)
 
 
 def test_enumerated_site_draws_follow_its_marginal():
