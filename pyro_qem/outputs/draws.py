@@ -56,7 +56,8 @@ class JointDraws(dict):
     :ivar effective_draws: the number of independent draws with the same Monte Carlo
         error for the worst-resolved group: ``num_samples / (1 + (draws_per_set - 1)
         * rho)``, where ``rho = sum_k w_k^2`` (averaged over plate elements and sets)
-        is the chance that two draws from one set repeat that group's particle.
+        is the chance that two draws from one set repeat that group's particle
+        (sampled groups only: an enumerated site's draws are exact given the set).
     """
 
     draws_per_set: int = 1
@@ -110,7 +111,8 @@ def sample_posterior(
         check_count("draws_per_run", draws_per_run)
     first = weighted_run(inference, args, kwargs, "sample_posterior", weights=True)
     rho = _repeat_chance(first)
-    per_set = draws_per_run if draws_per_run != "auto" else 1 + int(REPEAT_COST / rho)
+    per_set = draws_per_run if draws_per_run != "auto" else (
+        num_samples if rho == 0 else 1 + int(REPEAT_COST / rho))
     per_set = _agreed(inference, min(per_set, num_samples))
     num_sets = math.ceil(num_samples / per_set)
     chunks = [resample_run(first, per_set, sites)]
@@ -124,11 +126,20 @@ def sample_posterior(
 
 
 def _repeat_chance(run: WeightedRun) -> float:
-    """The largest over groups of the mean chance that two draws from one set pick
-    the same particle of the group (``sum_k w_k^2`` per plate element)."""
-    chances = [(w ** 2).sum(s.particle_dim).mean().item()
-               for s, w in ((s, run.weights[s.group]) for s in run.sources)]
-    return max(chances, default=1.0)
+    """The largest over sampled groups of the mean chance that two draws from one set
+    pick the same particle of the group (``sum_k w_k^2`` per plate element).
+
+    Enumerated groups are left out: their dim holds the whole support, and two draws
+    from one set that pick the same value are two exact draws from its conditional
+    posterior, not a repeated Monte Carlo particle (a confidently assigned mixture label
+    has ``sum_k w_k^2`` near 1 and would otherwise force one draw per set). With no
+    sampled group every draw is exact given the set: chance 0."""
+    sites = run.structure.sites
+    sampled = {g.index for g in run.structure.groups
+               if not any(sites[name].enumerated for name in g.sites)}
+    chances = [(run.weights[s.group] ** 2).sum(s.particle_dim).mean().item()
+               for s in run.sources if s.group in sampled]
+    return max(chances, default=0.0)
 
 
 def _agreed(inference: Inference, count: int) -> int:

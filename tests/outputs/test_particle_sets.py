@@ -15,6 +15,8 @@ from pyro_qem import AutoQEM, Inference
 from pyro_qem.outputs import resample_run, sample_posterior
 from pyro_qem.outputs.sites import weighted_run
 
+from tests.helpers.models import mixture
+
 Y = torch.tensor([0.7, -1.2], dtype=torch.float64)
 K, SETS = 3, 4
 
@@ -100,6 +102,45 @@ def test_sample_posterior_reports_draws_per_set_and_effective_draws():
     with pytest.raises(ValueError, match="draws_per_run must be a positive int"):
         sample_posterior(inference, Y, num_samples=5, draws_per_run=0)
 
+
+
+def test_enumerated_labels_are_not_counted_as_repeated_particles():
+    """Two draws from one set that give a point the same (certain) label are two exact
+    draws of it; only the sampled group's weights decide the draws per set (before, a
+    confident label's sum_k w_k^2 ~ 1 forced one draw, and one model run, per draw)."""
+    y = torch.tensor([-4.0, -3.5, 3.0, 4.2, 3.6])
+    pyro.set_rng_seed(3)
+    inference = Inference(mixture, AutoQEM(mixture), K=30, lr=0.2)
+    for _ in range(30):
+        inference.step(y)
+    run = weighted_run(inference, (y,), {}, "test")
+    labels = run.weights[run.structure.group_of("c").index]
+    assert (labels ** 2).sum(0).min() > 0.99  # the labels are certain
+    draws = sample_posterior(inference, y, num_samples=60)
+    assert draws.draws_per_set > 1 and draws.num_sets == math.ceil(60 / draws.draws_per_set)
+    assert 0.8 * 60 <= draws.effective_draws <= 60
+    assert (draws["c"] == torch.tensor([0, 0, 1, 1, 1])).all()
+
+
+def test_a_model_with_only_enumerated_latents_draws_every_sample_from_one_run():
+    locs = torch.tensor([-1.0, 1.0])
+
+    def labels(y):
+        with pyro.plate("data", len(y)):
+            c = pyro.sample("c", dist.Categorical(torch.tensor([0.3, 0.7])),
+                            infer={"enumerate": "parallel"})
+            pyro.sample("obs", dist.Normal(locs[c], 1.0), obs=y)
+
+    y = torch.tensor([-1.0, 0.2, 1.5])
+    pyro.set_rng_seed(4)
+    inference = Inference(labels, AutoQEM(labels), K=5)
+    inference.step(y)
+    n = 4000
+    draws = sample_posterior(inference, y, num_samples=n)
+    assert (draws.draws_per_set, draws.num_sets, draws.effective_draws) == (n, 1, n)
+    exact = (torch.tensor([0.3, 0.7]).log() + dist.Normal(locs, 1.0).log_prob(y[:, None])).softmax(-1)[:, 1]
+    se = (exact * (1 - exact) / n).sqrt()
+    assert ((draws["c"].double().mean(0) - exact).abs() < 5 * se).all()
 
 def fussy(y):
     mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
