@@ -269,9 +269,13 @@ def _index_draws(run: WeightedRun, num_draws: int):
     if links:
         factors, _ = fold_links(factors, links, local_dims(run.structure), {}, rows_of=rows_of)
     outer = _SampleTree(factors, query_of)
+    # Row plates with latents of their own; the others (observed rows only) have
+    # nothing to draw.
+    sampled_rows = [link for link in reversed(link_order(links))
+                    if any(f.name in query_of for f in rows_of[link.child])]
     for _ in range(num_draws):
         drawn = outer.draw()
-        for link in reversed(link_order(links)):
+        for link in sampled_rows:
             conditioned = [_conditioned(f, drawn, link.child, links, run) for f in rows_of[link.child]]
             drawn.update(_SampleTree(conditioned, query_of).draw())
         yield {group: _index_layout(run, group, index, dims) for group, (index, dims) in drawn.items()}
