@@ -37,9 +37,17 @@ def particle_run_errors(recorder: SiteRecorder, num_particles: int) -> Iterator[
     """
     try:
         yield
-    except (RuntimeError, ValueError, TypeError) as error:
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
         if _is_control_flow(error):
             raise ValueError(_control_flow_message(recorder, num_particles, error)) from error
+        if isinstance(error, ValueError) and str(error).startswith("Shape mismatch inside plate"):
+            # The model ran at set-up, so the plate fitted one value per site: K
+            # particles on the left moved a dim it indexed or reshaped from the left.
+            raise ValueError(_runtime_message(recorder, num_particles, error)) from error
+        if type(error) is IndexError:
+            # e.g. a[county] with more counties than particles: the index hit the
+            # particle dim.
+            raise IndexError(_runtime_message(recorder, num_particles, error)) from error
         if type(error) is not RuntimeError:
             raise
         raise RuntimeError(_runtime_message(recorder, num_particles, error)) from error
@@ -80,6 +88,7 @@ def _runtime_message(recorder: SiteRecorder, num_particles: int, error: Exceptio
         f"{error} [pyro_qem: the model failed {_where(recorder)} while running with "
         f"K={num_particles} particles per latent site, after running fine at set-up with "
         "one value per site. Each latent value has its K particles in a dim left of the "
-        "plates: index and reshape from the right (x[..., i], Vindex, .expand(batch + "
-        "shape)), and do not use Python control flow on sampled values.]"
+        "plates: index and reshape from the right (a[..., county], not a[county]; "
+        "Vindex; .expand(batch + shape)), and do not use Python control flow on sampled "
+        "values.]"
     )

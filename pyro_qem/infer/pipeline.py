@@ -124,7 +124,8 @@ def _check_links_found(structure: ModelStructure, links: Dict[str, torch.Tensor]
             f"At set-up, rows of pyro.plate('{child}') read latents of "
             f"pyro.plate('{structure.links[child]}') through an integer index, but in this "
             "run no such index was applied. The model must index the same way in every "
-            "call (e.g. a[..., county] with county as long as the rows' plate)."
+            "call, from the right: a[..., county] with county as long as the rows' plate "
+            "(a[county] indexes from the left, which under QEM is the particle dim)."
         )
 
 

@@ -267,6 +267,26 @@ def test_other_particle_errors_keep_their_type_and_name_the_site():
         run_checked(model, torch.randn(10))
 
 
+
+def indexed_from_the_left(county, y, num_counties):
+    """``a[county]`` as written for SVI: it runs with one value per site, but with K
+    particles on the left the index lands on the particle dim."""
+    with pyro.plate("county", num_counties):
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+    with pyro.plate("house", len(county)):
+        pyro.sample("y", dist.Normal(a[county], 1.0), obs=y)
+
+
+@pytest.mark.parametrize("num_counties, K, error", [
+    (5, 30, ValueError),   # the index picks particles: a shape that does not fit the plate
+    (35, 30, IndexError),  # more counties than particles: out of the particle dim's range
+    (40, 50, ValueError),  # it fits the plate's shape: no index of the county dim is seen
+])
+def test_an_index_from_the_left_says_to_index_from_the_right(num_counties, K, error):
+    county = torch.arange(40) % num_counties
+    with pytest.raises(error, match=r"a\[\.\.\., county\].*a\[county\]"):
+        step(indexed_from_the_left, county, torch.randn(40), num_counties, K=K)
+
 def test_errors_of_pyro_qem_pass_through_unchanged():
     recorder = SiteRecorder()
     with pytest.raises(ValueError, match="^Site 'a' is wrong$"):
