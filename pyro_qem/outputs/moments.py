@@ -10,11 +10,11 @@ shrinks the Monte Carlo error further, roughly as ``1 / sqrt(num_runs)``.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..infer.pipeline import WeightedRun
+from ..infer.pipeline import ParticleRun, WeightedRun
 from .sites import check_count, plate_layout, resolve_fn, select_outputs, to_site_shape, weighted_run
 
 from ..infer.inference import Inference
@@ -54,10 +54,18 @@ def moment_runs(
         float64.
     """
     check_count("num_runs", num_runs)
-    derived = lambda run: select_outputs(run, sites, "posterior_moments")[1]  # noqa: E731
-    per_run = [_moments_of_run(weighted_run(inference, args, kwargs, "moments", joint=derived),
-                               fn, sites)
-               for _ in range(num_runs)]
+    per_run = []
+    for _ in range(num_runs):
+        # The sites are chosen once per run, before it is weighed: the deterministic
+        # ones among them need joint weights.
+        chosen: Dict[str, Tuple[List[str], List[str]]] = {}
+
+        def derived(run: ParticleRun) -> List[str]:
+            chosen["outputs"] = select_outputs(run, sites, "posterior_moments")
+            return chosen["outputs"][1]
+
+        weighed = weighted_run(inference, args, kwargs, "moments", joint=derived)
+        per_run.append(_moments_of_run(weighed, fn, *chosen["outputs"]))
     return {name: torch.stack([run[name] for run in per_run]) for name in per_run[0]}
 
 
@@ -89,9 +97,11 @@ def posterior_moments(
     return {name: value.mean(0) for name, value in runs.items()}
 
 
-def _moments_of_run(run: WeightedRun, fn: Statistic, sites: Optional[Sequence[str]]
-                    ) -> Dict[str, torch.Tensor]:
-    names, derived = select_outputs(run.run, sites, "posterior_moments")
+def _moments_of_run(run: WeightedRun, fn: Statistic, names: Sequence[str],
+                    derived: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """The weighted moments of the latent sites ``names`` and the deterministic sites
+    ``derived`` (as :func:`~pyro_qem.outputs.sites.select_outputs` chose them) in one
+    run, in model order."""
     out = {}
     for name in names:
         site = run.structure.sites[name]
