@@ -23,7 +23,7 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.ops.rings import LogRing
 
 from ..model.structure import ModelStructure, Symbols
-from ..handlers import SiteRecord, is_subsampled
+from ..handlers import SiteRecord, is_subsampled, user_scale
 from .log_prob import log_prob
 
 
@@ -39,11 +39,7 @@ class LogFactor:
 
 def plate_user_scale(record: SiteRecord):
     """The site's scale without the ``N / B`` factors of its subsampled plates."""
-    scale = record.scale
-    for frame in record.frames:
-        if is_subsampled(frame):
-            scale = scale * frame.size / frame.full_size
-    return scale
+    return user_scale(record.scale, record.frames)
 
 
 def log_factors(records: Sequence[SiteRecord], structure: ModelStructure, symbols: Symbols,

@@ -9,8 +9,8 @@ from .index_probe import IndexedValue, IndexProbe, IndexUse, plain
 from .noncentring import NonCentring
 from .params import ParamCollector
 from .plate_chunks import PlateChunkMessenger
-from .record import ParticleDraw, SiteRecord, SiteRecorder, is_subsampled
+from .record import ParticleDraw, SiteRecord, SiteRecorder, is_subsampled, user_scale
 from .uncondition import UnconditionData
 
 __all__ = ["IndexProbe", "IndexUse", "IndexedValue", "NonCentring", "ParamCollector", "ParticleDraw", "PlateChunkMessenger", "SiteRecord", "SiteRecorder",
-           "UnconditionData", "is_subsampled", "plain"]
+           "UnconditionData", "is_subsampled", "plain", "user_scale"]

@@ -37,7 +37,7 @@ from pyro.poutine.reparam_messenger import _get_init_messengers
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import Independent, MultivariateNormal, Normal, biject_to
 
-from .record import is_subsampled
+from .record import is_subsampled, user_scale
 
 #: The suffix of the standardised site that replaces a non-centred site ``z``.
 SUFFIX = "_decentered"
@@ -196,17 +196,13 @@ def _reweighted(msg) -> Optional[str]:
     mask = msg["mask"]
     if mask is False or (isinstance(mask, torch.Tensor) and not bool(mask.all())):
         return "masked (poutine.mask)"
-    subsample = 1.0
-    for frame in msg["cond_indep_stack"]:
-        if is_subsampled(frame):
-            subsample *= frame.full_size / frame.size
-    scale = msg["scale"]
+    scale = user_scale(msg["scale"], msg["cond_indep_stack"])
     if isinstance(scale, torch.Tensor):
         if scale.numel() != 1:
             return "scaled element by element (poutine.scale)"
         scale = float(scale)
-    if abs(scale - subsample) > 1e-9 * subsample:
-        return f"scaled by {scale / subsample:g} (poutine.scale)"
+    if abs(scale - 1.0) > 1e-9:
+        return f"scaled by {scale:g} (poutine.scale)"
     return None
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -16,6 +16,15 @@ from .params import ParamCollector
 def is_subsampled(frame: CondIndepStackFrame) -> bool:
     """Whether a plate frame holds a minibatch (``subsample_size`` smaller than its size)."""
     return frame.full_size is not None and frame.full_size != frame.size
+
+
+def user_scale(scale, frames: Iterable[CondIndepStackFrame]):
+    """A site's scale (float or tensor, as Pyro's messages carry it) without the
+    ``N / B`` factors of its subsampled plates: what ``poutine.scale`` put there."""
+    for frame in frames:
+        if is_subsampled(frame):
+            scale = scale * frame.size / frame.full_size
+    return scale
 
 
 @dataclass
