@@ -187,3 +187,17 @@ def scipy_elementwise(fn: Callable, *args: torch.Tensor) -> torch.Tensor:
     """
     arrays = np.broadcast_arrays(*(a.detach().double().cpu().numpy() for a in args))
     return torch.as_tensor(fn(*arrays), dtype=torch.float64, device=args[-1].device)
+
+
+def defensive_logits(logits: torch.Tensor, num_particles: int, binary: bool = False) -> torch.Tensor:
+    """Logits of ``(1 - e) q + e * uniform`` with ``e = min(1 / 2, 1 / K)``: q's
+    categories (last dim of ``logits``; a single success logit when ``binary``) mixed
+    with the uniform distribution over them, so that every value keeps a probability of
+    at least ``e / C`` (see :meth:`~pyro_qem.families.Family.proposal_params`)."""
+    mix = min(0.5, 1.0 / num_particles)
+    logits = logits.double()
+    if binary:
+        prob = (1 - mix) * torch.sigmoid(logits) + mix / 2
+        return prob.log() - (-prob).log1p()
+    probs = (1 - mix) * torch.softmax(logits, -1) + mix / logits.shape[-1]
+    return probs.log()

@@ -127,6 +127,19 @@ class Family(ABC):
     def distribution(self, params: Params, event_shape: torch.Size) -> torch.distributions.Distribution:
         """The distribution with ``params``; its event shape is ``event_shape``."""
 
+    def proposal_params(self, params: Params, num_particles: int) -> Params:
+        """The parameters particles are drawn from, given q's (float64) and K.
+
+        The default is q itself. Discrete families mix in a little of the uniform
+        distribution (weight ``1 / K``): a value whose posterior probability is a few
+        percent is otherwise drawn so rarely that the moment update, which only sees
+        drawn values, drives its q probability to the floor, where it is never drawn
+        again (an absorbing state that reports probability 0). The particles' weights
+        divide by this proposal's density, so the moments they give stay those of the
+        posterior.
+        """
+        return params
+
     def init_moments(self, draws: torch.Tensor, event_shape: torch.Size) -> Moments:
         """Initial mean parameters from draws of the prior (draws along dim 0).
 

@@ -10,7 +10,7 @@ from torch.distributions import constraints
 
 import pyro.distributions as dist
 
-from ._special import CENTRE_MARGIN, probs_to_logits, scipy_elementwise
+from ._special import CENTRE_MARGIN, defensive_logits, probs_to_logits, scipy_elementwise
 from .base import ANY_EVENT_DIMS, Family, Moments, Params
 from .support import integer_interval_bounds, unwrap_prior
 
@@ -59,6 +59,11 @@ class Bernoulli(Family):
 
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
         return dist.Bernoulli(logits=params["logits"]).to_event(len(event_shape))
+
+    def proposal_params(self, params: Params, num_particles: int) -> Params:
+        """q mixed with Bernoulli(1/2) at weight ``1 / K`` (see
+        :meth:`Family.proposal_params`)."""
+        return {**params, "logits": defensive_logits(params["logits"], num_particles, binary=True)}
 
     def init_moments(self, draws: torch.Tensor, event_shape: torch.Size) -> Moments:
         return (_smoothed_mean(draws),)

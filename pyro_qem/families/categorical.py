@@ -10,7 +10,7 @@ from torch.distributions import constraints
 
 import pyro.distributions as dist
 
-from ._special import normalised_log_probs, scipy_elementwise
+from ._special import defensive_logits, normalised_log_probs, scipy_elementwise
 from .base import ANY_EVENT_DIMS, AnyEventDims, Family, Moments, Params
 from .support import integer_interval_bounds, support_kind, unwrap_prior, unwrap_support
 
@@ -116,6 +116,11 @@ class Categorical(Family):
 
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
         return dist.Categorical(logits=params["logits"]).to_event(len(event_shape))
+
+    def proposal_params(self, params: Params, num_particles: int) -> Params:
+        """q mixed with the uniform distribution over the categories at weight ``1 / K``
+        (see :meth:`Family.proposal_params`)."""
+        return {**params, "logits": defensive_logits(params["logits"], num_particles)}
 
     def init_moments(self, draws: torch.Tensor, event_shape: torch.Size) -> Moments:
         return (_smoothed_proportions(self.statistics(draws, event_shape)[0]),)
@@ -261,6 +266,11 @@ class OneHotCategorical(Family):
     def distribution(self, params: Params, event_shape: torch.Size) -> dist.Distribution:
         q = _OneHot(logits=params["logits"])
         return q.to_event(len(event_shape) - 1)
+
+    def proposal_params(self, params: Params, num_particles: int) -> Params:
+        """q mixed with the uniform distribution over the categories at weight ``1 / K``
+        (see :meth:`Family.proposal_params`)."""
+        return {**params, "logits": defensive_logits(params["logits"], num_particles)}
 
     def init_moments(self, draws: torch.Tensor, event_shape: torch.Size) -> Moments:
         return (_smoothed_proportions(draws),)

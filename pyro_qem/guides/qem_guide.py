@@ -442,8 +442,11 @@ class QEMGuide(Messenger):
         """q of the site on this run's plate elements, and the parameters it read
         (None for a moment-matched site)."""
         if site.name in self.families:
+            # Particles come from the family's proposal; Pyro's own draws (outside
+            # Inference: Predictive, SVI) from q itself.
             return self.proposal(site, self._selection(msg), averaged=self._averaged,
-                                 differentiable=differentiable), None
+                                 differentiable=differentiable,
+                                 num_particles=None if differentiable else self._num_particles), None
         self.selection = self._selection(msg)
         with ParamCollector() as collector:
             q = self.get_posterior(site.name, msg["fn"])
@@ -493,11 +496,14 @@ class QEMGuide(Messenger):
     # ------------------------------------------------------------- q and state
 
     def proposal(self, site: SiteInfo, selection: Selection = (), averaged: bool = False,
-                 differentiable: bool = False):
+                 differentiable: bool = False, num_particles: Optional[int] = None):
         """q of ``site`` on the plate elements ``selection`` picks, in the model's dtype.
 
         :param differentiable: read the state through ``pyro.param`` so that gradient
             methods (e.g. SVI) see and fit it.
+        :param num_particles: K, when the distribution is to propose K particles: then
+            it is the family's proposal (:meth:`~pyro_qem.families.Family.proposal_params`;
+            q itself for every continuous family).
         """
         family = self.families[site.name]
         batch_ndim = len(site.batch_shape)
@@ -509,6 +515,8 @@ class QEMGuide(Messenger):
         else:
             moments = self._moments(site, family, selection, averaged)
         params = family.params_from_moments(moments, site.event_shape)
+        if num_particles is not None:
+            params = family.proposal_params(params, num_particles)
         dtype = _float_dtype(site)
         params = {k: v.to(dtype=dtype, device=site.device) for k, v in params.items()}
         return family.distribution(params, site.event_shape)
