@@ -13,7 +13,7 @@ centred (K for the globals times K for the site's own group); the same step took
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence
 
 from ..handlers.noncentring import decentered_name
 from ..model import ModelStructure
@@ -68,3 +68,33 @@ def _merge(groups: List[List[str]]) -> List[List[str]]:
                 owner[s] = target
                 merged[target].append(s)
     return [g for g in merged if g]
+
+
+
+def undrawable_noncentred(structure: ModelStructure, noncentred: Sequence[str],
+                          prior_parents: Mapping[str, FrozenSet[str]]) -> Dict[str, List[str]]:
+    """Non-centred sites whose ``loc`` or ``scale`` reads a latent of a plate the site
+    is not in (through an index: ``Normal(s[..., county_state], sigma)`` in a county
+    plate, ``s`` in a state plate), each with those latents.
+
+    Such a site's value ``loc + scale * eps`` varies, per element, over the particles
+    of another plate's elements: the outputs cannot weigh it jointly (and
+    ``Predictive`` given the draws would redraw it from its prior, as the model has no
+    ``_decentered`` site), so it must stay centred.
+
+    :param prior_parents: site -> the latent sites its prior depends on, in the model
+        as written (:func:`~pyro_qem.model.prior_dependencies`).
+    """
+    sites = structure.sites
+    rewritten = {n: decentered_name(n) for n in noncentred}
+    found = {}
+    for name in noncentred:
+        if rewritten[name] not in sites:
+            continue
+        plates = sites[rewritten[name]].plates
+        outside = sorted(p for p in prior_parents.get(name, ()) if p != name
+                         and rewritten.get(p, p) in sites
+                         and not sites[rewritten.get(p, p)].plates <= plates)
+        if outside:
+            found[name] = outside
+    return found

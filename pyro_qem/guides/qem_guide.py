@@ -33,8 +33,8 @@ from ..families import Family
 from ..handlers import ParamCollector, ParticleDraw
 from ..handlers.noncentring import NonCentring, decentered_name, noncentring_plan
 from ..model import ModelStructure, PlateInfo, Prototype, Selection, SiteInfo, discover, gather
-from ..model import prototype_traces, rng_preserved, selection_of
-from .grouping import standardised_groups
+from ..model import prior_dependencies, prototype_traces, rng_preserved, selection_of
+from .grouping import standardised_groups, undrawable_noncentred
 from .initialisation import InitOptions, default_init_loc, initial_state
 from .layout import enumerated_support, in_dim, in_sets_dim, is_observed
 from .state import MomentState
@@ -200,15 +200,26 @@ class QEMGuide(Messenger):
         if self.structure is not None:
             return self.structure
         self.noncentring_plan = self._resolve_noncentre(args, kwargs)
-        prototypes = prototype_traces(self.model_run, args, kwargs,
-                                      self.init.init_loc_fn or default_init_loc)
-        self._check_noncentred(prototypes[0].trace)
-        groups = None if self.groups is None else [[self.site_name(n) for n in g] for g in self.groups]
-        structure = discover(prototypes[0], groups, self.max_plate_nesting)
-        if self.groups is None and self.noncentred:
-            regrouped = standardised_groups(structure, self.noncentred)
-            if regrouped is not None:
-                structure = discover(prototypes[0], regrouped, self.max_plate_nesting)
+        prototypes, structure = self._discovered(args, kwargs)
+        blocked = {}
+        if self.noncentred and structure.links:
+            # Only indexed plates let a site's loc or scale read another plate's latents.
+            with rng_preserved():
+                parents = prior_dependencies(self.model, args, kwargs) or {}
+            blocked = undrawable_noncentred(structure, self.noncentred, parents)
+        if blocked:
+            if self.noncentre != "auto":
+                name, parents = next(iter(blocked.items()))
+                raise ValueError(
+                    f"noncentre: site '{name}' reads {parents}, latent(s) of a plate it is "
+                    "not in (through an index), in its loc or scale: its non-centred value "
+                    "would vary over another plate's particles, which the outputs cannot "
+                    "draw or weigh. Leave it centred (drop it from noncentre=), or use "
+                    "noncentre='auto', which does."
+                )
+            for name in blocked:
+                del self.noncentring_plan[name]
+            prototypes, structure = self._discovered(args, kwargs)
         first = prototypes[0].trace.nodes
         families = {name: self.get_family(site, first[name]["fn"])
                     for name, site in structure.sites.items() if not site.enumerated}
@@ -225,6 +236,21 @@ class QEMGuide(Messenger):
             self.structure, self.families = structure, families
             self.init_gradient_sites(prototypes)
         return structure
+
+    def _discovered(self, args: tuple, kwargs: dict) -> Tuple[list, ModelStructure]:
+        """The prototype traces and the structure of the model as the current
+        non-centring plan rewrites it (with the default groups of its standardised
+        latents when ``groups`` is not given)."""
+        prototypes = prototype_traces(self.model_run, args, kwargs,
+                                      self.init.init_loc_fn or default_init_loc)
+        self._check_noncentred(prototypes[0].trace)
+        groups = None if self.groups is None else [[self.site_name(n) for n in g] for g in self.groups]
+        structure = discover(prototypes[0], groups, self.max_plate_nesting)
+        if self.groups is None and self.noncentred:
+            regrouped = standardised_groups(structure, self.noncentred)
+            if regrouped is not None:
+                structure = discover(prototypes[0], regrouped, self.max_plate_nesting)
+        return prototypes, structure
 
     def _resolve_noncentre(self, args: tuple, kwargs: dict) -> Dict[str, Optional[torch.Tensor]]:
         if self.noncentre is None:

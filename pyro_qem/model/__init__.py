@@ -6,10 +6,10 @@ This layer sits on :mod:`pyro_qem.handlers` and below everything else: the estim
 the guides, inference and outputs all read the same :class:`ModelStructure`.
 """
 
-from .discovery import Prototype, discover, prototype_traces, rng_preserved
+from .discovery import Prototype, discover, prior_dependencies, prototype_traces, rng_preserved
 from .selection import Selection, gather, scatter_, selection_of
 from .structure import GroupInfo, ModelStructure, PlateInfo, SiteInfo, Symbols, group_sites
 
 __all__ = ["GroupInfo", "ModelStructure", "PlateInfo", "Prototype", "Selection", "SiteInfo", "Symbols",
-           "discover", "gather", "group_sites", "prototype_traces", "rng_preserved", "scatter_",
+           "discover", "gather", "group_sites", "prior_dependencies", "prototype_traces", "rng_preserved", "scatter_",
            "selection_of"]

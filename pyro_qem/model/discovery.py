@@ -91,7 +91,7 @@ def prototype_traces(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Ca
                 seen = {tuple(c.get(n, 0) for n in sorted(num_chunks)) for c in done}
                 plan = done + [c for c in _chunk_plan(num_chunks, shared)
                                if tuple(c.get(n, 0) for n in sorted(num_chunks)) not in seen]
-        runs[0].dependencies = _dependencies(model, args, kwargs)
+        runs[0].dependencies = prior_dependencies(model, args, kwargs)
     return runs
 
 
@@ -164,7 +164,7 @@ def _chunk_plan(num_chunks: Mapping[str, int], shared: Sequence[FrozenSet[str]])
     return plan
 
 
-def _dependencies(model: Callable, args: tuple, kwargs: dict) -> Optional[Dict[str, FrozenSet[str]]]:
+def prior_dependencies(model: Callable, args: tuple, kwargs: dict) -> Optional[Dict[str, FrozenSet[str]]]:
     """site -> the latent sites its log density depends on (through any computation,
     reductions included), by Pyro's provenance tracking; None where the model cannot
     be traced that way (the check that uses it is then left to the shapes alone)."""
