@@ -274,7 +274,12 @@ def _check_dependency(record: SiteRecord, group, structure: ModelStructure) -> N
             f"{'is' if len(group.sites) == 1 else 'are'} inside plate(s) {outside} while "
             f"'{record.name}' is not. A variable outside a plate may not depend on one "
             "inside it (tensor variable elimination cannot sum such a graph); move the "
-            "site into the plate or restructure the model."
+            "site into the plate or restructure the model. If its rows look up their "
+            "group's value through an integer index, write the lookup on the latent "
+            "itself, from the right: a[..., index] (a vector latent: ab[..., index, :] "
+            "or ab[..., index, 0]), with the index as long as the rows' plate; other "
+            "forms (torch.take_along_dim, a one-hot matrix product, an index applied "
+            "after ab.unbind(-1)) are not recognised as an index."
         )
 
 
@@ -298,7 +303,10 @@ def _check_parents_kept(record: SiteRecord, dims: List[str], structure: ModelStr
         "site in dims left of the plates, the model reduced over those dims (e.g. "
         "z.mean() or z.sum() without dim=) or moved them (e.g. mu.unsqueeze(-2) on a "
         "latent outside the plate, which already has a size-1 slot for the plate dim, "
-        "so that its particles land in another latent's dim). Reduce only over named "
+        "so that its particles land in another latent's dim; or a.squeeze(-1), "
+        "a[..., i, 0] on a latent whose plate is at dim=-2: dropping a batch dim right "
+        "of the plates moves the particle dims into the plates' places; keep it, "
+        "a[..., i, :], or declare the plate at dim=-1). Reduce only over named "
         "rightmost dims (z.sum(-1)), and let broadcasting add plate dims: write "
         "mu + x rather than mu.unsqueeze(-2) + x (the same in a model without particles)."
     )

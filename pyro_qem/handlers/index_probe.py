@@ -126,10 +126,14 @@ def _indexed(value: torch.Tensor, site: str, plates: Dict[int, str], event_ndim:
     return wrapped
 
 
-def _rewrapped(result: torch.Tensor, source: IndexedValue, shift: int) -> IndexedValue:
-    """``result``, computed from ``source`` with every plate dim moved by ``shift``."""
+def _rewrapped(result: torch.Tensor, source: IndexedValue, shift: int,
+               event_shift: Optional[int] = None) -> IndexedValue:
+    """``result``, computed from ``source`` with every plate dim moved by ``shift``
+    and the event dims grown by ``event_shift`` (default ``-shift``: the dims added or
+    removed right of the plates were event dims)."""
     plates = {dim + shift: plate for dim, plate in source._qem_plates.items()}
-    return _indexed(result, source._qem_site, plates, source._qem_event_ndim - shift,
+    event_shift = -shift if event_shift is None else event_shift
+    return _indexed(result, source._qem_site, plates, source._qem_event_ndim + event_shift,
                     source._qem_uses)
 
 
@@ -146,7 +150,10 @@ def _event_reshaped(func, result, args, kwargs):
         return _rewrapped(result, source, -1) if new_dim > rightmost - 1 else result
     old_dim = dim if dim < 0 else dim - source.dim()
     if result.dim() == source.dim() - 1 and old_dim > rightmost:
-        return _rewrapped(result, source, 1)
+        # A size-1 batch dim between the plates and the event dims (a plate declared
+        # at dim=-2 over a value of shape (C, 1)) leaves the event dims as they were.
+        is_event = old_dim >= -source._qem_event_ndim
+        return _rewrapped(result, source, 1, -1 if is_event else 0)
     return result
 
 
@@ -180,33 +187,45 @@ def _derived(result, args, kwargs):
 
 def _record_getitem(value: IndexedValue, key) -> None:
     """Record ``value[key]`` when the key is Ellipsis / full slices and one integer
-    tensor, the layout ``a[..., index]`` that keeps every other dim in place."""
+    tensor, the layout ``a[..., index]`` that keeps every other dim in place; after an
+    Ellipsis, integers right of the index may pick event components
+    (``ab[..., index, 0]``) or drop size-1 dims."""
     key = key if isinstance(key, tuple) else (key,)
     tensors = [i for i, k in enumerate(key) if isinstance(k, torch.Tensor) and not k.dtype.is_floating_point
                and k.dtype != torch.bool]
     if len(tensors) != 1:
         return
-    if any(k is None or isinstance(k, int) for k in key):
-        return
     position = tensors[0]
     ellipsis = [i for i, k in enumerate(key) if k is Ellipsis]
-    if ellipsis and ellipsis[0] < position:
+    anchored_right = bool(ellipsis) and ellipsis[0] < position
+    if any(k is None for k in key) or any(isinstance(k, int) for k in key[:position]):
+        return
+    after = key[position + 1:]
+    if any(isinstance(k, int) for k in after) and not anchored_right:
+        return
+    if anchored_right:
         dim = -(len(key) - position)  # counted from the right, after the Ellipsis
     elif not ellipsis or ellipsis[0] > position:
         dim = position - value.dim()
     else:
         return
-    _record(value, dim, key[position])
+    # The indexed entries sit right of the index's dim, less the dims integers took;
+    # the event dims still there are the consuming site's, not batch dims.
+    kept = sum(1 for k in after if not isinstance(k, int))
+    kept_event = sum(1 for k in after[max(0, len(after) - value._qem_event_ndim):]
+                     if not isinstance(k, int))
+    _record(value, dim, key[position], batch_dim=-(1 + kept) + kept_event if anchored_right else None)
 
 
-def _record(value: IndexedValue, dim: int, index) -> None:
+def _record(value: IndexedValue, dim: int, index, batch_dim: Optional[int] = None) -> None:
     plate = value._qem_plates.get(dim)
     if plate is None or not isinstance(index, torch.Tensor):
         return
     nontrivial = [n for n in index.shape if n != 1]
     if len(nontrivial) > 1:
         return
-    batch_dim = dim + value._qem_event_ndim
+    if batch_dim is None:
+        batch_dim = dim + value._qem_event_ndim
     value._qem_uses.append(IndexUse(value._qem_site, plate, index.reshape(-1), batch_dim, _active_plates()))
 
 

@@ -93,6 +93,16 @@ def test_only_elementwise_operations_keep_the_record():
     assert back._qem_event_ndim == 1
     # The plate dim as a matrix dim: the product mixes plate elements.
     assert type(torch.ones(3, 4) @ z) is torch.Tensor
+    # Squeezing a size-1 batch dim right of the plate (a plate declared at dim=-2)
+    # moves the plate dim and leaves the event dims alone.
+    column = wrapped(torch.ones(4, 1))
+    column._qem_plates = {-2: "c"}
+    flat = column.squeeze(-1)
+    assert isinstance(flat, IndexedValue) and flat._qem_plates == {-1: "c"}
+    assert flat._qem_event_ndim == 0
+    # An integer for an event component after the index: the rows sit at dim -1.
+    z[..., torch.tensor([1, 2]), 0]
+    assert z._qem_uses[-1].batch_dim == -1 and z._qem_uses[-1].index.tolist() == [1, 2]
     index = torch.tensor([0, 0, 3])
     (a * 2.0)[..., index]
     a.flip(-1)[..., index]
@@ -114,22 +124,29 @@ HOUSE_X = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
 HOUSE_Y = torch.tensor([0.3, -0.2, 1.1], dtype=torch.float64)
 
 
-def multivariate(y, unsqueeze=False):
+def multivariate(y, unsqueeze=False, components=False):
     zero = torch.zeros(2, dtype=torch.float64)
     mu = pyro.sample("mu", dist.Normal(zero, 1.0).to_event(1))
     with pyro.plate("county", 2):
         z = pyro.sample("z", dist.Normal(zero, 1.0).to_event(1))
         ab = (mu.unsqueeze(-2) if unsqueeze else mu) + (L_FIXED @ z.unsqueeze(-1)).squeeze(-1)
     with pyro.plate("house", 3):
-        row = ab[..., HOUSE_COUNTY, :]
-        pyro.sample("y", dist.Normal(row[..., 0] + row[..., 1] * HOUSE_X, 1.0), obs=y)
+        if components:  # each component looked up with an integer for the event dim
+            loc = ab[..., HOUSE_COUNTY, 0] + ab[..., HOUSE_COUNTY, 1] * HOUSE_X
+        else:
+            row = ab[..., HOUSE_COUNTY, :]
+            loc = row[..., 0] + row[..., 1] * HOUSE_X
+        pyro.sample("y", dist.Normal(loc, 1.0), obs=y)
 
 
-def test_non_centred_multivariate_rows_fold_exactly():
-    """ab = mu + L @ z per county (the non-centred form of correlated effects)."""
+@pytest.mark.parametrize("components", [False, True])
+def test_non_centred_multivariate_rows_fold_exactly(components):
+    """ab = mu + L @ z per county (the non-centred form of correlated effects), read
+    as whole rows or component by component (ab[..., county, 0])."""
     pyro.set_rng_seed(1)
     K2 = 2
-    inference = Inference(multivariate, AutoQEM(multivariate), K=K2)
+    model = lambda y: multivariate(y, components=components)  # noqa: E731
+    inference = Inference(model, AutoQEM(model), K=K2)
     run = inference.run_particles(HOUSE_Y)
     assert run.structure.links == {"house": "county"}
     result = estimate(run.sites, run.structure, K2, links=run.links)
