@@ -278,8 +278,8 @@ def _check_dependency(record: SiteRecord, group, structure: ModelStructure) -> N
             "group's value through an integer index, write the lookup on the latent "
             "itself, from the right: a[..., index] (a vector latent: ab[..., index, :] "
             "or ab[..., index, 0]), with the index as long as the rows' plate; other "
-            "forms (torch.take_along_dim, a one-hot matrix product, an index applied "
-            "after ab.unbind(-1)) are not recognised as an index."
+            "forms (torch.take_along_dim, a one-hot matrix product) are not "
+            "recognised as an index."
         )
 
 

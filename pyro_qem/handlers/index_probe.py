@@ -100,6 +100,8 @@ class IndexedValue(torch.Tensor):
             return _derived(result, args, kwargs)
         if func in _EVENT_RESHAPES and isinstance(args[0], IndexedValue):
             return _event_reshaped(func, result, args, kwargs)
+        if func in _UNBIND and isinstance(args[0], IndexedValue):
+            return _event_unbound(result, args, kwargs)
         if func in _MATMUL:
             return _matmul(result, args)
         return result
@@ -110,6 +112,7 @@ class IndexedValue(torch.Tensor):
 # elements and move by one.
 _EVENT_RESHAPES = frozenset({torch.unsqueeze, torch.Tensor.unsqueeze, torch.squeeze,
                              torch.Tensor.squeeze})
+_UNBIND = frozenset({torch.unbind, torch.Tensor.unbind})
 _MATMUL = frozenset({torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
                      torch.Tensor.__rmatmul__})
 
@@ -155,6 +158,20 @@ def _event_reshaped(func, result, args, kwargs):
         is_event = old_dim >= -source._qem_event_ndim
         return _rewrapped(result, source, 1, -1 if is_event else 0)
     return result
+
+
+def _event_unbound(result, args, kwargs):
+    """``ab.unbind(dim)`` over an event dim (``a, b = ab.unbind(-1)`` for a vector
+    latent): each part keeps the plate dims, moved by one; anything else gives plain
+    tensors."""
+    source = args[0]
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+    if not isinstance(dim, int) or not isinstance(result, tuple):
+        return result
+    dim = dim if dim < 0 else dim - source.dim()
+    if dim < -source._qem_event_ndim:
+        return result
+    return tuple(_rewrapped(part, source, 1) for part in result)
 
 
 def _matmul(result, args):

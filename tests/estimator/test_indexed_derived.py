@@ -100,6 +100,11 @@ def test_only_elementwise_operations_keep_the_record():
     flat = column.squeeze(-1)
     assert isinstance(flat, IndexedValue) and flat._qem_plates == {-1: "c"}
     assert flat._qem_event_ndim == 0
+    # unbind over the event dim: each component keeps the plate, now at dim -1.
+    first, _ = z.unbind(-1)
+    assert isinstance(first, IndexedValue) and first._qem_plates == {-1: "c"}
+    assert first._qem_event_ndim == 0
+    assert type(z.unbind(-2)[0]) is torch.Tensor  # over the plate: the elements part
     # An integer for an event component after the index: the rows sit at dim -1.
     z[..., torch.tensor([1, 2]), 0]
     assert z._qem_uses[-1].batch_dim == -1 and z._qem_uses[-1].index.tolist() == [1, 2]
