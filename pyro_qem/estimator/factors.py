@@ -59,7 +59,7 @@ def log_factors(records: Sequence[SiteRecord], structure: ModelStructure, symbol
         if record.is_observed:
             factor = _masked(log_density, record.mask)
         else:
-            factor = _masked(log_density - record.draw.log_q, record.mask)
+            factor = _latent_factor(record, log_density, structure)
             group = structure.group_of(record.name)
             if group.index not in groups_done and not record.draw.enumerated:
                 groups_done.add(group.index)
@@ -199,6 +199,24 @@ def _with_message(error: Exception, message: str) -> Exception:
     except Exception:
         return ValueError(message)
     return new if str(new) == message else ValueError(message)
+
+
+def _latent_factor(record: SiteRecord, log_density: torch.Tensor, structure: ModelStructure
+                   ) -> torch.Tensor:
+    """``log p - log q`` of a latent site, with Pyro's mask semantics: a masked-out
+    element has a flat prior (its ``log p`` is dropped, ``log q`` kept: the particles
+    were drawn from q), unless no other site reads its value
+    (:attr:`~pyro_qem.model.ModelStructure.absent`), where the factor is 0 and its
+    particles keep uniform weights. In a subsampled plate every masked element counts
+    as absent (which elements are read is only known at full size)."""
+    log_q = record.draw.log_q
+    if any(is_subsampled(f) for f in record.frames):
+        return _masked(log_density - log_q, record.mask)
+    factor = _masked(log_density, record.mask) - log_q
+    absent = structure.absent.get(record.name)
+    if absent is not None:
+        factor = torch.where(absent.to(factor.device), factor.new_zeros(()), factor)
+    return factor
 
 
 def _masked(log_density: torch.Tensor, mask) -> torch.Tensor:

@@ -17,6 +17,7 @@ from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional,
 
 import torch
 
+import pyro.distributions as dist
 import pyro.poutine as poutine
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.infer.inspect import get_dependencies
@@ -49,6 +50,8 @@ class Prototype:
     index_uses: List[IndexUse] = field(default_factory=list)
     # site -> latent sites its log density depends on (first run only; None if unknown)
     dependencies: Optional[Dict[str, FrozenSet[str]]] = None
+    # masked latent site -> its masked elements that no other site reads (first run)
+    absent: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def prototype_traces(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Callable) -> List[Prototype]:
@@ -92,7 +95,90 @@ def prototype_traces(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Ca
                 plan = done + [c for c in _chunk_plan(num_chunks, shared)
                                if tuple(c.get(n, 0) for n in sorted(num_chunks)) not in seen]
         runs[0].dependencies = prior_dependencies(model, args, kwargs)
+        runs[0].absent = masked_unread(model, args, kwargs, runs[0].trace)
     return runs
+
+
+def element_mask(node) -> Optional[torch.Tensor]:
+    """A sample site's mask over its batch shape (True: counted), from
+    ``poutine.mask`` and from a masked distribution (``fn.mask(m)``, also under
+    ``.to_event``: an element counts unless all its components are masked), or None
+    when nothing is masked."""
+    fn = node["fn"]
+    shape = fn.batch_shape
+    mask = torch.ones(shape, dtype=torch.bool)
+    if node["mask"] is not None:
+        mask = mask & torch.as_tensor(node["mask"], dtype=torch.bool)
+    inner, reinterpreted = fn, 0
+    while isinstance(inner, (dist.Independent, dist.ExpandedDistribution)):
+        if isinstance(inner, dist.Independent):
+            reinterpreted += inner.reinterpreted_batch_ndims
+        inner = inner.base_dist
+    if isinstance(inner, dist.MaskedDistribution):
+        masked = torch.as_tensor(inner._mask, dtype=torch.bool).expand(inner.batch_shape)
+        if reinterpreted:
+            masked = masked.any(tuple(range(-reinterpreted, 0)))
+        mask = mask & masked.expand(shape)
+    return None if bool(mask.all()) else mask
+
+
+def masked_unread(model: Callable, args: tuple, kwargs: dict, trace: Trace) -> Dict[str, torch.Tensor]:
+    """For each continuous latent site with masked-out elements: those elements whose
+    value no other site's (masked, scaled) log density depends on, found by
+    differentiating the rest of the model with respect to the site at a prior draw.
+
+    Why: Pyro's ``poutine.mask`` on a latent drops its prior there. Where another site
+    still reads the value, the element has a flat prior (as in SVI or NUTS); where
+    nothing reads it (Pyro's ``obs_mask`` imputation at observed entries, padding), it
+    is absent, and its particles should keep uniform weights rather than chase a
+    flat, improper posterior. A discrete site's masked elements count as read (its q
+    has bounded support, or keeps it), a site in a subsampled plate as read too.
+    """
+    found: Dict[str, torch.Tensor] = {}
+    for name, node in trace.nodes.items():
+        if node["type"] != "sample" or node["is_observed"] or site_is_subsample(node):
+            continue
+        mask = element_mask(node)
+        if mask is None or node["fn"].support.is_discrete:
+            continue
+        if any(f.vectorized and f.full_size is not None and f.full_size != f.size
+               for f in node["cond_indep_stack"]):
+            continue
+        read = _elements_read(model, args, kwargs, trace, name)
+        if read is not None:
+            found[name] = ~mask & ~read
+    return {name: unread for name, unread in found.items() if bool(unread.any())}
+
+
+def _elements_read(model: Callable, args: tuple, kwargs: dict, trace: Trace, name: str
+                   ) -> Optional[torch.Tensor]:
+    """Per element of site ``name`` (batch shape): whether the log density of the
+    rest of the model depends on its value, at two random values; None where that
+    cannot be computed (the elements then count as read)."""
+    node = trace.nodes[name]
+    fn = node["fn"]
+    event_ndim = len(fn.event_shape)
+    read = torch.zeros(fn.batch_shape, dtype=torch.bool)
+    for _ in range(2):
+        try:
+            value = fn.sample().detach().clone().requires_grad_(True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with torch.enable_grad(), poutine.block():
+                    conditioned = poutine.condition(model, data={name: value})
+                    again = poutine.trace(poutine.replay(conditioned, trace=trace)).get_trace(*args, **kwargs)
+                    rest = again.log_prob_sum(site_filter=lambda n, site: n != name)
+                    if not rest.requires_grad:
+                        return read
+                    (grad,) = torch.autograd.grad(rest, value, allow_unused=True)
+        except Exception:  # noqa: BLE001 - the elements then count as read
+            return None
+        if grad is None:
+            return read
+        moved = grad.detach() != 0
+        moved = moved.any(tuple(range(-event_ndim, 0))) if event_ndim else moved
+        read = read | moved.expand(fn.batch_shape)
+    return read
 
 
 def _has_plated_latent(trace: Trace) -> bool:
@@ -318,7 +404,8 @@ def discover(
     outside = _outside_parents(trace, structure, prototype.dependencies)
     parents = {name: frozenset(p for p in upstream if p in sites)
                for name, upstream in (prototype.dependencies or {}).items()}
-    return dataclasses.replace(structure, outside_parents=outside, parents=parents)
+    absent = {name: mask for name, mask in prototype.absent.items() if name in sites}
+    return dataclasses.replace(structure, outside_parents=outside, parents=parents, absent=absent)
 
 
 def _outside_parents(trace: Trace, structure: ModelStructure,

@@ -82,6 +82,10 @@ class ModelStructure:
     # where the model could not be traced that way): each must leave its particle dim
     # in the site's log density, or the particles were mixed up.
     parents: Dict[str, FrozenSet[str]] = field(default_factory=dict)
+    # latent site -> its elements (batch shape) that are masked out (poutine.mask, or a
+    # masked distribution) and whose value no other site reads: absent, their particles
+    # keep uniform weights. A masked element that is read has a flat prior instead.
+    absent: Dict[str, torch.Tensor] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         site_to_group = {name: g.index for g in self.groups for name in g.sites}
