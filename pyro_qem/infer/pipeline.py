@@ -123,9 +123,15 @@ def _check_links_found(structure: ModelStructure, links: Dict[str, torch.Tensor]
         raise ValueError(
             f"At set-up, rows of pyro.plate('{child}') read latents of "
             f"pyro.plate('{structure.links[child]}') through an integer index, but in this "
-            "run no such index was applied. The model must index the same way in every "
-            "call, from the right: a[..., county] with county as long as the rows' plate "
-            "(a[county] indexes from the left, which under QEM is the particle dim)."
+            "run no such index was applied. Either the model indexes differently from "
+            "call to call (index from the right: a[..., county] with county as long as the "
+            "rows' plate; a[county] indexes from the left, which under QEM is the particle "
+            "dim), or the index is itself a latent site (a mixture's assignment z in "
+            "locs[..., z] or Vindex(locs)[..., z], with locs sampled inside "
+            f"pyro.plate('{structure.links[child]}')): then every row reads every "
+            "component's particles, which QEM cannot contract. Sample such parameters "
+            "as one vector site outside the plate instead, e.g. pyro.sample('locs', "
+            "dist.Normal(0., 2.).expand([C]).to_event(1))."
         )
 
 

@@ -431,3 +431,23 @@ def test_data_of_another_length_at_a_step_names_the_site():
     inference.step(torch.randn(10))
     with pytest.raises(ValueError, match=r"Observed site 'obs'"):
         inference.step(torch.randn(7))
+
+
+@pytest.mark.parametrize("enumerate_z", [True, False])
+def test_mixture_components_in_a_plate_indexed_by_the_assignment_are_refused_clearly(enumerate_z):
+    """Pyro's mixture tutorial form: each row reads every component's particles
+    through its latent assignment, which no plated contraction can sum; the error
+    says so and gives the vector-site form."""
+    from pyro.ops.indexing import Vindex
+
+    def gmm(y):
+        weights = pyro.sample("weights", dist.Dirichlet(torch.ones(2)))
+        with pyro.plate("components", 2):
+            locs = pyro.sample("locs", dist.Normal(0.0, 2.0))
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Categorical(weights),
+                            infer={"enumerate": "parallel"} if enumerate_z else {})
+            pyro.sample("obs", dist.Normal(Vindex(locs)[..., z], 1.0), obs=y)
+
+    with pytest.raises(ValueError, match=r"index is itself a latent site.*to_event"):
+        step(gmm, torch.tensor([-2.0, -1.5, 1.0, 2.0, 1.7]))
