@@ -24,6 +24,12 @@ _CONTROL_FLOW_MESSAGES = (
 )
 
 
+# Pyro's and torch's messages for a shape that fitted one value per site but not K
+# particles on the left (a plate's size check; a log_prob of data that does not
+# broadcast with the particles).
+_SHAPE_MESSAGES = ("Shape mismatch inside plate", "Value is not broadcastable with batch_shape")
+
+
 @contextlib.contextmanager
 def particle_run_errors(recorder: SiteRecorder, num_particles: int) -> Iterator[None]:
     """Re-raise the model's errors in a particle run with the site they came after.
@@ -40,10 +46,16 @@ def particle_run_errors(recorder: SiteRecorder, num_particles: int) -> Iterator[
     except (RuntimeError, ValueError, TypeError, IndexError) as error:
         if _is_control_flow(error):
             raise ValueError(_control_flow_message(recorder, num_particles, error)) from error
-        if isinstance(error, ValueError) and str(error).startswith("Shape mismatch inside plate"):
+        if isinstance(error, ValueError) and str(error).startswith(_SHAPE_MESSAGES):
             # The model ran at set-up, so the plate fitted one value per site: K
             # particles on the left moved a dim it indexed or reshaped from the left.
-            raise ValueError(_runtime_message(recorder, num_particles, error)) from error
+            message = _runtime_message(recorder, num_particles, error)
+            if str(error).startswith(_SHAPE_MESSAGES[1]):
+                message += (" A log density of data computed by hand (pyro.factor(name, "
+                            "dist.Normal(mu, 1.).log_prob(y).sum())) must leave room for them: "
+                            "observe the data in a pyro.plate instead, or write "
+                            "dist.Normal(mu.unsqueeze(-1), 1.).log_prob(y).sum(-1).")
+            raise ValueError(message) from error
         if type(error) is IndexError:
             # e.g. a[county] with more counties than particles: the index hit the
             # particle dim.

@@ -451,3 +451,13 @@ def test_mixture_components_in_a_plate_indexed_by_the_assignment_are_refused_cle
 
     with pytest.raises(ValueError, match=r"index is itself a latent site.*to_event"):
         step(gmm, torch.tensor([-2.0, -1.5, 1.0, 2.0, 1.7]))
+
+
+def test_a_hand_written_log_density_of_data_says_how_to_keep_the_particle_dims():
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 3.0))
+        pyro.factor("f", dist.Normal(mu, 1.0).log_prob(y).sum())
+
+    with pytest.raises(ValueError, match=r"not broadcastable.*failed after latent site 'mu'.*"
+                                         r"observe the data in a pyro.plate"):
+        step(model, torch.randn(10))
