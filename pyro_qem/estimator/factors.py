@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Optional, Sequence
 
 import torch
+from torch.distributions import constraints
 from pyro.ops.contract import contract_to_tensor
 from pyro.ops.rings import LogRing
 
@@ -165,7 +166,36 @@ def _site_log_prob(record: SiteRecord, structure: ModelStructure) -> torch.Tenso
     try:
         return log_prob(record.fn, record.value)
     except Exception as error:
+        if record.is_observed and _outside_a_latent_support(record.fn, error):
+            return _log_prob_in_support(record.fn, record.value)
         raise _with_message(error, _log_prob_message(record, structure, error)) from error
+
+
+def _outside_a_latent_support(fn: torch.distributions.Distribution, error: Exception) -> bool:
+    """Whether ``error`` is the distribution's support check failing on data whose
+    support comes from latent parameters (``Binomial(N, p)`` with ``N`` latent,
+    ``Uniform(0, b)`` with ``b`` latent): some particles then put the data outside it.
+    The set-up checks refused data outside a support fixed by the model."""
+    if not isinstance(error, ValueError) or "to be within the support" not in str(error):
+        return False
+    support = fn.support
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    bounds = [getattr(support, name, None) for name in ("lower_bound", "upper_bound")]
+    return any(isinstance(b, torch.Tensor) and b.numel() > 1 for b in bounds)
+
+
+def _log_prob_in_support(fn: torch.distributions.Distribution, value: torch.Tensor) -> torch.Tensor:
+    """``fn.log_prob(value)`` without the support check, -inf where ``value`` is outside
+    the support (those particles have zero weight, as the model says)."""
+    validate = fn._validate_args
+    fn._validate_args = False
+    try:
+        result = fn.log_prob(value)
+    finally:
+        fn._validate_args = validate
+    inside = fn.support.check(value)
+    return torch.where(inside, result, result.new_full((), -math.inf))
 
 
 def _log_prob_message(record: SiteRecord, structure: ModelStructure, error: Exception) -> str:
