@@ -79,7 +79,10 @@ def _innermost(child: str, found: Sequence[str], links: Mapping[str, str],
         f"would need every combination of {first} and {second} particles (K to the power "
         f"of their sizes). Fit one of them as a fixed effect or a single vector site "
         f"(e.g. {second} effects as one .to_event(1) site outside the plates), or nest one "
-        "grouping in the other."
+        f"grouping in the other where the data nest (each {first} element in one {second} "
+        f"element): let the {first} latents read the {second} ones through an index of "
+        f"their own, e.g. a = pyro.sample('a', dist.Normal(s[..., {first}_to_{second}], "
+        f"sd)) inside pyro.plate('{first}'), and the rows read only the {first} latents."
     )
 
 

@@ -105,3 +105,22 @@ def test_the_latents_rows_read_from_one_plate_share_a_particle_dim():
     assert structure.indexed_sites == {"a", "b"}
     assert structure.group_of("a") is structure.group_of("b")
     assert structure.group_of("mu") is not structure.group_of("a")
+
+
+def test_crossed_groupings_are_refused_naming_both_plates_and_what_to_do():
+    """a[county] + b[year]: neither grouping nests in the other, so the exact
+    contraction would need every combination of county and year particles."""
+    county, year = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 0, 1, 1, 0, 1])
+
+    def crossed(county, year, y):
+        with pyro.plate("county", 3):
+            a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        with pyro.plate("year", 2):
+            b = pyro.sample("b", dist.Normal(0.0, 1.0))
+        with pyro.plate("house", len(county)):
+            pyro.sample("y", dist.Normal(a[..., county] + b[..., year], 1.0), obs=y)
+
+    with pytest.raises(ValueError, match=r"Crossed groupings: rows of pyro.plate\('house'\) read "
+                                         r"'a' of pyro.plate\('county'\) and 'b' of pyro.plate\('year'\)"
+                                         r".*\.to_event\(1\) site.*through an index of their own"):
+        AutoQEM(crossed).setup(county, year, torch.zeros(6))
