@@ -11,7 +11,7 @@ records they produce) -> :mod:`~pyro_qem.model` (structure and discovery) ->
 from .guides import AutoGradientNormal, AutoQEM, QEMGuide, StateCollisionError
 from .estimator.memory import MemoryBudgetError
 from .infer import (MPRWS, MPVI, FitHistory, Inference, QEMCollapseWarning, RobbinsMonro,
-                    SubsampleWarning, fit)
+                    SlowStepWarning, SubsampleWarning, fit)
 from .outputs import (
     QEMDiagnosticWarning,
     diagnose,
@@ -31,7 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AutoGradientNormal", "AutoQEM", "FitHistory", "Inference", "MPRWS", "MPVI",
     "MemoryBudgetError", "QEMCollapseWarning", "QEMDiagnosticWarning", "QEMGuide",
-    "RobbinsMonro", "StateCollisionError", "SubsampleWarning",
+    "RobbinsMonro", "SlowStepWarning", "StateCollisionError", "SubsampleWarning",
     "__version__", "diagnose", "fit", "log_likelihood", "log_predictive_density", "moment_runs",
     "posterior_moments", "posterior_predictive", "predictive_log_likelihood", "sample_guide",
     "sample_posterior", "to_inference_data",

@@ -127,6 +127,42 @@ def check_memory(records: Sequence[SiteRecord], structure: ModelStructure, num_p
     raise _refusal(sizes, peak, budget, structure, num_particles, "This step would need")
 
 
+# A log density with at least this many entries makes each step take about a second
+# or more on a CPU (2^24 float64 entries: 134 MB).
+COSTLY_ENTRIES = 1 << 24
+
+
+def costly_factor_advice(records: Sequence[SiteRecord], structure: ModelStructure,
+                         num_particles: int) -> Optional[str]:
+    """Advice when the run's largest log density has :data:`COSTLY_ENTRIES` entries or
+    more and spans the particle dims of two or more plate-free groups (each its own
+    dim, so the size is K to their number times the rows): putting those groups' sites
+    in one group makes it K times the rows. None otherwise."""
+    sizes = factor_sizes(records)
+    if not sizes:
+        return None
+    largest = max(sizes, key=lambda s: s.bytes)
+    entries = largest.bytes // 8
+    if entries < COSTLY_ENTRIES:
+        return None
+    nesting = structure.max_plate_nesting
+    spanned = [structure.group_at_dim(d) for d in range(-len(largest.shape), -nesting)
+               if largest.shape[d] > 1]
+    globals_ = [g for g in spanned if g is not None and not g.plates]
+    if len(globals_) < 2:
+        return None
+    sites = [name for name in structure.sites if any(name in g.sites for g in globals_)]
+    return (
+        f"Site '{largest.site}''s log density has {entries:,} entries (shape "
+        f"{tuple(largest.shape)}): it reads {len(globals_)} global latent groups, each in its "
+        f"own particle dim, so every step sums K^{len(globals_)} = "
+        f"{num_particles ** len(globals_):,} combinations per row and takes seconds. "
+        f"Putting them in one particle group costs K per row instead: AutoQEM(model, "
+        f"groups=[{sites!r}]) (check the fit with diagnose; the separate dims resolve "
+        "more combinations, which some posteriors, e.g. mixtures, need)."
+    )
+
+
 def check_memory_before_run(structure: ModelStructure, num_particles: int, budget: float) -> None:
     """Raise :class:`MemoryBudgetError` before the model runs when even the lower
     bounds of :func:`least_factor_sizes` exceed ``budget`` (the model's own tensors

@@ -9,10 +9,10 @@ from .collapse import QEMCollapseWarning
 from .compiled import CompileFallbackWarning
 from .distributed import DistributedError, ProcessGroup, save_checkpoint
 from .fit import FitHistory, fit
-from .inference import MPRWS, MPVI, Inference, SubsampleWarning
+from .inference import MPRWS, MPVI, Inference, SlowStepWarning, SubsampleWarning
 from .pipeline import ParticleRun, WeightedRun, run_particles, weigh
 from .schedules import Constant, RobbinsMonro
 
 __all__ = ["CompileFallbackWarning", "Constant", "DistributedError", "FitHistory", "Inference", "MPRWS", "MPVI", "ParticleRun",
-           "ProcessGroup", "QEMCollapseWarning", "RobbinsMonro", "SubsampleWarning", "WeightedRun", "fit",
+           "ProcessGroup", "QEMCollapseWarning", "RobbinsMonro", "SlowStepWarning", "SubsampleWarning", "WeightedRun", "fit",
            "run_particles", "save_checkpoint", "weigh"]

@@ -8,7 +8,7 @@ from typing import Callable, Dict, Optional, Union
 import torch
 
 from ..estimator import estimate
-from ..estimator.memory import check_memory, check_memory_before_run, default_budget
+from ..estimator.memory import check_memory, check_memory_before_run, costly_factor_advice, default_budget
 from ..guides.qem_guide import QEMGuide
 from ..handlers.epochs import EpochSubsampleMessenger
 from .collapse import CollapseMonitor
@@ -39,6 +39,11 @@ def _check_max_memory(max_memory) -> Optional[float]:
             f"None for half the available memory, got {max_memory!r}."
         )
     return float(max_memory)
+
+
+class SlowStepWarning(UserWarning):
+    """A step's largest log density is large because its sites read several global
+    latents in separate particle dims (the warning says which and how to group them)."""
 
 
 class SubsampleWarning(UserWarning):
@@ -261,6 +266,10 @@ class Inference:
         largest = check_memory(run.sites, run.structure, self.K, self._budget)
         run.max_memory = self._budget
         if num_sets == 1:  # the thread choice is for a step's size, not a batch of sets
+            if self._largest_factor is None:
+                advice = costly_factor_advice(run.sites, run.structure, self.K)
+                if advice is not None:
+                    warnings.warn(advice, SlowStepWarning, stacklevel=4)
             self._largest_factor = largest
         if self.sharding is not None:
             run.plate_reducers = self.sharding.reductions(run.subsamples)

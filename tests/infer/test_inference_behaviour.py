@@ -155,3 +155,31 @@ def test_noise_compensation_adds_lr_squared_sum_of_squared_weights_times_varianc
     # E z^2 gains lr * (lr * sum_k w_k^2 * Var_q z), with 1/K <= sum_k w_k^2 <= 1.
     added = (z2_comp - z2_plain).item()
     assert lr ** 2 * variance / 10 <= added <= lr ** 2 * variance
+
+
+def student_t_regression(x, y):
+    a = pyro.sample("a", dist.Normal(0.0, 5.0))
+    b = pyro.sample("b", dist.Normal(0.0, 5.0))
+    nu = pyro.sample("nu", dist.Gamma(2.0, 0.1))
+    s = pyro.sample("s", dist.HalfNormal(2.0))
+    with pyro.plate("data", len(x)):
+        pyro.sample("y", dist.StudentT(nu, a + b * x, s), obs=y)
+
+
+def test_a_likelihood_over_several_global_groups_warns_once_with_the_grouping(monkeypatch):
+    """Four global latents in separate particle dims make the likelihood K^4 x N: at
+    K = 30 and 60 rows, 2.8 s a step. The first step says so and how to group them
+    (the threshold is lowered here so that the test's factor, 4^4 x 20, stays small)."""
+    import pyro_qem.estimator.memory as memory
+    from pyro_qem import SlowStepWarning
+
+    monkeypatch.setattr(memory, "COSTLY_ENTRIES", 4 ** 4 * 20)
+    x = torch.linspace(-1, 1, 20)
+    y = 1.0 + 2.0 * x
+    inference = Inference(student_t_regression, AutoQEM(student_t_regression), K=4)
+    with pytest.warns(SlowStepWarning, match=r"Site 'y'.*5,120 entries.*K\^4 = 256.*"
+                                             r"groups=\[\['a', 'b', 'nu', 's'\]\]"):
+        inference.step(x, y)
+    inference.step(x, y)  # once: a second warning would fail here (warnings are errors)
+    grouped = AutoQEM(student_t_regression, groups=[["a", "b", "nu", "s"]])
+    Inference(student_t_regression, grouped, K=4).step(x, y)  # K x N: no warning
