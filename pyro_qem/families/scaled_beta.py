@@ -177,5 +177,5 @@ def _check_fixed(site_name: str, bounds: Tuple[Bound, Bound], site_shape: torch.
                 f"depend on another latent site, so no fixed ScaledBeta q fits them. "
                 f"Reparameterise: sample u = pyro.sample('{site_name}_unit', "
                 f"dist.Uniform(0., 1.)) and record pyro.deterministic('{site_name}', low + "
-                f"(high - low) * u)."
+                f"(high - low) * u, event_dim=0)."
             )

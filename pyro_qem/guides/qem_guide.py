@@ -622,9 +622,11 @@ def _fixed_support_advice(name: str, support: constraints.Constraint) -> str:
                 "Poisson(rate * p)).")
     if hasattr(support, "upper_bound"):
         return (f"u = pyro.sample('{name}_unit', dist.Uniform(0., 1.)) and "
-                f"pyro.deterministic('{name}', low + (high - low) * u).")
+                f"pyro.deterministic('{name}', low + (high - low) * u, event_dim=0) (event_dim "
+                "lets the outputs draw it).")
     return (f"y = pyro.sample('{name}_offset', <a positive distribution>) and "
-            f"pyro.deterministic('{name}', low + y).")
+            f"pyro.deterministic('{name}', low + y, event_dim=0) (event_dim lets the "
+            "outputs draw it).")
 
 
 def _float_dtype(site: SiteInfo) -> torch.dtype:

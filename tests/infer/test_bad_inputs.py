@@ -191,12 +191,12 @@ def test_dependent_support_is_refused_even_with_a_matching_family():
     guide = AutoQEM(model, init_loc_fn=init_to_value(values={"b": torch.tensor(2.0)}),
                     families={"x": IntervalNormal})
     with pytest.raises(ValueError, match=r"Site 'x' has a dependent support.*Interval.*Uniform\(0, b\)"
-                       r".*pyro.deterministic\('x', low \+ \(high - low\) \* u\)"):
+                       r".*pyro.deterministic\('x', low \+ \(high - low\) \* u, event_dim=0\)"):
         Inference(model, guide, K=5).step(torch.tensor(1.0))
 
 
 @pytest.mark.parametrize("prior, advice", [
-    (lambda s: dist.Pareto(s, 3.0), r"GreaterThanEq.*pyro.deterministic\('x', low \+ y\)"),
+    (lambda s: dist.Pareto(s, 3.0), r"GreaterThanEq.*pyro.deterministic\('x', low \+ y, event_dim=0\)"),
     (lambda s: dist.Binomial(s.round() + 1, 0.5), r"IntegerInterval.*Poisson\(rate \* p\)"),
 ])
 def test_other_dependent_supports(prior, advice):
