@@ -171,6 +171,18 @@ def _site_log_prob(record: SiteRecord, structure: ModelStructure) -> torch.Tenso
         raise _with_message(error, _log_prob_message(record, structure, error)) from error
 
 
+def observed_log_prob(fn: torch.distributions.Distribution, value: torch.Tensor) -> torch.Tensor:
+    """``fn.log_prob(value)`` of observed data, -inf (not Pyro's validation error)
+    where latent parameters put the data outside the support (see
+    :func:`_outside_a_latent_support`)."""
+    try:
+        return fn.log_prob(value)
+    except ValueError as error:
+        if not _outside_a_latent_support(fn, error):
+            raise
+        return _log_prob_in_support(fn, value)
+
+
 def _outside_a_latent_support(fn: torch.distributions.Distribution, error: Exception) -> bool:
     """Whether ``error`` is the distribution's support check failing on data whose
     support comes from latent parameters (``Binomial(N, p)`` with ``N`` latent,

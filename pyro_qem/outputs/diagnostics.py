@@ -26,6 +26,7 @@ from .sites import to_site_shape, weighted_run
 from .draws import sample_guide
 from .predictive import conditioned_trace, per_draw
 
+from ..estimator.factors import observed_log_prob
 from ..guides.qem_guide import QEMGuide
 from ..infer.inference import Inference
 
@@ -137,13 +138,18 @@ def guide_log_weights(model: Callable, guide: QEMGuide, *args, num_samples: int 
         if site["type"] != "sample" or site["infer"].get("_deterministic"):
             continue
         node = trace.nodes[name]
-        log_p = node["fn"].log_prob(node["value"])
+        log_p = (observed_log_prob(node["fn"], node["value"]) if node["is_observed"]
+                 else node["fn"].log_prob(node["value"]))
         if node["mask"] is not None:
             log_p = torch.where(torch.as_tensor(node["mask"]), log_p, log_p.new_zeros(()))
         total += per_draw(log_p, num_samples, site, nesting, event=False).reshape(
             num_samples, -1).sum(-1).double()
+    absent = guide.structure.absent
     for name, q in qs.items():
-        total -= q.log_prob(draws[name]).reshape(num_samples, -1).sum(-1).double()
+        log_q = q.log_prob(draws[name])
+        if name in absent:  # masked elements nothing reads: no weight, as in the fit
+            log_q = torch.where(absent[name], log_q.new_zeros(()), log_q)
+        total -= log_q.reshape(num_samples, -1).sum(-1).double()
     return total
 
 
