@@ -19,6 +19,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.util import prune_subsample_sites
 
+from ..estimator.factors import observed_log_prob
 from ..guides.initialisation import init_to_sample_or_feasible
 from ..handlers import UnconditionData
 from ..handlers.noncentring import SUFFIX
@@ -150,7 +151,8 @@ def log_likelihood(model: Callable, draws: Draws, *args, new_plates: Sequence[st
     out = {}
     for name in observed_sites(prototype):
         site = trace.nodes[name]
-        log_p = site["fn"].log_prob(site["value"])
+        # -inf where a draw puts new data outside a support its latents set
+        log_p = observed_log_prob(site["fn"], site["value"])
         if site["mask"] is not None:
             log_p = torch.where(torch.as_tensor(site["mask"]), log_p, log_p.new_zeros(()))
         out[name] = per_draw(log_p, num, prototype.nodes[name], nesting, event=False)

@@ -1,6 +1,8 @@
 """Held-out predictive log-likelihood against the exact posterior predictive, pointwise
 log-likelihoods and replicated data."""
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -84,3 +86,18 @@ def test_pointwise_log_likelihood_and_replicated_data_shapes():
         log_likelihood(hierarchy, {"mu": draws["mu"], "theta": draws["theta"][:5]}, y)
     with pytest.raises(ValueError, match="no latent sample site 'y'"):
         log_likelihood(hierarchy, {"y": draws["theta"]}, y)
+
+
+def test_pointwise_log_likelihood_is_minus_inf_where_a_draw_puts_the_data_outside_its_support():
+    """k ~ Binomial(N, 0.3) at given draws of N: a draw with N < k cannot have produced
+    k (log-likelihood -inf, not Pyro's validation error); the others are exact."""
+    def model(k):
+        n = pyro.sample("N", dist.Poisson(10.0))
+        pyro.sample("k", dist.Binomial(n, 0.3), obs=k)
+
+    k = torch.tensor(4.0)
+    draws = {"N": torch.tensor([3.0, 5.0, 8.0])}
+    log_lik = log_likelihood(model, draws, k)["k"]
+    assert log_lik[0] == -math.inf
+    exact = dist.Binomial(torch.tensor([5.0, 8.0]), 0.3).log_prob(k)
+    assert torch.allclose(log_lik[1:], exact)
