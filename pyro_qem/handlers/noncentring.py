@@ -38,6 +38,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import Independent, MultivariateNormal, Normal, biject_to
 
 from .record import is_subsampled, user_scale
+from .rest_density import rest_log_density
 
 #: The suffix of the standardised site that replaces a non-centred site ``z``.
 SUFFIX = "_decentered"
@@ -343,14 +344,10 @@ def _information_ratio(model: Callable, args: tuple, kwargs: dict, start, name: 
     event_ndim = len(fn.event_shape)
     value = node["value"].detach().clone().requires_grad_(True)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with torch.enable_grad(), poutine.block():
-                conditioned = poutine.condition(model, data={name: value})
-                trace = poutine.trace(poutine.replay(conditioned, trace=start)).get_trace(*args, **kwargs)
-                rest = trace.log_prob_sum(site_filter=lambda n, site: n != name)
-                (grad,) = torch.autograd.grad(rest, value, create_graph=True)
-                (second,) = torch.autograd.grad(grad.sum(), value, allow_unused=True)
+        with torch.enable_grad():
+            rest = rest_log_density(model, args, kwargs, start, name, value)
+            (grad,) = torch.autograd.grad(rest, value, create_graph=True)
+            (second,) = torch.autograd.grad(grad.sum(), value, allow_unused=True)
     except Exception:  # noqa: BLE001 - any failure only keeps the site centred
         return None
     information = torch.zeros_like(value) if second is None else (-second).clamp_min(0.0)

@@ -25,6 +25,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_factor, site_is_subsample
 
 from ..handlers import IndexProbe, IndexUse, PlateChunkMessenger
+from ..handlers.rest_density import rest_log_density
 from .links import find_links
 from .site_checks import check_something_to_infer, check_latent_distribution, check_observed
 from .structure import ModelStructure, PlateInfo, SiteInfo, group_sites
@@ -162,15 +163,11 @@ def _elements_read(model: Callable, args: tuple, kwargs: dict, trace: Trace, nam
     for _ in range(2):
         try:
             value = fn.sample().detach().clone().requires_grad_(True)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with torch.enable_grad(), poutine.block():
-                    conditioned = poutine.condition(model, data={name: value})
-                    again = poutine.trace(poutine.replay(conditioned, trace=trace)).get_trace(*args, **kwargs)
-                    rest = again.log_prob_sum(site_filter=lambda n, site: n != name)
-                    if not rest.requires_grad:
-                        return read
-                    (grad,) = torch.autograd.grad(rest, value, allow_unused=True)
+            with torch.enable_grad():
+                rest = rest_log_density(model, args, kwargs, trace, name, value)
+                if not rest.requires_grad:
+                    return read
+                (grad,) = torch.autograd.grad(rest, value, allow_unused=True)
         except Exception:  # noqa: BLE001 - the elements then count as read
             return None
         if grad is None:

@@ -1,0 +1,29 @@
+"""The log density of the rest of a model as a function of one site's value."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+
+import pyro.poutine as poutine
+from pyro.poutine.trace_struct import Trace
+
+
+def rest_log_density(model: Callable, args: tuple, kwargs: dict, trace: Trace, name: str,
+                     value: torch.Tensor) -> torch.Tensor:
+    """The summed (masked, scaled) log density of every site but ``name`` when ``name``
+    takes ``value`` and the other latents keep their values in ``trace``: a graph on
+    ``value``, so its derivatives say how the rest of the model reads the site (per
+    element). Warnings of the replayed run are silenced; its errors propagate.
+
+    :param trace: a trace of ``model(*args, **kwargs)`` (e.g. a set-up run).
+    :param value: the site's value (make it ``requires_grad`` to differentiate).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.enable_grad(), poutine.block():
+            conditioned = poutine.condition(model, data={name: value})
+            again = poutine.trace(poutine.replay(conditioned, trace=trace)).get_trace(*args, **kwargs)
+            return again.log_prob_sum(site_filter=lambda n, site: n != name)
