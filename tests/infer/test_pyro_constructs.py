@@ -95,6 +95,22 @@ PRIOR_MASK = torch.tensor([True, True, True, False, False])
 Y5 = torch.tensor([0.5, -1.0, 2.0, 1.5, -0.5])
 
 
+def masked_prior(how, mask_data):
+    """theta_i ~ N(0, 1) with the prior masked out at i = 3, 4 (by poutine.mask or a
+    masked distribution), y_i ~ N(theta_i, 1), its data masked there too if asked."""
+    def model(y):
+        with pyro.plate("items", 5):
+            if how == "poutine":
+                with poutine.mask(mask=PRIOR_MASK):
+                    theta = pyro.sample("theta", dist.Normal(0.0, 1.0))
+            else:
+                theta = pyro.sample("theta", dist.Normal(0.0, 1.0).mask(PRIOR_MASK))
+            with poutine.mask(mask=PRIOR_MASK if mask_data else True):
+                pyro.sample("obs", dist.Normal(theta, 1.0), obs=y)
+
+    return model
+
+
 def fit_q(model, y, site, steps=600):
     pyro.set_rng_seed(0)
     guide = AutoQEM(model)
@@ -110,16 +126,7 @@ def test_a_masked_prior_that_is_still_read_is_flat(how):
     is N(y_i / 2, 1/2) where the prior counts and N(y_i, 1) where it is masked.
     Tolerance: 300 averaged steps of K = 30 (~9000 weighted draws): a mean within
     0.05 sd and an sd within 5% are 4+ standard errors."""
-    def model(y):
-        with pyro.plate("items", 5):
-            if how == "poutine":
-                with poutine.mask(mask=PRIOR_MASK):
-                    theta = pyro.sample("theta", dist.Normal(0.0, 1.0))
-            else:
-                theta = pyro.sample("theta", dist.Normal(0.0, 1.0).mask(PRIOR_MASK))
-            pyro.sample("obs", dist.Normal(theta, 1.0), obs=y)
-
-    q = fit_q(model, Y5, "theta")
+    q = fit_q(masked_prior(how, mask_data=False), Y5, "theta")
     mean = torch.where(PRIOR_MASK, Y5 / 2, Y5)
     sd = torch.where(PRIOR_MASK, torch.tensor(0.5 ** 0.5), torch.tensor(1.0))
     assert ((q.mean - mean).abs() / sd).max() < 0.05, (q.mean, mean)
@@ -146,17 +153,7 @@ def test_padded_latents_that_nothing_reads_keep_their_q(how):
     particles keep uniform weights, so q does not move on average) instead of chasing
     a flat posterior (a masked distribution made q widen until it overflowed, after
     500 steps); the real elements are exact."""
-    def model(y):
-        with pyro.plate("items", 5):
-            if how == "poutine":
-                with poutine.mask(mask=PRIOR_MASK):
-                    theta = pyro.sample("theta", dist.Normal(0.0, 1.0))
-            else:
-                theta = pyro.sample("theta", dist.Normal(0.0, 1.0).mask(PRIOR_MASK))
-            with poutine.mask(mask=PRIOR_MASK):
-                pyro.sample("obs", dist.Normal(theta, 1.0), obs=y)
-
-    q = fit_q(model, Y5, "theta")
+    q = fit_q(masked_prior(how, mask_data=True), Y5, "theta")
     assert ((q.mean[:3] - Y5[:3] / 2).abs() / 0.5 ** 0.5).max() < 0.05
     assert ((q.stddev[:3] / 0.5 ** 0.5 - 1).abs()).max() < 0.05
     assert torch.isfinite(q.stddev[3:]).all() and (q.stddev[3:] < 3.0).all()
