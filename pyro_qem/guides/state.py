@@ -138,9 +138,27 @@ class MomentState:
             store = pyro.get_param_store()
             adopted = [self._adoptable(k, store) for k in keys]
             chosen = adopted if all(t is not None for t in adopted) else fresh
+            if chosen is adopted:
+                # A restored fit: its running average too, or outputs would read the
+                # last iterate instead of the averaged q.
+                for key in self._stored_average_keys(site, store):
+                    tensor = self._adoptable(key, store)
+                    if tensor is not None:
+                        self._register(key, tensor)
         for key, tensor, new in zip(keys, chosen, fresh):
             self._check_shape(key, site, tensor, new.shape)
             self._register(key, tensor)
+
+    def _stored_average_keys(self, site: str, store) -> List[str]:
+        """The keys (without prefix) of the site's running average in the param store."""
+        head = f"{self.prefix}.avg_"
+        keys = []
+        for name in store._params:
+            if name.startswith(head):
+                key = name[len(self.prefix) + 1:]
+                if key.split(".", 1)[1] == site:
+                    keys.append(key)
+        return keys
 
     def _adoptable(self, key: str, store) -> Optional[torch.Tensor]:
         name = self._full(key)

@@ -166,3 +166,26 @@ def test_torch_save_of_a_guide_continues_exactly_in_a_fresh_process(tmp_path):
                             timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert eval(result.stdout.strip()) == expected
+
+
+def test_a_param_store_round_trip_keeps_the_running_average(tmp_path):
+    """A new guide that adopts a fit from a loaded param store adopts its running
+    average too: its q (median, quantiles, sample_guide) is the averaged fit, not the
+    last iterate (with few particles and a large lr those differed by more than a
+    posterior sd)."""
+    y = data(2)
+    pyro.set_rng_seed(0)
+    guide = AutoQEM(normal_mean)
+    inference = Inference(normal_mean, guide, K=10, lr=0.3, average_from=100)
+    for _ in range(300):
+        inference.step(y)
+    fitted = guide.median()["z"]
+    assert not torch.allclose(fitted, guide.distributions(averaged=False)["z"].mean.double())
+    pyro.get_param_store().save(tmp_path / "params.pt")
+    del guide, inference
+    gc.collect()
+    pyro.clear_param_store()
+    pyro.get_param_store().load(tmp_path / "params.pt")
+    restored = AutoQEM(normal_mean)
+    restored.setup(y)
+    assert torch.equal(restored.median()["z"], fitted)
