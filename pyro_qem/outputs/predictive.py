@@ -17,7 +17,7 @@ import pyro
 import pyro.poutine as poutine
 from pyro.poutine.trace_struct import Trace
 from pyro.infer.autoguide.initialization import InitMessenger
-from pyro.poutine.util import prune_subsample_sites
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from ..estimator.factors import observed_log_prob
 from ..guides.initialisation import init_to_sample_or_feasible
@@ -63,12 +63,61 @@ def conditioned_trace(model: Callable, draws: Draws, args: tuple, kwargs: dict, 
     prototype = model_trace(model, args, kwargs)
     nesting = plate_nesting(prototype)
     num = _num_draws(draws)
-    values = _batched(draws, prototype, nesting, set(new_plates))
+    new_plates = _checked_new_plates(new_plates, prototype)
+    values = _batched(draws, prototype, nesting, new_plates)
+    _check_every_latent_drawn(draws, prototype, new_plates)
     if predict:
         model = UnconditionData()(model)
     with torch.no_grad(), poutine.block(), pyro.plate("_qem_draws", num, dim=-nesting - 1):
         trace = poutine.trace(poutine.condition(model, values)).get_trace(*args, **kwargs)
     return prune_subsample_sites(trace), prototype, nesting
+
+
+def _plates_of(prototype: Trace) -> set:
+    return {f.name for node in prototype.nodes.values() if node["type"] == "sample"
+            for f in node["cond_indep_stack"] if f.vectorized}
+
+
+def _checked_new_plates(new_plates, prototype: Trace) -> set:
+    """``new_plates`` as a set of the model's plate names (a misspelt name would
+    silently reuse the training elements' draws for new ones)."""
+    if isinstance(new_plates, str):
+        raise TypeError(
+            f"new_plates must be a list of plate names, got the string {new_plates!r}: "
+            f"write new_plates=[{new_plates!r}]."
+        )
+    names = set(new_plates)
+    plates = _plates_of(prototype)
+    unknown = sorted(names - plates)
+    if unknown:
+        raise ValueError(
+            f"new_plates names {unknown}, which the model has no pyro.plate of when called "
+            f"with these arguments (its plates: {sorted(plates)})."
+        )
+    return names
+
+
+def _check_every_latent_drawn(draws: Draws, prototype: Trace, new_plates: set) -> None:
+    """Refuse draws that lack a latent site outside the new plates: the run would draw
+    it from its prior, silently (a prior draw of a group's effect, scored as if it were
+    the posterior)."""
+    missing = []
+    for name, node in prototype.nodes.items():
+        if node["type"] != "sample" or node["is_observed"] or site_is_subsample(node):
+            continue
+        if node["infer"].get("_deterministic") or name in draws:
+            continue
+        if new_plates & {f.name for f in node["cond_indep_stack"]}:
+            continue
+        missing.append(name)
+    if missing:
+        raise ValueError(
+            f"draws has no values for the latent site(s) {missing}: the model would draw "
+            "them from their prior, and the result would not be the posterior's. Pass "
+            "draws of every latent site (sample_posterior without sites=), or, for sites "
+            "in plates whose elements are new here (held-out groups), name those plates in "
+            "new_plates."
+        )
 
 
 def _num_draws(draws: Draws) -> int:

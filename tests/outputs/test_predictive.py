@@ -65,9 +65,27 @@ def test_new_plate_elements_are_drawn_from_the_model():
     draws = sample_guide(fitted.guide, 200)
     held_out = hierarchy_data(seed=1)
     with pytest.raises(ValueError, match="name them in new_plates"):
-        predictive_log_likelihood(hierarchy, {"theta": draws["theta"][:, :2]}, held_out)
+        predictive_log_likelihood(hierarchy, {**draws, "theta": draws["theta"][:, :2]}, held_out)
     value = predictive_log_likelihood(hierarchy, draws, held_out, new_plates=["groups"])
     assert torch.isfinite(torch.tensor(value))
+    # A misspelt or bare-string plate name would reuse the training groups' draws for
+    # the new groups (they have as many): refused.
+    with pytest.raises(ValueError, match=r"new_plates names \['group'\].*its plates: \[.*'groups'"):
+        predictive_log_likelihood(hierarchy, draws, held_out, new_plates=["group"])
+    with pytest.raises(TypeError, match=r"write new_plates=\['groups'\]"):
+        predictive_log_likelihood(hierarchy, draws, held_out, new_plates="groups")
+
+
+def test_draws_without_a_latent_site_are_refused_by_name():
+    """A missing latent would be drawn from its prior and scored as the posterior."""
+    fitted = fit_model(hierarchy, hierarchy_data(), steps=50)
+    restore(fitted)
+    draws = sample_guide(fitted.guide, 20)
+    partial = {name: value for name, value in draws.items() if name != "mu"}
+    with pytest.raises(ValueError, match=r"no values for the latent site\(s\) \['mu'\]"):
+        log_likelihood(hierarchy, partial, hierarchy_data())
+    with pytest.raises(ValueError, match=r"no values for the latent site\(s\) \['mu'\]"):
+        posterior_predictive(hierarchy, partial, hierarchy_data())
 
 
 def test_pointwise_log_likelihood_and_replicated_data_shapes():
