@@ -254,8 +254,17 @@ def log_predictive_density(log_lik: torch.Tensor, pointwise: bool = False) -> fl
     ``pointwise`` ``sum_i log mean_n p(x_i | draw n)`` (see
     :func:`predictive_log_likelihood`).
 
-    :param log_lik: log-likelihoods, shape ``(draws, observed elements)``.
+    :param log_lik: log-likelihoods, shape ``(draws,)`` + the observed elements' shape
+        (none for a site outside every plate, several dims for one in nested plates), as
+        :func:`log_likelihood` returns them per site; a tensor or an array.
     """
+    log_lik = torch.as_tensor(log_lik)
+    if log_lik.dim() == 0 or log_lik.shape[0] == 0:
+        raise ValueError(
+            f"log_lik must have a leading draw dim with at least one draw, got shape "
+            f"{tuple(log_lik.shape)} (log_likelihood(...)[site] has that layout)."
+        )
+    log_lik = log_lik.reshape(log_lik.shape[0], -1)
     log_n = math.log(log_lik.shape[0])
     if pointwise:
         return (torch.logsumexp(log_lik, 0) - log_n).sum().item()

@@ -119,3 +119,19 @@ def test_pointwise_log_likelihood_is_minus_inf_where_a_draw_puts_the_data_outsid
     assert log_lik[0] == -math.inf
     exact = dist.Binomial(torch.tensor([5.0, 8.0]), 0.3).log_prob(k)
     assert torch.allclose(log_lik[1:], exact)
+
+
+def test_log_predictive_density_takes_any_element_layout():
+    """(draws,) for a site outside every plate: the log-mean-exp over draws (it was
+    summed over the draws); several element dims are flattened; no draws, refused."""
+    from pyro_qem.outputs import log_predictive_density
+
+    one = torch.tensor([-1.0, -2.0, -0.5])
+    expected = (torch.logsumexp(one, 0) - math.log(3)).item()
+    assert log_predictive_density(one) == pytest.approx(expected)
+    assert log_predictive_density(one.numpy()) == pytest.approx(expected)
+    nested = torch.randn(4, 2, 3)
+    assert log_predictive_density(nested, pointwise=True) == pytest.approx(
+        log_predictive_density(nested.reshape(4, 6), pointwise=True))
+    with pytest.raises(ValueError, match="at least one draw"):
+        log_predictive_density(torch.zeros(0, 3))
