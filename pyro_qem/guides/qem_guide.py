@@ -574,7 +574,10 @@ class QEMGuide(Messenger):
         them: ``{site: tensor of shape (len(quantiles),) + site shape}``. Pass the
         model's arguments if the guide has not been set up yet."""
         if self.structure is None:
-            self.setup(*args, **kwargs)
+            self._setup_to_read("quantiles", args, kwargs)
+        if isinstance(quantiles, (int, float)) or (isinstance(quantiles, torch.Tensor) and quantiles.dim() == 0):
+            raise TypeError(f"quantiles must be a list of probabilities, e.g. [{float(quantiles)}] "
+                            "or [0.05, 0.5, 0.95].")
         probs = torch.as_tensor(list(quantiles), dtype=torch.float64)
         out = {}
         for name, family in self.families.items():
@@ -588,9 +591,26 @@ class QEMGuide(Messenger):
             out[name] = values.to(dtype=_float_dtype(site), device=site.device)
         return PerSite(self.noncentred, out)
 
+    def _setup_to_read(self, what: str, args: tuple, kwargs: dict) -> None:
+        """Set the guide up from the model's arguments before reading its fit, saying
+        what to pass where the model needs arguments and none were given."""
+        try:
+            self.setup(*args, **kwargs)
+        except TypeError as error:
+            if args or kwargs:
+                raise
+            raise TypeError(
+                f"guide.{what}(): the guide has not been set up in this process (no step "
+                f"taken; a loaded state_dict is applied at set-up) and the model needs its "
+                f"arguments ({error}). Pass them, e.g. guide.{what}(..., y), or call "
+                "guide.setup(y) first."
+            ) from error
+
     @torch.no_grad()
     def median(self, *args, **kwargs) -> Dict[str, torch.Tensor]:
         """The median of each moment-matched site's q (per coordinate)."""
+        if self.structure is None:
+            self._setup_to_read("median", args, kwargs)
         return PerSite(self.noncentred, {name: value[0] for name, value in
                                          self.quantiles([0.5], *args, **kwargs).items()})
 

@@ -189,3 +189,18 @@ def test_a_param_store_round_trip_keeps_the_running_average(tmp_path):
     restored = AutoQEM(normal_mean)
     restored.setup(y)
     assert torch.equal(restored.median()["z"], fitted)
+
+
+def test_reading_a_loaded_fit_before_set_up_says_to_pass_the_model_arguments():
+    y = data(3)
+    pyro.set_rng_seed(0)
+    guide = AutoQEM(normal_mean)
+    fit(guide, y, steps=5, average_from=None)
+    saved = guide.state_dict()
+    fresh = AutoQEM(normal_mean, prefix="fresh")
+    fresh.load_state_dict(saved)
+    with pytest.raises(TypeError, match=r"guide.median\(\): the guide has not been set up.*guide.setup\(y\)"):
+        fresh.median()
+    with pytest.raises(TypeError, match=r"quantiles must be a list of probabilities"):
+        fresh.quantiles(0.5, y)
+    assert torch.equal(fresh.median(y)["z"], guide.median()["z"])
