@@ -165,12 +165,21 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def check_alpha(alpha: Any) -> float:
-    """Raise unless ``alpha`` is a real number strictly between 0 and 1."""
+    """Raise unless ``alpha`` is a real number in (0, 1/2]: the miss rate of the
+    intervals (larger values are refused as a confidence level passed by mistake)."""
     if isinstance(alpha, bool) or not isinstance(alpha, Real):
         raise TypeError(f"`alpha` must be a number in (0, 1), found {type(alpha).__name__}.")
     if not 0.0 < float(alpha) < 1.0:
         raise ValueError(
             f"`alpha` must be in (0, 1), found {alpha}; e.g. alpha=0.05 for 95% intervals."
+        )
+    if float(alpha) > 0.5:
+        # An interval narrower than 50% is almost always a confidence level passed
+        # as alpha (0.95 for 95%), which would silently give 5% intervals.
+        raise ValueError(
+            f"`alpha` is the miss rate (alpha=0.05 gives 95% intervals), found {alpha}, "
+            f"which asks for {100 * (1 - float(alpha)):g}% intervals. For "
+            f"{100 * float(alpha):g}% intervals pass alpha={1 - float(alpha):g}."
         )
     return float(alpha)
 

@@ -149,3 +149,14 @@ def test_cli_note_comes_before_a_later_error(capsys, tmp_path):
     path = _write(tmp_path, "r.csv", SEMI)
     line = _cli_error(capsys, [path, "--index-column", "question", "--cluster-column", "topic"])
     assert "--cluster-column 'topic' is not a column" in line and "'task', 'a', 'b'" in line
+
+
+def test_a_confidence_level_passed_as_alpha_is_refused():
+    """alpha=0.95 would give 5% intervals without a word."""
+    from pyro_qem.evals._data import check_alpha
+
+    assert check_alpha(0.05) == 0.05 and check_alpha(0.5) == 0.5
+    with pytest.raises(ValueError, match=r"miss rate.*asks for 5% intervals.*pass alpha=0.05"):
+        check_alpha(0.95)
+    with pytest.raises(ValueError, match=r"miss rate"):
+        evals.wilson_interval(5, 10, alpha=0.95)
