@@ -63,6 +63,7 @@ def conditioned_trace(model: Callable, draws: Draws, args: tuple, kwargs: dict, 
     prototype = model_trace(model, args, kwargs)
     nesting = plate_nesting(prototype)
     num = _num_draws(draws)
+    draws = {name: torch.as_tensor(value) for name, value in draws.items()}  # arrays too
     new_plates = _checked_new_plates(new_plates, prototype)
     values = _batched(draws, prototype, nesting, new_plates)
     _check_every_latent_drawn(draws, prototype, new_plates)
@@ -123,7 +124,8 @@ def _check_every_latent_drawn(draws: Draws, prototype: Trace, new_plates: set) -
 def _num_draws(draws: Draws) -> int:
     if not draws:
         raise ValueError("draws is empty: pass {site: tensor with a leading draw dim}.")
-    sizes = {name: value.shape[0] if value.dim() else 0 for name, value in draws.items()}
+    shapes = {name: torch.as_tensor(value).shape for name, value in draws.items()}
+    sizes = {name: shape[0] if len(shape) else 0 for name, shape in shapes.items()}
     if len(set(sizes.values())) != 1 or 0 in sizes.values():
         raise ValueError(
             f"draws must all have the same leading draw dim; got sizes {sizes}. Take them "

@@ -135,3 +135,12 @@ def test_log_predictive_density_takes_any_element_layout():
         log_predictive_density(nested.reshape(4, 6), pointwise=True))
     with pytest.raises(ValueError, match="at least one draw"):
         log_predictive_density(torch.zeros(0, 3))
+
+
+def test_draws_may_be_numpy_arrays():
+    fitted = fit_model(hierarchy, hierarchy_data(), steps=20)
+    restore(fitted)
+    draws = sample_guide(fitted.guide, 10)
+    as_arrays = {name: value.numpy() for name, value in draws.items()}
+    y = hierarchy_data()
+    assert torch.equal(log_likelihood(hierarchy, as_arrays, y)["y"], log_likelihood(hierarchy, draws, y)["y"])
