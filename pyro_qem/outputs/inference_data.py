@@ -62,10 +62,12 @@ def to_inference_data(
     """
     if draws is None:
         draws = _draw(inference, args, kwargs, num_samples, method)
-    draws = {name: value.detach() for name, value in draws.items()}
+    draws = {name: torch.as_tensor(value).detach() for name, value in draws.items()}
     _check_chains(num_chains, next(iter(draws.values())).shape[0])
     # The model as the guide sees it: non-centred sites' standardised latents included.
-    layout = _Layout(model_trace(inference.guide.model_run, args, kwargs), num_chains)
+    trace = model_trace(inference.guide.model_run, args, kwargs)
+    _check_coords(coords or {}, trace)
+    layout = _Layout(trace, num_chains)
     model = inference.model
     groups = {
         "posterior": layout.sampled(draws),
@@ -148,6 +150,24 @@ def _stats_dataset(layout: _Layout, ess: Dict[str, torch.Tensor], history):
         variables[f"ess_{name}"] = (list(layout.dims[name][:array.ndim]), array)
     stats = xr.Dataset({k: xr.Variable(dims, array) for k, (dims, array) in variables.items()})
     return stats
+
+
+def _check_coords(coords: Mapping[str, Sequence], trace) -> None:
+    """Refuse labels for a plate the model does not have, or of another length than
+    its plate (xarray's own error does not say that ``coords=`` is at fault)."""
+    sizes = {f.name: f.size for node in trace.nodes.values() if node["type"] == "sample"
+             for f in node["cond_indep_stack"] if f.vectorized}
+    for name, labels in coords.items():
+        if name not in sizes:
+            raise ValueError(
+                f"coords['{name}']: the model has no pyro.plate('{name}') with these "
+                f"arguments; coords are labels per plate (its plates: {sorted(sizes)})."
+            )
+        if len(labels) != sizes[name]:
+            raise ValueError(
+                f"coords['{name}'] has {len(labels)} labels, but pyro.plate('{name}') has "
+                f"{sizes[name]} elements with these arguments: give one label per element."
+            )
 
 
 def _build(groups: Dict[str, Arrays], stats, dims, coords, attrs):

@@ -69,3 +69,8 @@ def test_guide_draws_and_argument_checks(fitted):
         to_inference_data(inference, y, method="mcmc")
     with pytest.raises(ValueError, match="num_chains must be a positive int dividing"):
         to_inference_data(inference, y, draws=sample_guide(fitted.guide, 30), num_chains=4)
+    draws = sample_guide(fitted.guide, 10)
+    with pytest.raises(ValueError, match=r"coords\['groups'\] has 3 labels.*has 4 elements"):
+        to_inference_data(inference, y, draws=draws, coords={"groups": ["a", "b", "c"]})
+    with pytest.raises(ValueError, match=r"coords\['group'\]: the model has no pyro.plate\('group'\)"):
+        to_inference_data(inference, y, draws=draws, coords={"group": list("abcd")})
