@@ -61,6 +61,7 @@ def conditioned_trace(model: Callable, draws: Draws, args: tuple, kwargs: dict, 
         without the draws) and the model's number of plate dims.
     """
     prototype = model_trace(model, args, kwargs)
+    _check_not_subsampled(prototype)
     nesting = plate_nesting(prototype)
     num = _num_draws(draws)
     draws = {name: torch.as_tensor(value) for name, value in draws.items()}  # arrays too
@@ -72,6 +73,20 @@ def conditioned_trace(model: Callable, draws: Draws, args: tuple, kwargs: dict, 
     with torch.no_grad(), poutine.block(), pyro.plate("_qem_draws", num, dim=-nesting - 1):
         trace = poutine.trace(poutine.condition(model, values)).get_trace(*args, **kwargs)
     return prune_subsample_sites(trace), prototype, nesting
+
+
+def _check_not_subsampled(prototype: Trace) -> None:
+    """Refuse a model call that subsamples a plate: the run would score (or replicate)
+    a random minibatch of rows, and the result would not say which."""
+    for node in prototype.nodes.values():
+        for frame in node.get("cond_indep_stack", ()):
+            if frame.vectorized and frame.full_size is not None and frame.full_size != frame.size:
+                raise ValueError(
+                    f"pyro.plate('{frame.name}') is subsampled ({frame.size} of "
+                    f"{frame.full_size} elements) in this call: the outputs would cover a "
+                    "random minibatch of its rows. Call the model without subsample_size "
+                    "(a full-batch version of it) for predictive outputs."
+                )
 
 
 def _plates_of(prototype: Trace) -> set:

@@ -144,3 +144,13 @@ def test_draws_may_be_numpy_arrays():
     as_arrays = {name: value.numpy() for name, value in draws.items()}
     y = hierarchy_data()
     assert torch.equal(log_likelihood(hierarchy, as_arrays, y)["y"], log_likelihood(hierarchy, draws, y)["y"])
+
+
+def test_a_subsampled_call_is_refused():
+    def minibatched(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(y), subsample_size=3) as idx:
+            pyro.sample("obs", dist.Normal(mu, 1.0), obs=y[idx])
+
+    with pytest.raises(ValueError, match=r"pyro.plate\('data'\) is subsampled \(3 of 10"):
+        log_likelihood(minibatched, {"mu": torch.zeros(5)}, torch.randn(10))
