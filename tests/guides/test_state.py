@@ -176,9 +176,7 @@ def test_a_param_store_round_trip_keeps_the_running_average(tmp_path):
     y = data(2)
     pyro.set_rng_seed(0)
     guide = AutoQEM(normal_mean)
-    inference = Inference(normal_mean, guide, K=10, lr=0.3, average_from=100)
-    for _ in range(300):
-        inference.step(y)
+    inference = fit(guide, y)
     fitted = guide.median()["z"]
     assert not torch.allclose(fitted, guide.distributions(averaged=False)["z"].mean.double())
     pyro.get_param_store().save(tmp_path / "params.pt")
