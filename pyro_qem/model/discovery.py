@@ -132,18 +132,22 @@ def masked_unread(model: Callable, args: tuple, kwargs: dict, trace: Trace) -> D
     still reads the value, the element has a flat prior (as in SVI or NUTS); where
     nothing reads it (Pyro's ``obs_mask`` imputation at observed entries, padding), it
     is absent, and its particles should keep uniform weights rather than chase a
-    flat, improper posterior. A discrete site's masked elements count as read (its q
-    has bounded support, or keeps it), a site in a subsampled plate as read too.
+    flat, improper posterior. A discrete site's masked elements all count as absent (no
+    derivative tells them apart); those of a site in a subsampled plate are left to the
+    estimator, which treats them as absent too.
     """
     found: Dict[str, torch.Tensor] = {}
     for name, node in trace.nodes.items():
         if node["type"] != "sample" or node["is_observed"] or site_is_subsample(node):
             continue
         mask = element_mask(node)
-        if mask is None or node["fn"].support.is_discrete:
+        if mask is None or any(f.vectorized and f.full_size is not None and f.full_size != f.size
+                               for f in node["cond_indep_stack"]):
             continue
-        if any(f.vectorized and f.full_size is not None and f.full_size != f.size
-               for f in node["cond_indep_stack"]):
+        if node["fn"].support.is_discrete:
+            # No derivative to tell: every masked element is absent (a flat prior on
+            # an unread Poisson count would let its q's rate grow without end).
+            found[name] = ~mask
             continue
         read = _elements_read(model, args, kwargs, trace, name)
         if read is not None:
