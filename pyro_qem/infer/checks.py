@@ -95,12 +95,22 @@ def _control_flow_message(recorder: SiteRecorder, num_particles: int, error: Exc
     )
 
 
+# Torch's messages when tensors of different particle groups are joined.
+_JOIN_MESSAGES = ("stack expects each tensor to be equal size", "Sizes of tensors must match")
+
+
 def _runtime_message(recorder: SiteRecorder, num_particles: int, error: Exception) -> str:
+    joined = ""
+    if any(text in str(error) for text in _JOIN_MESSAGES):
+        joined = (" Latent sites in different particle groups hold their K particles in "
+                  "different dims, so torch.stack or torch.cat of them fails: put them in "
+                  "one group (AutoQEM(model, groups=[['a', 'b']])), or combine them by "
+                  "broadcasting arithmetic instead.")
     return (
         f"{error} [pyro_qem: the model failed {_where(recorder)} while running with "
         f"K={num_particles} particles per latent site, after running fine at set-up with "
         "one value per site. Each latent value has its K particles in a dim left of the "
         "plates: index and reshape from the right (a[..., county], not a[county]; "
         "Vindex; .expand(batch + shape)), and do not use Python control flow on sampled "
-        "values.]"
+        f"values.{joined}]"
     )

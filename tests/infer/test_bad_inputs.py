@@ -1,6 +1,8 @@
 """Bad models and data get a clear error naming the site or plate and what to do,
 never a traceback from deep inside torch, a NaN, or a silently wrong answer."""
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -484,3 +486,17 @@ def test_a_hand_written_log_density_of_data_says_how_to_keep_the_particle_dims()
     with pytest.raises(ValueError, match=r"not broadcastable.*failed after latent site 'mu'.*"
                                          r"observe the data in a pyro.plate"):
         step(model, torch.randn(10))
+
+
+def test_stacking_latents_of_different_groups_says_to_group_them():
+    def model(y):
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        b = pyro.sample("b", dist.Normal(0.0, 1.0))
+        ab = torch.stack([a, b], -1)
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(ab[..., 0] + ab[..., 1], 1.0), obs=y)
+
+    with pytest.raises(RuntimeError, match=r"stack expects.*put them in one group"):
+        step(model, torch.randn(4))
+    # Grouped, they share a particle dim and stack.
+    assert math.isfinite(step(model, torch.randn(4), groups=[["a", "b"]]))
