@@ -337,9 +337,10 @@ def _check_dependency(record: SiteRecord, group, structure: ModelStructure) -> N
             "site into the plate or restructure the model. If its rows look up their "
             "group's value through an integer index, write the lookup on the latent "
             "itself, from the right: a[..., index] (a vector latent: ab[..., index, :] "
-            "or ab[..., index, 0]), with the index as long as the rows' plate; other "
-            "forms (torch.take_along_dim, a one-hot matrix product) are not "
-            "recognised as an index."
+            "or ab[..., index, 0]; latents stacked first, torch.stack([a, b], -1)[..., "
+            "index, :]), with the index as long as the rows' plate; other forms "
+            "(torch.take_along_dim, a one-hot matrix product) are not recognised as an "
+            "index."
         )
 
 

@@ -24,7 +24,7 @@ county's particles.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Collection, Dict, List, Optional, Tuple
+from typing import Collection, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch.utils._pytree import tree_map
@@ -76,7 +76,7 @@ ELEMENTWISE = frozenset(
 class IndexedValue(torch.Tensor):
     """A latent's value that records integer-tensor indexing of its plate dims."""
 
-    _qem_site: str
+    _qem_site: Union[str, Tuple[str, ...]]  # several: stacked latents of one plate
     _qem_plates: Dict[int, str]  # value dim (negative, event dims included) -> plate
     _qem_event_ndim: int
     _qem_uses: List[IndexUse]
@@ -102,6 +102,8 @@ class IndexedValue(torch.Tensor):
             return _event_reshaped(func, result, args, kwargs)
         if func in _UNBIND and isinstance(args[0], IndexedValue):
             return _event_unbound(result, args, kwargs)
+        if func in _JOIN:
+            return _joined(func, result, args, kwargs)
         if func in _MATMUL:
             return _matmul(result, args)
         return result
@@ -113,6 +115,7 @@ class IndexedValue(torch.Tensor):
 _EVENT_RESHAPES = frozenset({torch.unsqueeze, torch.Tensor.unsqueeze, torch.squeeze,
                              torch.Tensor.squeeze})
 _UNBIND = frozenset({torch.unbind, torch.Tensor.unbind})
+_JOIN = frozenset({torch.stack, torch.cat, torch.concat})
 _MATMUL = frozenset({torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
                      torch.Tensor.__rmatmul__})
 
@@ -172,6 +175,34 @@ def _event_unbound(result, args, kwargs):
     if dim < -source._qem_event_ndim:
         return result
     return tuple(_rewrapped(part, source, 1) for part in result)
+
+
+def _joined(func, result, args, kwargs):
+    """``torch.stack([a, b], -1)`` (or ``torch.cat`` along an event dim) of latents of
+    one plate, e.g. a county's intercept and slope: each element of the result is still
+    one county's, so an index applied afterwards is recorded for every latent joined
+    (they then share a particle dim, which the join needs)."""
+    tensors = args[0] if args else kwargs.get("tensors", ())
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+    sources = [t for t in tensors if isinstance(t, IndexedValue)]
+    if not sources or not isinstance(result, torch.Tensor) or not isinstance(dim, int):
+        return result
+    first = sources[0]
+    if any(s._qem_plates != first._qem_plates or s._qem_event_ndim != first._qem_event_ndim
+           or s._qem_uses is not first._qem_uses for s in sources[1:]) or not first._qem_plates:
+        return result
+    dim = dim if dim < 0 else dim - result.dim()
+    stacked = func is torch.stack
+    if dim < -(first._qem_event_ndim + (1 if stacked else 0)):
+        return result  # along a plate dim: the elements are mixed
+    sites: List[str] = []
+    for source in sources:
+        for site in (source._qem_site if isinstance(source._qem_site, tuple) else (source._qem_site,)):
+            if site not in sites:
+                sites.append(site)
+    joined = _rewrapped(result, first, -1 if stacked else 0, 1 if stacked else 0)
+    joined._qem_site = sites[0] if len(sites) == 1 else tuple(sites)
+    return joined
 
 
 def _matmul(result, args):
@@ -243,7 +274,10 @@ def _record(value: IndexedValue, dim: int, index, batch_dim: Optional[int] = Non
         return
     if batch_dim is None:
         batch_dim = dim + value._qem_event_ndim
-    value._qem_uses.append(IndexUse(value._qem_site, plate, index.reshape(-1), batch_dim, _active_plates()))
+    sites = value._qem_site if isinstance(value._qem_site, tuple) else (value._qem_site,)
+    active = _active_plates()
+    for site in sites:
+        value._qem_uses.append(IndexUse(site, plate, index.reshape(-1), batch_dim, active))
 
 
 def _active_plates() -> Tuple[ActivePlate, ...]:

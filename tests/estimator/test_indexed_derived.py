@@ -3,6 +3,7 @@
 into the group like rows reading the latent itself: log P_hat against brute-force
 enumeration over every combination of particle indices (float64, K = 3)."""
 
+import functools
 import itertools
 import math
 
@@ -190,3 +191,33 @@ def test_a_reduction_over_the_particle_dims_is_refused():
     inference = Inference(reduced, AutoQEM(reduced), K=3)
     with pytest.raises(ValueError, match=r"Site 'y' depends on \['mu'\].*z.mean\(\)"):
         inference.step(Y)
+
+
+def _intercepts_and_slopes(y, stacked):
+    with pyro.plate("county", 2):
+        a = pyro.sample("a", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+        b = pyro.sample("b", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+    with pyro.plate("house", 3):
+        if stacked:  # one county table of (a, b), looked up by row
+            row = torch.stack([a, b], -1)[..., HOUSE_COUNTY, :]
+            loc = row[..., 0] + row[..., 1] * HOUSE_X
+        else:
+            loc = a[..., HOUSE_COUNTY] + b[..., HOUSE_COUNTY] * HOUSE_X
+        pyro.sample("y", dist.Normal(loc, 1.0), obs=y)
+
+
+def test_stacked_group_latents_are_read_through_the_index_exactly():
+    """torch.stack([a, b], -1)[..., county, :]: the rows read both latents of their
+    county; the estimate equals the one of the same model written a[..., county] +
+    b[..., county] * x (whose folding is checked against brute force above)."""
+    results = []
+    for stacked in (False, True):
+        pyro.set_rng_seed(3)
+        pyro.clear_param_store()
+        model = functools.partial(_intercepts_and_slopes, stacked=stacked)
+        inference = Inference(model, AutoQEM(model), K=3)
+        run = inference.run_particles(HOUSE_Y)
+        assert run.structure.links == {"house": "county"}
+        assert run.structure.group_of("a") == run.structure.group_of("b")
+        results.append(estimate(run.sites, run.structure, 3, links=run.links).log_p_hat.item())
+    assert results[1] == pytest.approx(results[0], abs=1e-12)
