@@ -367,7 +367,8 @@ def _check_parents_kept(record: SiteRecord, dims: List[str], structure: ModelStr
         "so that its particles land in another latent's dim; or a.squeeze(-1), "
         "a[..., i, 0] on a latent whose plate is at dim=-2: dropping a batch dim right "
         "of the plates moves the particle dims into the plates' places; keep it, "
-        "a[..., i, :], or declare the plate at dim=-1). Reduce only over named "
+        "a[..., i, :] with the rows' plate at dim=-2 too, or declare the plate at "
+        "dim=-1). Reduce only over named "
         "rightmost dims (z.sum(-1)), and let broadcasting add plate dims: write "
         "mu + x rather than mu.unsqueeze(-2) + x (the same in a model without particles)."
     )
