@@ -478,16 +478,6 @@ def test_mixture_components_in_a_plate_indexed_by_the_assignment_are_refused_cle
         step(gmm, torch.tensor([-2.0, -1.5, 1.0, 2.0, 1.7]))
 
 
-def test_a_hand_written_log_density_of_data_says_how_to_keep_the_particle_dims():
-    def model(y):
-        mu = pyro.sample("mu", dist.Normal(0.0, 3.0))
-        pyro.factor("f", dist.Normal(mu, 1.0).log_prob(y).sum())
-
-    with pytest.raises(ValueError, match=r"not broadcastable.*failed after latent site 'mu'.*"
-                                         r"observe the data in a pyro.plate"):
-        step(model, torch.randn(10))
-
-
 def test_stacking_latents_of_different_groups_says_to_group_them():
     def model(y):
         a = pyro.sample("a", dist.Normal(0.0, 1.0))
@@ -500,3 +490,13 @@ def test_stacking_latents_of_different_groups_says_to_group_them():
         step(model, torch.randn(4))
     # Grouped, they share a particle dim and stack.
     assert math.isfinite(step(model, torch.randn(4), groups=[["a", "b"]]))
+
+
+def test_a_hand_written_log_density_of_data_says_how_to_keep_the_particle_dims():
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 3.0))
+        pyro.factor("f", dist.Normal(mu, 1.0).log_prob(y).sum())
+
+    with pytest.raises(ValueError, match=r"not broadcastable.*failed after latent site 'mu'.*"
+                                         r"observe the data in a pyro.plate"):
+        step(model, torch.randn(10))
