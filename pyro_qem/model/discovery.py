@@ -124,9 +124,9 @@ def element_mask(node) -> Optional[torch.Tensor]:
 
 
 def masked_unread(model: Callable, args: tuple, kwargs: dict, trace: Trace) -> Dict[str, torch.Tensor]:
-    """For each continuous latent site with masked-out elements: those elements whose
-    value no other site's (masked, scaled) log density depends on, found by
-    differentiating the rest of the model with respect to the site at a prior draw.
+    """For each latent site with masked-out elements: those elements whose value no
+    other site's (masked, scaled) log density depends on, found for a continuous site
+    by differentiating the rest of the model with respect to it at two prior draws.
 
     Why: Pyro's ``poutine.mask`` on a latent drops its prior there. Where another site
     still reads the value, the element has a flat prior (as in SVI or NUTS); where
