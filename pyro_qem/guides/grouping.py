@@ -70,7 +70,6 @@ def _merge(groups: List[List[str]]) -> List[List[str]]:
     return [g for g in merged if g]
 
 
-
 def undrawable_noncentred(structure: ModelStructure, noncentred: Sequence[str],
                           prior_parents: Mapping[str, FrozenSet[str]]) -> Dict[str, List[str]]:
     """Non-centred sites whose ``loc`` or ``scale`` reads a latent of a plate the site

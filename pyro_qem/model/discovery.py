@@ -13,7 +13,7 @@ import dataclasses
 import itertools
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -24,7 +24,7 @@ from pyro.infer.inspect import get_dependencies
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_factor, site_is_subsample
 
-from ..handlers import IndexProbe, IndexUse, PlateChunkMessenger
+from ..handlers import IndexProbe, IndexUse, PlateChunkMessenger, is_subsampled
 from ..handlers.rest_density import rest_log_density
 from .links import find_links
 from .site_checks import check_something_to_infer, check_latent_distribution, check_observed
@@ -106,21 +106,30 @@ def element_mask(node) -> Optional[torch.Tensor]:
     ``.to_event``: an element counts unless all its components are masked), or None
     when nothing is masked."""
     fn = node["fn"]
+    inner, reinterpreted = _mask_wrapped(fn)
+    if node["mask"] is None and not isinstance(inner, dist.MaskedDistribution):
+        return None
     shape = fn.batch_shape
     mask = torch.ones(shape, dtype=torch.bool)
     if node["mask"] is not None:
         mask = mask & torch.as_tensor(node["mask"], dtype=torch.bool)
-    inner, reinterpreted = fn, 0
-    while isinstance(inner, (dist.Independent, dist.ExpandedDistribution)):
-        if isinstance(inner, dist.Independent):
-            reinterpreted += inner.reinterpreted_batch_ndims
-        inner = inner.base_dist
     if isinstance(inner, dist.MaskedDistribution):
         masked = torch.as_tensor(inner._mask, dtype=torch.bool).expand(inner.batch_shape)
         if reinterpreted:
             masked = masked.any(tuple(range(-reinterpreted, 0)))
         mask = mask & masked.expand(shape)
     return None if bool(mask.all()) else mask
+
+
+def _mask_wrapped(fn) -> Tuple[object, int]:
+    """``fn`` without its Independent and Expanded wrappers, and the number of batch
+    dims the wrappers reinterpreted as event dims."""
+    inner, reinterpreted = fn, 0
+    while isinstance(inner, (dist.Independent, dist.ExpandedDistribution)):
+        if isinstance(inner, dist.Independent):
+            reinterpreted += inner.reinterpreted_batch_ndims
+        inner = inner.base_dist
+    return inner, reinterpreted
 
 
 def masked_unread(model: Callable, args: tuple, kwargs: dict, trace: Trace) -> Dict[str, torch.Tensor]:
@@ -141,8 +150,7 @@ def masked_unread(model: Callable, args: tuple, kwargs: dict, trace: Trace) -> D
         if node["type"] != "sample" or node["is_observed"] or site_is_subsample(node):
             continue
         mask = element_mask(node)
-        if mask is None or any(f.vectorized and f.full_size is not None and f.full_size != f.size
-                               for f in node["cond_indep_stack"]):
+        if mask is None or any(is_subsampled(f) for f in node["cond_indep_stack"]):
             continue
         if node["fn"].support.is_discrete:
             # No derivative to tell: every masked element is absent (a flat prior on

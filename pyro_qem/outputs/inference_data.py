@@ -19,7 +19,7 @@ import torch
 
 from .diagnostics import weight_ess
 from .draws import sample_guide, sample_posterior
-from .predictive import log_likelihood, model_trace, observed_sites, posterior_predictive
+from .predictive import log_likelihood, model_trace, observed_sites, plate_sizes, posterior_predictive
 
 from ..infer.fit import FitHistory
 from ..infer.inference import Inference
@@ -155,8 +155,7 @@ def _stats_dataset(layout: _Layout, ess: Dict[str, torch.Tensor], history):
 def _check_coords(coords: Mapping[str, Sequence], trace) -> None:
     """Refuse labels for a plate the model does not have, or of another length than
     its plate (xarray's own error does not say that ``coords=`` is at fault)."""
-    sizes = {f.name: f.size for node in trace.nodes.values() if node["type"] == "sample"
-             for f in node["cond_indep_stack"] if f.vectorized}
+    sizes = plate_sizes(trace)
     for name, labels in coords.items():
         if name not in sizes:
             raise ValueError(

@@ -23,6 +23,7 @@ from ..estimator.factors import observed_log_prob
 from ..guides.initialisation import init_to_sample_or_feasible
 from ..handlers import UnconditionData
 from ..handlers.noncentring import SUFFIX
+from .sites import check_full_frames
 
 Draws = Dict[str, torch.Tensor]
 
@@ -61,7 +62,9 @@ def conditioned_trace(model: Callable, draws: Draws, args: tuple, kwargs: dict, 
         without the draws) and the model's number of plate dims.
     """
     prototype = model_trace(model, args, kwargs)
-    _check_not_subsampled(prototype)
+    # A subsampled call would score (or replicate) a random minibatch of rows.
+    check_full_frames((f for node in prototype.nodes.values() if node["type"] == "sample"
+                       for f in node["cond_indep_stack"]), "predictive outputs")
     nesting = plate_nesting(prototype)
     num = _num_draws(draws)
     draws = {name: torch.as_tensor(value) for name, value in draws.items()}  # arrays too
@@ -75,22 +78,9 @@ def conditioned_trace(model: Callable, draws: Draws, args: tuple, kwargs: dict, 
     return prune_subsample_sites(trace), prototype, nesting
 
 
-def _check_not_subsampled(prototype: Trace) -> None:
-    """Refuse a model call that subsamples a plate: the run would score (or replicate)
-    a random minibatch of rows, and the result would not say which."""
-    for node in prototype.nodes.values():
-        for frame in node.get("cond_indep_stack", ()):
-            if frame.vectorized and frame.full_size is not None and frame.full_size != frame.size:
-                raise ValueError(
-                    f"pyro.plate('{frame.name}') is subsampled ({frame.size} of "
-                    f"{frame.full_size} elements) in this call: the outputs would cover a "
-                    "random minibatch of its rows. Call the model without subsample_size "
-                    "(a full-batch version of it) for predictive outputs."
-                )
-
-
-def _plates_of(prototype: Trace) -> set:
-    return {f.name for node in prototype.nodes.values() if node["type"] == "sample"
+def plate_sizes(trace: Trace) -> Dict[str, int]:
+    """The size of every vectorised plate of a trace's sample sites."""
+    return {f.name: f.size for node in trace.nodes.values() if node["type"] == "sample"
             for f in node["cond_indep_stack"] if f.vectorized}
 
 
@@ -103,7 +93,7 @@ def _checked_new_plates(new_plates, prototype: Trace) -> set:
             f"write new_plates=[{new_plates!r}]."
         )
     names = set(new_plates)
-    plates = _plates_of(prototype)
+    plates = set(plate_sizes(prototype))
     unknown = sorted(names - plates)
     if unknown:
         raise ValueError(

@@ -4,7 +4,7 @@ the selection of sites and statistics."""
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -104,15 +104,19 @@ def plate_layout(record: SiteRecord, nesting: int) -> Tuple[Tuple[int, ...], Tup
 
 
 def _check_full_plates(records: Sequence[SiteRecord], what: str) -> None:
-    for record in records:
-        for frame in record.frames:
-            if is_subsampled(frame):
-                raise ValueError(
-                    f"{what}: pyro.plate('{frame.name}') is subsampled ({frame.size} of "
-                    f"{frame.full_size} elements). Posterior outputs need every plate "
-                    "element in one run: call the model without subsample_size (e.g. "
-                    "a full-batch version of it) for this output."
-                )
+    check_full_frames((frame for record in records for frame in record.frames), what)
+
+
+def check_full_frames(frames: Iterable, what: str) -> None:
+    """Raise, naming ``what``, if one of these plate frames is subsampled."""
+    for frame in frames:
+        if is_subsampled(frame):
+            raise ValueError(
+                f"{what}: pyro.plate('{frame.name}') is subsampled ({frame.size} of "
+                f"{frame.full_size} elements). Posterior outputs need every plate "
+                "element in one run: call the model without subsample_size (e.g. "
+                "a full-batch version of it) for this output."
+            )
 
 
 def check_count(name: str, value) -> None:
