@@ -46,13 +46,12 @@ SETS_ENTRIES = 1 << 23
 
 
 # draws_per_run="auto" takes as many draws from each particle set as keep the design
-# effect of the repeats at most 1 + REPEAT_COST: with REPEAT_COST = 1, about as many
-# draws as the set's worst-resolved group has effective particles (1 / sum_k w_k^2),
-# and effective draws >= 50% of the draws. A set costs a model run over K particles
-# per group and holds only about that many effective particles, so fewer draws per set
-# buy independent draws at a higher price (radon, 2000 draws against a 600-step fit:
-# 0.35-0.49x at 80% efficiency, 0.08-0.18x at 50%).
-REPEAT_COST = 1.0
+# effect of the repeats at most 1 + REPEAT_COST (effective draws >= 80% of the draws).
+# Taking more (about the set's ESS of its worst-resolved group, 50% efficiency) cut
+# radon's 2000 draws from 0.35-0.41x to 0.11-0.14x of the fit's time, but the joint
+# draws' worst mean errors over 90 coordinates rose from 0.055-0.092 to 0.076-0.100
+# NUTS sds (benchmarks.funnel, seeds 0-2): at the README's 2000 draws, accuracy first.
+REPEAT_COST = 0.25
 
 
 class JointDraws(dict):
@@ -92,14 +91,13 @@ def sample_posterior(
     warning.
 
     Several draws from one set cost only a backward pass each but can repeat a
-    particle: with ``draws_per_run="auto"`` (default) each set gives about as many
-    draws as its worst-resolved particle group has effective particles
-    (``1 / sum_k w_k^2`` from the weights of the first set: one draw per set when they
-    are degenerate), which keeps the effective number of independent draws at 50% of
-    ``num_samples`` or more; a set costs a model run, so more independent draws per
-    second come from asking for more draws than from fewer draws per set. The result
-    reports what it got (:class:`JointDraws`). Pass an int for a fixed number per set
-    (``draws_per_run=1``: strictly independent draws).
+    particle: with ``draws_per_run="auto"`` (default) each set gives as many draws as
+    keep the effective number of independent draws at 80% of ``num_samples`` or more
+    (from the particle weights of the first set: one draw per set when they are
+    degenerate). The result reports what it got (:class:`JointDraws`). Pass an int for
+    a fixed number per set (``draws_per_run=1``: strictly independent draws; about
+    ``1 / sum_k w_k^2`` of the worst-resolved group, the set's ESS, is the cheapest
+    per independent draw, at about 50% efficiency).
 
     Example::
 
