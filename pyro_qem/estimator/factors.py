@@ -313,6 +313,25 @@ def _check_unplated_dim(record: SiteRecord, pos: int, size: int, structure: Mode
     batch = structure.observed.get(record.name)
     if batch is not None and len(batch) >= -pos and batch[pos] == size:
         return
+    # A latent's particles sit left of its event dims: where the site uses those event
+    # dims as batch dims (a shape-(1,) vector broadcast over a plate), they arrive
+    # exactly that many dims left of the latent's particle dim.
+    shifted = [name for group in structure.groups for name in group.sites
+               if structure.sites[name].event_shape
+               and group.dim - len(structure.sites[name].event_shape) == pos]
+    if shifted:
+        name = shifted[0]
+        event_shape = tuple(structure.sites[name].event_shape)
+        raise ValueError(
+            f"Site '{record.name}' uses the event dims of latent '{name}' (event shape "
+            f"{event_shape}) as batch dims: its log density has {name}'s particles at "
+            f"position {pos}, not at {name}'s particle dim. Pyro broadcasts the two alike, "
+            "but under QEM a latent's particle dims sit left of its event dims, so the "
+            f"event dims must not meet a plate. Sample '{name}' without them (e.g. "
+            "dist.Normal(0., 2.) for a single value instead of "
+            "dist.Normal(torch.zeros(1), 2.).to_event(1)), or take its components before "
+            f"using them in a plate ({name}[..., 0], or Vindex)."
+        )
     raise ValueError(
         f"Site '{record.name}': its log density has a dim of size {size} at position {pos} "
         "that is neither one of its plates nor a particle dim. Particle dims moved there: "

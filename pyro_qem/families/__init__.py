@@ -12,6 +12,7 @@ from .normal import Normal
 from .poisson import Poisson
 from .scaled_beta import ScaledBeta, ScaledBetaDistribution
 from .transformed import Unconstrained
+from .vonmises import VonMises
 from .registry import FAMILIES, compatible_families, default_family, resolve_family
 from .support import any_bijective, has_bijection, support_kind, support_matches
 
@@ -40,6 +41,7 @@ __all__ = [
     "ScaledBeta",
     "ScaledBetaDistribution",
     "Unconstrained",
+    "VonMises",
     "any_bijective",
     "compatible_families",
     "default_family",

@@ -20,6 +20,7 @@ from .poisson import Poisson
 from .scaled_beta import ScaledBeta
 from .support import KIND_DESCRIPTIONS, support_kind, support_matches
 from .transformed import Unconstrained
+from .vonmises import VonMises
 
 #: Every built-in family by the name users pass in ``families={"site": name}``.
 FAMILIES: Dict[str, Type[Family]] = {
@@ -41,6 +42,7 @@ FAMILIES: Dict[str, Type[Family]] = {
         Binomial,
         Multinomial,
         Poisson,
+        VonMises,
         Unconstrained,
     )
 }
@@ -103,7 +105,7 @@ def default_family(
     """The family a site gets when the user does not choose one, from its support.
 
     real -> Normal (per coordinate for vectors and matrices), or MultivariateNormal for
-    a MultivariateNormal prior; positive or nonnegative ->
+    a MultivariateNormal prior, or VonMises for a VonMises prior (angles); positive or nonnegative ->
     Gamma; unit interval -> Beta; another interval with fixed bounds -> ScaledBeta;
     simplex -> Dirichlet; boolean -> Bernoulli; ``integer_interval(0, C - 1)`` ->
     Categorical, or Binomial when the prior is one; nonnegative integer -> Poisson;

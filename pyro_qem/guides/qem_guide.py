@@ -420,9 +420,11 @@ class QEMGuide(Messenger):
             if not isinstance(bound, torch.Tensor):
                 continue
             # The particle-sets plate expands the prior over its dim, like a model plate.
-            lead = [n for i, n in enumerate(bound.shape[:-own_dims or None])
-                    if sets_dim is None or i != bound.dim() + sets_dim]
-            if any(n > 1 for n in lead):
+            lead = [i for i, n in enumerate(bound.shape[:-own_dims or None])
+                    if n > 1 and (sets_dim is None or i != bound.dim() + sets_dim)]
+            # A constant bound broadcast against a latent parameter (Pareto(1., alpha),
+            # Binomial(10, p)) has the particle dims too, with one value along them.
+            if lead and not bool((bound.amax(lead) == bound.amin(lead)).all()):
                 raise ValueError(
                     f"Site '{site.name}' has a dependent support: the bounds of its "
                     f"{type(support).__name__.lstrip('_')} support depend on another latent "

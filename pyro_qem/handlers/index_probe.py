@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Collection, Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch.utils._pytree import tree_map
 
@@ -238,7 +239,7 @@ def _record_getitem(value: IndexedValue, key) -> None:
     tensor, the layout ``a[..., index]`` that keeps every other dim in place; after an
     Ellipsis, integers right of the index may pick event components
     (``ab[..., index, 0]``) or drop size-1 dims."""
-    key = key if isinstance(key, tuple) else (key,)
+    key = tuple(_as_index(k) for k in (key if isinstance(key, tuple) else (key,)))
     tensors = [i for i, k in enumerate(key) if isinstance(k, torch.Tensor) and not k.dtype.is_floating_point
                and k.dtype != torch.bool]
     if len(tensors) != 1:
@@ -263,6 +264,16 @@ def _record_getitem(value: IndexedValue, key) -> None:
     kept_event = sum(1 for k in after[max(0, len(after) - value._qem_event_ndim):]
                      if not isinstance(k, int))
     _record(value, dim, key[position], batch_dim=-(1 + kept) + kept_event if anchored_right else None)
+
+
+def _as_index(key):
+    """A numpy integer array or a list of ints in an index key as the tensor torch
+    reads it as (``a[..., county]`` with ``county`` a numpy array runs in Pyro)."""
+    if isinstance(key, np.ndarray) and key.dtype.kind in "iu":
+        return torch.as_tensor(key)
+    if isinstance(key, list) and key and all(isinstance(k, int) and not isinstance(k, bool) for k in key):
+        return torch.tensor(key)
+    return key
 
 
 def _record(value: IndexedValue, dim: int, index, batch_dim: Optional[int] = None) -> None:

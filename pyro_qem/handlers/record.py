@@ -79,7 +79,19 @@ class SiteRecorder(ParamCollector):
         if site_is_subsample(msg):
             self.subsamples[msg["name"]] = msg["value"]
             return
+        if msg["is_observed"] and not isinstance(msg["value"], torch.Tensor):
+            raise not_a_tensor_error(msg["name"], msg["value"])
         self.sites.append(_record(msg))
+
+
+def not_a_tensor_error(name: str, value) -> TypeError:
+    """The error for an observed site whose ``obs=`` is not a tensor (numpy arrays and
+    lists run in Pyro, but the estimator needs tensors)."""
+    return TypeError(
+        f"Observed site '{name}' has obs= of type {type(value).__name__}; pyro_qem "
+        "needs a torch.Tensor with the site's batch and event shape. Convert it, e.g. "
+        "obs=torch.as_tensor(y, dtype=torch.get_default_dtype())."
+    )
 
 
 def _record(msg) -> SiteRecord:

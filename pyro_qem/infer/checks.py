@@ -11,6 +11,7 @@ of a particle run and re-raises with the last site drawn and what to do.
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Iterator, Optional
 
 from ..handlers import SiteRecorder
@@ -56,6 +57,8 @@ def particle_run_errors(recorder: SiteRecorder, num_particles: int) -> Iterator[
                             "observe the data in a pyro.plate instead, or write "
                             "dist.Normal(mu.unsqueeze(-1), 1.).log_prob(y).sum(-1).")
             raise ValueError(message) from error
+        if isinstance(error, ValueError) and str(error).startswith("Expected parameter "):
+            raise ValueError(_constraint_message(recorder, num_particles, error)) from error
         if type(error) is IndexError:
             # e.g. a[county] with more counties than particles: the index hit the
             # particle dim.
@@ -92,6 +95,24 @@ def _control_flow_message(recorder: SiteRecorder, num_particles: int, error: Exc
         "control flow on a sampled value (if z > 0:, float(z), z.item(), range(n)) is not "
         "supported. Write it with tensor operations instead: torch.where(z > 0, a, b), "
         "or masking (poutine.mask, or multiplying by (z > 0).float())."
+    )
+
+
+def _constraint_message(recorder: SiteRecorder, num_particles: int, error: Exception) -> str:
+    # Torch's message dumps the parameters and every invalid value: keep the names.
+    text = str(error)
+    found = re.match(r"Expected parameter (\w+).*? of distribution (\w+).*? to satisfy the "
+                     r"constraint (\w+)", text, re.S)
+    what = (f"parameter '{found[1]}' of a {found[2]} is outside its constraint {found[3]}"
+            if found else text.split("\n")[0][:300])
+    return (
+        f"The model failed {_where(recorder)} while running with K={num_particles} "
+        f"particles per latent site: {what}, for some particles. Each latent site holds K "
+        "independent particles and the parameters of a later distribution combine them "
+        "in every combination, so a constraint that the prior's joint draws respect can "
+        "fail for some pairs (Uniform(low, high) with both latent: some particles of low "
+        "exceed some of high). Reparameterise so that any values are valid, e.g. "
+        "high = low + width with width sampled from a positive prior."
     )
 
 

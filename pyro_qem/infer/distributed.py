@@ -348,9 +348,25 @@ def setup_guide(guide: QEMGuide, args: tuple, kwargs: dict,
         with _ShardSetup():
             return model(*a, **k)
 
-    def agree(name: str, centred: torch.Tensor) -> torch.Tensor:
-        mask = centred.to(torch.float64).contiguous()
-        return group.broadcast(mask, f"which elements of site '{name}' stay centred") > 0.5
+    def agree(masks: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        # Every process calls this once; the candidates themselves must match first
+        # (another model proposes other sites non-centred), then rank src's masks rule.
+        described = ", ".join(f"{name} {tuple(m.shape)}" for name, m in masks.items())
+        header = torch.tensor([zlib.crc32(described.encode()) & 0x7FFFFFFF], dtype=torch.int64)
+        headers = group.all_gather(header, "the non-centred proposals' sites")
+        if len({int(h[0]) for h in headers}) > 1:
+            per_rank = [None] * group.world_size
+            dist.all_gather_object(per_rank, described or "none", group=group.group)
+            raise DistributedError(
+                f"Distributed QEM set-up (rank {group.rank}): the processes run different "
+                "models: the sites they would propose non-centred differ ("
+                + "; ".join(f"rank {r}: {d}" for r, d in enumerate(per_rank))
+                + "). Every process must run the same model; only the rows of the sharded "
+                "plate differ."
+            )
+        return {name: group.broadcast(mask.to(torch.float64).contiguous(),
+                                      f"which elements of site '{name}' stay centred") > 0.5
+                for name, mask in masks.items()}
 
     guide.model = on_shard
     guide.plan_hook = agree if group is not None else None

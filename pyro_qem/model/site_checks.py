@@ -13,6 +13,7 @@ import pyro.distributions as dist
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.poutine.trace_struct import Trace
 
+from ..handlers.record import not_a_tensor_error
 from .structure import SiteInfo
 
 
@@ -68,11 +69,7 @@ def check_observed(node, frames) -> None:
     """
     name, value = node["name"], node["value"]
     if not isinstance(value, torch.Tensor):
-        raise TypeError(
-            f"Observed site '{name}' has obs= of type {type(value).__name__}; pyro_qem "
-            "needs a torch.Tensor with the site's batch and event shape. Convert it, e.g. "
-            "obs=torch.as_tensor(y, dtype=torch.get_default_dtype())."
-        )
+        raise not_a_tensor_error(name, value)
     _check_finite(name, value)
     _check_observed_shape(name, value, node["fn"], frames)
     _check_in_support(node)

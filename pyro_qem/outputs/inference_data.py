@@ -132,7 +132,7 @@ class _Layout:
 
     def observed(self) -> Arrays:
         return {name: self._named(name, site["value"].detach(), 0, True)
-                for name, site in observed_sites(self.trace).items()}
+                for name, site in observed_sites(self.trace, data_only=True).items()}
 
 
 def _stats_dataset(layout: _Layout, ess: Dict[str, torch.Tensor], history):

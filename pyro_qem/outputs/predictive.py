@@ -14,6 +14,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 
 import pyro
+import pyro.distributions as dist
 import pyro.poutine as poutine
 from pyro.poutine.trace_struct import Trace
 from pyro.infer.autoguide.initialization import InitMessenger
@@ -44,10 +45,20 @@ def plate_nesting(trace: Trace) -> int:
     return max(dims, default=0)
 
 
-def observed_sites(trace: Trace) -> Dict[str, dict]:
+def observed_sites(trace: Trace, data_only: bool = False) -> Dict[str, dict]:
+    """The observed sites of ``trace`` (not deterministic ones); with ``data_only``,
+    without ``pyro.factor`` terms too (they score the model but hold no data to
+    predict or show)."""
     return {name: site for name, site in trace.nodes.items()
             if site["type"] == "sample" and site["is_observed"]
-            and not site["infer"].get("_deterministic")}
+            and not site["infer"].get("_deterministic")
+            and not (data_only and _is_factor(site["fn"]))}
+
+
+def _is_factor(fn) -> bool:
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return isinstance(fn, dist.Unit)
 
 
 def conditioned_trace(model: Callable, draws: Draws, args: tuple, kwargs: dict, *,
@@ -288,10 +299,11 @@ def posterior_predictive(model: Callable, draws: Draws, *args, new_plates: Seque
 
     Parameters as for :func:`log_likelihood`.
 
-    :returns: ``{observed site: (num_draws,) + batch_shape + event_shape}``.
+    :returns: ``{observed site: (num_draws,) + batch_shape + event_shape}`` (``pyro.factor``
+        terms left out: they hold no data).
     """
     trace, prototype, nesting = conditioned_trace(model, draws, args, kwargs,
                                                   new_plates=new_plates, predict=True)
     num = _num_draws(draws)
     return {name: per_draw(trace.nodes[name]["value"], num, site, nesting, event=True)
-            for name, site in observed_sites(prototype).items()}
+            for name, site in observed_sites(prototype, data_only=True).items()}

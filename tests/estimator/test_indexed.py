@@ -28,7 +28,8 @@ def model(y, county, subsample_size=None):
 
 
 def run_and_estimate(*args):
-    inference = Inference(model, AutoQEM(model), K=K)
+    # The estimator as written: no non-centred proposals.
+    inference = Inference(model, AutoQEM(model, noncentre=None), K=K)
     run = inference.run_particles(*args)
     result = estimate(run.sites, run.structure, K, links=run.links)
     records = run.latent

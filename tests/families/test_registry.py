@@ -160,16 +160,18 @@ def test_override_builds_counted_families_from_the_site():
 
 
 def test_families_mapping():
-    assert FAMILIES["Normal"] is Normal and len(FAMILIES) == 17
+    assert FAMILIES["Normal"] is Normal and len(FAMILIES) == 18
     assert all(issubclass(cls, Family) and cls.name == name for name, cls in FAMILIES.items())
     assert compatible_families(constraints.real_vector, torch.Size([2])) == [
         "Normal",
         "MultivariateNormal",
+        "VonMises",
         "Unconstrained",
     ]
     matrix = constraints.independent(constraints.real, 2)
     assert compatible_families(matrix, torch.Size([3, 4])) == [
         "Normal",
+        "VonMises",
         "Unconstrained",
     ]
 

@@ -53,6 +53,7 @@ VALUES: Dict[str, Callable[[Family, torch.Size], torch.Tensor]] = {
     "Bernoulli": lambda fam, shape: _uniform(shape, 0.01, 0.99),
     "Binomial": _counts_mean,
     "Poisson": lambda fam, shape: _log_uniform(shape, -3, 3),
+    "VonMises": lambda fam, shape: _uniform(shape, -3.1, 3.1),
 }
 
 
@@ -62,6 +63,8 @@ def _centre(name: str, family: Family, params: Params, event_shape: torch.Size) 
         return family.quantiles(params, [0.5], event_shape)[0]
     if name == "InverseGamma":
         return params["rate"] / (params["concentration"] + 1)
+    if name == "VonMises":
+        return params["loc"]
     return family.distribution(params, event_shape).mean
 
 
@@ -76,6 +79,7 @@ KEPT: Dict[str, Callable[[Params], torch.Tensor]] = {
     "ScaledBeta": lambda p: p["concentration1"] + p["concentration0"],
     "Unconstrained": lambda p: p["scale"],
     "Dirichlet": lambda p: p["concentration"].sum(-1),
+    "VonMises": lambda p: p["concentration"],
 }
 
 

@@ -9,7 +9,7 @@ from pyro import poutine
 
 from pyro.infer.autoguide.initialization import init_to_median
 
-from pyro_qem.handlers.noncentring import NonCentring, noncentring_plan, scale_dependent_sites
+from pyro_qem.handlers.noncentring import NonCentring, noncentring_plan, hierarchical_sites
 
 
 def hierarchy(y=None):
@@ -19,7 +19,9 @@ def hierarchy(y=None):
         # The scale reaches theta through a computation (exp).
         theta = pyro.sample("theta", dist.Normal(mu, log_tau.exp()))
         fixed = pyro.sample("fixed", dist.Normal(mu, 2.0))
-        pyro.sample("y", dist.Normal(theta + fixed, 1.0), obs=y)
+        # Its loc reads a plated latent: standardising would tie it to theta's particles.
+        local = pyro.sample("local", dist.Normal(fixed, 1.0))
+        pyro.sample("y", dist.Normal(theta + local, 1.0), obs=y)
 
 
 def vector_model():
@@ -32,11 +34,11 @@ def vector_model():
         pyro.sample("g", dist.Normal(torch.zeros(4), pyro.param("s", torch.ones(4))).to_event(1))
 
 
-def test_scale_dependent_sites_are_those_whose_scale_reads_a_latent():
-    assert scale_dependent_sites(hierarchy, (torch.zeros(3),), {}) == ["theta"]
+def test_hierarchical_sites_have_a_latent_scale_or_a_loc_read_from_global_latents():
+    assert hierarchical_sites(hierarchy, (torch.zeros(3),), {}) == {"theta": "scale", "fixed": "loc"}
     # A pyro.param scale is not a funnel; a covariance built from a latent is, in a
     # plate (f, outside every plate, is left alone).
-    assert scale_dependent_sites(vector_model, (), {}) == ["h"]
+    assert hierarchical_sites(vector_model, (), {}) == {"h": "scale"}
 
 
 def test_rewrite_keeps_the_value_a_function_of_the_standardised_latent():
@@ -120,7 +122,7 @@ def test_masked_or_scaled_sites_are_not_standardised():
     # A mask or scale on theta's density would land on theta_decentered's instead, which
     # differs by the Jacobian log tau: a different model.
     y = torch.zeros(4)
-    assert scale_dependent_sites(_masked, (y,), {}) == []
+    assert hierarchical_sites(_masked, (y,), {}) == {}
     with pytest.raises(ValueError, match="Site 'theta' is masked.*Leave it out of noncentre"):
         with NonCentring(["theta"]):
             _masked(y)

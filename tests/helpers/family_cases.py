@@ -30,6 +30,7 @@ from pyro_qem.families import (
     Poisson,
     ScaledBeta,
     Unconstrained,
+    VonMises,
 )
 from pyro_qem.families._special import probs_to_logits
 
@@ -168,6 +169,12 @@ def _multinomial(gen: torch.Generator) -> Case:
     return Multinomial(7), torch.Size([4]), {"logits": _category_logits(gen, 4)}
 
 
+def _vonmises(gen: torch.Generator) -> Case:
+    loc = (torch.rand(N, generator=gen, dtype=torch.float64) * 2 - 1) * 3.1
+    return VonMises(), torch.Size(), {"loc": loc.reshape(2, -1),
+                                      "concentration": _log_uniform(gen, -3, 4, N).reshape(2, -1)}
+
+
 def _poisson(gen: torch.Generator) -> Case:
     return Poisson(), torch.Size(), {"rate": _log_uniform(gen, -6, 6, N).reshape(2, -1)}
 
@@ -190,6 +197,7 @@ CASES: Dict[str, Callable[[torch.Generator], Case]] = {
     "Multinomial": _multinomial,
     "Poisson": _poisson,
     "Unconstrained": _unconstrained,
+    "VonMises": _vonmises,
 }
 
 

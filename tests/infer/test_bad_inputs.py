@@ -88,6 +88,24 @@ def test_data_that_is_not_a_tensor(obs):
         AutoQEM(model).setup(obs)
 
 
+def test_data_that_is_not_a_tensor_after_set_up():
+    """Set-up checks the first call's data; later calls (steps, outputs) get the same
+    error instead of an AttributeError from deep inside the estimator."""
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("d", len(y)):
+            pyro.sample("obs", dist.Normal(mu, 1.0), obs=y)
+
+    y = torch.randn(5)
+    inference = Inference(model, AutoQEM(model), K=5)
+    inference.step(y)
+    for bad in (y.numpy(), y.tolist()):
+        with pytest.raises(TypeError, match="Observed site 'obs' has obs= of type"):
+            inference.step(bad)
+    with pytest.raises(TypeError, match="Observed site 'obs' has obs= of type list"):
+        sample_posterior(inference, y.tolist(), num_samples=3)
+
+
 def test_broadcast_data_is_still_accepted():
     # A value that broadcasts to the plate (Pyro's semantics) is not an error.
     assert torch.isfinite(torch.tensor(step(global_mean, torch.randn(1, 10))))
@@ -500,3 +518,60 @@ def test_a_hand_written_log_density_of_data_says_how_to_keep_the_particle_dims()
     with pytest.raises(ValueError, match=r"not broadcastable.*failed after latent site 'mu'.*"
                                          r"observe the data in a pyro.plate"):
         step(model, torch.randn(10))
+
+
+def test_a_latents_event_dims_used_as_a_plates_batch_dims_are_named():
+    """A shape-(1,) vector latent broadcast over a plate runs in Pyro; under QEM its
+    particles would land left of their dim, and the error says whose and what to do."""
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(1), 2.0).to_event(1))
+        with pyro.plate("d", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    with pytest.raises(ValueError, match=r"Site 'y' uses the event dims of latent 'mu' "
+                                         r"\(event shape \(1,\)\).*mu\[\.\.\., 0\]"):
+        Inference(model, AutoQEM(model), K=4).step(torch.randn(6))
+
+
+def test_a_constant_bound_broadcast_against_a_latent_parameter_is_not_dependent():
+    """Binomial(10, p) with p latent: its support's bound 10 is broadcast to p's
+    particle shape but has one value there, so the site is fitted (against exact
+    enumeration over n and a grid over p) instead of refused as a dependent support."""
+    y = torch.tensor([6.0, 7.0])
+
+    def model(y):
+        p = pyro.sample("p", dist.Beta(2.0, 2.0))
+        n = pyro.sample("n", dist.Binomial(10, p))
+        with pyro.plate("d", len(y)):
+            pyro.sample("y", dist.Normal(n, 1.0), obs=y)
+
+    grid = torch.linspace(1e-4, 1 - 1e-4, 4001, dtype=torch.float64)
+    counts = torch.arange(11, dtype=torch.float64)
+    log_joint = (dist.Beta(2.0, 2.0).log_prob(grid)[:, None]
+                 + dist.Binomial(10, grid[:, None]).log_prob(counts)
+                 + dist.Normal(counts, 1.0).log_prob(y.double()[:, None, None]).sum(0))
+    w = (log_joint - log_joint.max()).exp()
+    w = w / w.sum()
+    mean_n = (w * counts).sum()
+    sd_n = ((w * counts ** 2).sum() - mean_n ** 2).sqrt()
+    pyro.set_rng_seed(0)
+    inference = Inference(model, AutoQEM(model), K=30, lr=0.1, average_from=150)
+    for _ in range(300):
+        inference.step(y)
+    n = sample_posterior(inference, y, num_samples=2000)["n"].double()
+    # >= 1600 effective draws: SE of the mean 0.025 sd, of the sd ~0.02.
+    assert abs(n.mean() - mean_n) / sd_n < 0.15
+    assert abs(n.std() / sd_n - 1) < 0.1
+
+
+def test_parameters_that_break_a_constraint_for_some_particle_combinations_are_explained():
+    def model(y):
+        low = pyro.sample("low", dist.Normal(0.0, 1.0))
+        high = pyro.sample("high", dist.Normal(1.0, 1.0))  # overlaps low
+        u = pyro.sample("u", dist.Uniform(low, high))
+        pyro.sample("y", dist.Normal(u, 1.0), obs=y)
+
+    pyro.set_rng_seed(0)
+    with pytest.raises(ValueError, match=r"after latent site 'high'.*parameter 'low' of a "
+                                         r"Uniform is outside its constraint.*high = low \+ width"):
+        Inference(model, AutoQEM(model), K=30).step(torch.tensor(1.0))

@@ -350,6 +350,15 @@ def _bad_inputs(rank, world, out):
     inference = Inference(model, AutoQEM(model), K=K, process_group=ProcessGroup(timeout=30))
     messages["model"] = _error_of(lambda: inference.step(y[rows], rows))
 
+    def fixed_scale(y, rows):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 2.0))
+        with pyro.plate("data", N, subsample=rows):
+            pyro.sample("y", dist.Normal(mu, 0.5), obs=y)
+
+    model = plain_model if rank else fixed_scale
+    inference = Inference(model, AutoQEM(model), K=K, process_group=ProcessGroup(timeout=30))
+    messages["globals"] = _error_of(lambda: inference.step(y[rows], rows))
+
     def whole(y):
         mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 2.0))
         with pyro.plate("data", N):
@@ -405,7 +414,11 @@ def test_three_processes_exact_and_bad_inputs_fail_clearly(tmp_path):
         assert "rank(s) [2] subsampled rows of pyro.plate('data') outside the shard" in messages["outside"]
         assert messages["K"].startswith("DistributedError") and "rank 0: 4, rank 1: 3" in messages["K"]
         assert messages["model"].startswith("DistributedError") and "different models" in messages["model"]
-        assert "rank 0: a (group 1, (4,)" in messages["model"] and "s (group 1" in messages["model"]
+        # Rank 0's model would propose 'a' non-centred (its loc reads mu), the others' none.
+        assert "rank 0: a (4,); rank 1: none" in messages["model"]
+        # The same non-centred proposals (none) but other sites: the set-up check.
+        assert messages["globals"].startswith("DistributedError") and "different models" in messages["globals"]
+        assert "rank 0: mu (group 0" in messages["globals"] and "s (group 1" in messages["globals"]
         assert messages["unsharded"].startswith("ValueError") and "no pyro.plate" in messages["unsharded"]
         assert "subsample=rows" in messages["unsharded"]
     # Minibatches inside the shards: the plate's scale is N over every process's rows

@@ -124,3 +124,17 @@ def test_crossed_groupings_are_refused_naming_both_plates_and_what_to_do():
                                          r"'a' of pyro.plate\('county'\) and 'b' of pyro.plate\('year'\)"
                                          r".*\.to_event\(1\) site.*through an index of their own"):
         AutoQEM(crossed).setup(county, year, torch.zeros(6))
+
+
+@pytest.mark.parametrize("as_index", [lambda c: c.numpy(), lambda c: c.tolist()],
+                         ids=["numpy", "list"])
+def test_an_index_given_as_numpy_or_a_list_is_read_like_the_tensor(as_index):
+    """torch indexes with numpy integer arrays and lists of ints as with tensors (and
+    Pyro runs such models); the same particles give the same estimate."""
+    x, county, y = data()
+    estimates = []
+    for index in (county, as_index(county)):
+        pyro.set_rng_seed(3)
+        inference = Inference(model, AutoQEM(model), K=5)
+        estimates.append(inference.evaluate_loss(x, index, y))
+    assert estimates[1] == pytest.approx(estimates[0], rel=1e-12)

@@ -6,10 +6,14 @@ matplotlib.use("Agg")
 
 import arviz as az  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import pyro  # noqa: E402
+import pyro.distributions as dist  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from tests.helpers.fitted_models import J, I, fit_model, hierarchy, hierarchy_data, restore  # noqa: E402
 from pyro_qem.infer.fit import FitHistory  # noqa: E402
+from pyro_qem import AutoQEM, Inference  # noqa: E402
 from pyro_qem.outputs import sample_guide, to_inference_data  # noqa: E402
 
 
@@ -74,3 +78,26 @@ def test_guide_draws_and_argument_checks(fitted):
         to_inference_data(inference, y, draws=draws, coords={"groups": ["a", "b", "c"]})
     with pytest.raises(ValueError, match=r"coords\['group'\]: the model has no pyro.plate\('group'\)"):
         to_inference_data(inference, y, draws=draws, coords={"group": list("abcd")})
+
+
+def test_a_factor_likelihood_scores_but_is_neither_data_nor_predicted():
+    """pyro.factor terms (a hand-written likelihood) enter log_likelihood; they have no
+    values to show in observed_data or to replicate in posterior_predictive."""
+    y = torch.tensor([0.3, -1.1, 0.8, 1.9])
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 2.0))
+        with pyro.plate("d", len(y)):
+            pyro.factor("f", dist.Normal(mu, 1.0).log_prob(y))
+
+    pyro.set_rng_seed(0)
+    inference = Inference(model, AutoQEM(model), K=10)
+    for _ in range(5):
+        inference.step(y)
+    data = to_inference_data(inference, y, num_samples=20)
+    # Nothing else is observed: the groups are empty, and ArviZ leaves them out.
+    assert "observed_data" not in data.groups() and "posterior_predictive" not in data.groups()
+    mu = torch.as_tensor(data.posterior["mu"].values).reshape(-1)
+    expected = dist.Normal(mu[:, None], 1.0).log_prob(y)
+    got = torch.as_tensor(data.log_likelihood["f"].values).reshape(20, 4)
+    assert torch.allclose(got, expected.to(got.dtype), atol=1e-5)
