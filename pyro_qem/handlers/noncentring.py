@@ -24,7 +24,7 @@ another latent site, or whose loc depends on latents outside the plates only.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Dict, FrozenSet, List, Mapping, Optional
+from typing import Callable, Dict, FrozenSet, Mapping, Optional
 
 import torch
 

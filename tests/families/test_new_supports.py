@@ -1,7 +1,6 @@
 """ScaledBeta, Unconstrained and OneHotCategorical, and elementwise families on matrix
 (event shape (3, 4)) sites."""
 
-import math
 
 import numpy as np
 import pyro.distributions as dist

@@ -6,7 +6,6 @@ the very particles the processes used (injected through the guide's particle hoo
 """
 
 import datetime
-import math
 import os
 import socket
 import time
