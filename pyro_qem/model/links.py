@@ -9,7 +9,7 @@ index tensors of this run's data with :func:`run_indices`.
 
 from __future__ import annotations
 
-from typing import Dict, FrozenSet, Iterable, Mapping, Optional, Sequence, Set, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import torch
 
@@ -48,6 +48,7 @@ def find_links(uses: Iterable[IndexUse], plates: PlateSizes) -> Tuple[Dict[str, 
     """
     parents: Dict[str, Set[str]] = {}
     sites: Dict[Tuple[str, str], str] = {}
+    indexes: Dict[Tuple[str, str], torch.Tensor] = {}
     indexed: Set[str] = set()
     for use in uses:
         child = consumer_plate(use, plates)
@@ -55,12 +56,51 @@ def find_links(uses: Iterable[IndexUse], plates: PlateSizes) -> Tuple[Dict[str, 
             continue
         parents.setdefault(child, set()).add(use.plate)
         sites.setdefault((child, use.plate), use.site)
+        indexes.setdefault((child, use.plate), use.index)
         indexed.add(use.site)
     links = {child: next(iter(found)) for child, found in parents.items() if len(found) == 1}
     for child, found in parents.items():
         if len(found) > 1:
-            links[child] = _innermost(child, sorted(found), links, sites)
+            nested = _nested_in_data(child, sorted(found), links, indexes)
+            if nested is not None:
+                # Rows reading a county and its state directly: the data nest the
+                # plates (each county's rows all in one state), so the county links to
+                # the state through a map read off the rows (see run_indices).
+                for inner, outer in zip(nested, nested[1:]):
+                    links.setdefault(inner, outer)
+                links[child] = nested[0]
+            else:
+                links[child] = _innermost(child, sorted(found), links, sites)
     return links, frozenset(indexed)
+
+
+def _nested_in_data(child: str, found: Sequence[str], links: Mapping[str, str],
+                    indexes: Mapping[Tuple[str, str], torch.Tensor]) -> Optional[List[str]]:
+    """The plates ``child``'s rows read, finest first, when the rows' indexes nest them
+    (each element of one is, in every row, in a single element of the next) and none is
+    yet linked elsewhere; else None."""
+    order = sorted(found, key=lambda plate: -int(indexes[(child, plate)].unique().numel()))
+    for inner, outer in zip(order, order[1:]):
+        if inner in links and links[inner] != outer:
+            return None
+        if _nesting_map(indexes[(child, inner)], indexes[(child, outer)]) is None:
+            return None
+    return order
+
+
+def _nesting_map(inner: torch.Tensor, outer: torch.Tensor,
+                 size: Optional[int] = None) -> Optional[torch.Tensor]:
+    """For each element of the inner plate (``size`` of them), its element of the outer
+    plate, given each row's two indexes; None where some inner element's rows lie in
+    two outer elements. Elements without rows map to 0 (nothing of theirs reads the
+    outer plate)."""
+    inner, outer = inner.reshape(-1).long(), outer.reshape(-1).long()
+    size = int(inner.max()) + 1 if size is None and inner.numel() else (size or 0)
+    mapping = torch.zeros(size, dtype=torch.long, device=inner.device)
+    mapping[inner] = outer
+    if not decided((mapping[inner] == outer).all()):
+        return None
+    return mapping
 
 
 def _innermost(child: str, found: Sequence[str], links: Mapping[str, str],
@@ -124,7 +164,40 @@ def run_indices(uses: Iterable[IndexUse], links: Mapping[str, str], plates: Plat
             continue
         _check_range(child, use, plates)
         found[child] = index
+    for child, parent in links.items():
+        if child not in found and child in plates:
+            derived = _derived_index(uses, child, parent, plates)
+            if derived is not None:
+                found[child] = derived
     return found
+
+
+def _derived_index(uses: Iterable[IndexUse], child: str, parent: str, plates: PlateSizes
+                   ) -> Optional[torch.Tensor]:
+    """The index of a link that the data nest (:func:`find_links`): read off rows that
+    index both plates.
+
+    :raises ValueError: when this run's rows put an element of ``child`` in two elements
+        of ``parent``.
+    """
+    by_rows: Dict[str, Dict[str, torch.Tensor]] = {}
+    for use in uses:
+        rows = consumer_plate(use, plates)
+        if rows is not None and use.plate in (child, parent):
+            by_rows.setdefault(rows, {}).setdefault(use.plate, use.index)
+    for rows, indexes in by_rows.items():
+        if child in indexes and parent in indexes:
+            mapping = _nesting_map(indexes[child], indexes[parent], plates[child][1])
+            if mapping is None:
+                raise ValueError(
+                    f"Rows of pyro.plate('{rows}') read latents of pyro.plate('{child}') and "
+                    f"pyro.plate('{parent}'); at set-up each {child} element's rows were all in "
+                    f"one {parent} element, but in this run some {child} element's rows are in "
+                    f"two. Keep the nesting in all data passed to the model, or let the "
+                    f"{child} latents read the {parent} ones through an index of their own."
+                )
+            return mapping
+    return None
 
 
 def _check_range(child: str, use: IndexUse, plates: PlateSizes) -> None:

@@ -4,6 +4,7 @@ ArviZ data and diagnostics (the fit loop itself is :func:`pyro_qem.infer.fit`)."
 from .diagnostics import (
     Diagnostics,
     QEMDiagnosticWarning,
+    coordinate_correlations,
     diagnose,
     guide_log_weights,
     khat_threshold,
@@ -22,6 +23,7 @@ from .predictive import (
 )
 
 __all__ = [
+    "coordinate_correlations",
     "Diagnostics",
     "QEMDiagnosticWarning",
     "diagnose",

@@ -1,6 +1,6 @@
 """Can the fitted answer be trusted? Weight ESS per site and Pareto k-hat of the guide.
 
-Two checks, each with a warning that names what failed:
+Three checks, each with a warning that names what failed:
 
 - the effective sample size ``1 / sum_k w_k^2`` of each site's marginal particle weights,
   per plate element: near 1, one particle carries the estimate, so weighted moments
@@ -10,7 +10,11 @@ Two checks, each with a warning that names what failed:
   S = 100, 0.7 from S of about 2,200: the sample-size-aware threshold of Vehtari et
   al.'s PSIS paper) the guide is an unreliable proposal, for q's own draws and for the
   joint draws that reweight its particles alike. Not computed for models with
-  enumerated sites (q has no draws of them).
+  enumerated sites (q has no draws of them);
+- the posterior correlation between the coordinates of each vector site whose q is
+  one per coordinate, from the particle weights: a mean-field q of strongly correlated
+  coordinates comes out with the wrong spread, and nothing else shows it (the weights'
+  ESS and k-hat can look fine).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
 import torch
+from torch.distributions import biject_to
 
 from .sites import to_site_shape, weighted_run
 from .draws import sample_guide
@@ -108,6 +113,60 @@ def weight_ess(inference: Inference, *args, **kwargs) -> Dict[str, torch.Tensor]
     return out
 
 
+#: A mean-field vector site is flagged where the estimated posterior correlation of two
+#: of its coordinates reaches this. Estimated from particles of a per-coordinate q, it
+#: comes out attenuated (true 0.85-0.89: 0.63-0.81) and, for independent coordinates,
+#: at most 0.2 (10 runs of K = 30, a 50-element plate's worst element included).
+CORRELATED_FROM = 0.5
+
+
+@torch.no_grad()
+def coordinate_correlations(inference: Inference, *args, num_runs: int = 10,
+                            **kwargs) -> Dict[str, float]:
+    """For each vector (or matrix) site whose q is one per coordinate, the largest
+    absolute posterior correlation between two of its coordinates over its plate elements,
+    on the unconstrained scale (``biject_to(support).inv``), from the particle weights
+    of ``num_runs`` runs (their weighted covariances averaged).
+
+    Example::
+
+        coordinate_correlations(inference, X, y)   # {"beta": 0.81}
+
+    :returns: ``{site: float}``; sites whose support's bijection changes their shape
+        (simplex, correlation factors) are left out.
+    """
+    covariances: Dict[str, torch.Tensor] = {}
+    guide = inference.guide
+    for _ in range(num_runs):
+        run = weighted_run(inference, args, kwargs, "coordinate_correlations")
+        for name, family in guide.families.items():
+            site = run.structure.sites[name]
+            size = math.prod(site.event_shape)
+            if size < 2 or family.coupled_coordinates(site.event_shape) > 1:
+                continue
+            record = run.records[name]
+            value = record.value.detach().double()
+            try:
+                u = biject_to(record.fn.support).inv(value)
+            except NotImplementedError:
+                continue
+            if u.shape != value.shape:
+                continue
+            u = u.reshape(u.shape[:u.dim() - len(site.event_shape)] + (size,))
+            weight = run.weights[run.structure.group_of(name).index].detach().double().unsqueeze(-1)
+            centred = (u - (weight * u).sum(0)) * weight.sqrt()
+            centred = centred.movedim(0, -1)
+            cov = centred @ centred.transpose(-1, -2)
+            covariances[name] = covariances.get(name, 0) + cov / num_runs
+    out = {}
+    for name, cov in covariances.items():
+        sd = cov.diagonal(dim1=-2, dim2=-1).clamp_min(1e-300).sqrt()
+        corr = cov / (sd.unsqueeze(-1) * sd.unsqueeze(-2))
+        off = corr - torch.diag_embed(corr.diagonal(dim1=-2, dim2=-1))
+        out[name] = off.abs().amax().item()
+    return out
+
+
 @torch.no_grad()
 def guide_log_weights(model: Callable, guide: QEMGuide, *args, num_samples: int = 1000,
                       averaged: bool = True, **kwargs) -> torch.Tensor:
@@ -172,6 +231,9 @@ class Diagnostics:
     :ivar rank_deficient: the sites with a full-covariance q of D coordinates whose
         smallest ESS is at most D: the weighted covariance the M-step takes from such
         weights has rank below D (``{site: (min ESS, D)}``).
+    :ivar correlated: the vector sites with a per-coordinate q whose coordinates'
+        estimated posterior correlation reaches :data:`CORRELATED_FROM` (``{site:
+        largest absolute r}``, see :func:`coordinate_correlations`).
     """
 
     ess: Dict[str, torch.Tensor]
@@ -181,6 +243,7 @@ class Diagnostics:
     flagged: Dict[str, float]
     rank_deficient: Dict[str, tuple] = field(default_factory=dict)
     khat_note: str = ""
+    correlated: Dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> Dict[str, Dict[str, float]]:
         """Per site: min, median and max of the ESS over its plate elements."""
@@ -221,7 +284,9 @@ def diagnose(inference: Inference, *args, num_samples: int = 1000,
         log_w = guide_log_weights(inference.model, inference.guide, *args,
                                   num_samples=num_samples, **kwargs)
         khat, khat_max = pareto_khat(log_w), khat_threshold(num_samples)
-    report = Diagnostics(ess, threshold, khat, khat_max, flagged, rank_deficient, note)
+    correlated = {name: r for name, r in coordinate_correlations(inference, *args, **kwargs).items()
+                  if r >= CORRELATED_FROM}
+    report = Diagnostics(ess, threshold, khat, khat_max, flagged, rank_deficient, note, correlated)
     if warn:
         _warn(report, inference.K)
     return report
@@ -250,6 +315,20 @@ def _warn(report: Diagnostics, K: int) -> None:
             "posterior). Raise K well above the dimension, fit longer from a closer start "
             "(init_loc_fn, a smaller init_scale), or reparameterise the coordinates to be "
             "less correlated.",
+            QEMDiagnosticWarning,
+            stacklevel=3,
+        )
+    for name, r in report.correlated.items():
+        warnings.warn(
+            f"Site '{name}': two of its coordinates are correlated in the posterior "
+            f"(|r| about {r:.2f}, estimated from the particle weights on the unconstrained "
+            "scale, which understates it), but its q is one per coordinate: q's spread and "
+            "the joint draws come out wrong (a Gamma vector behind Dirichlet data at "
+            "r ~0.85: joint-draw sds 0.59-0.68x; correlated regression coefficients: q "
+            "2.4-2.9x too wide). Give it a full covariance: families={'" + name + "': "
+            "'MultivariateNormal'} for a real vector (about 10 particles per coordinate of "
+            "its group); a constrained vector needs an unconstrained version first (e.g. "
+            "sample log_x from a MultivariateNormal and use x = log_x.exp()).",
             QEMDiagnosticWarning,
             stacklevel=3,
         )
