@@ -174,6 +174,9 @@ class QEMGuide(Messenger):
         self._sets = None
         self.particle_hook = None
         self.plan_hook = None
+        if self.structure is not None:
+            # A set-up guide skips set-up from now on: claim its names here.
+            self.state.rejoin()
 
     # ----------------------------------------------------------------- set-up
 

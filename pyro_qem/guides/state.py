@@ -104,6 +104,14 @@ class MomentState:
             self.prefix = f"{base}_{n}"
         self._init_counter(store)
 
+    def rejoin(self) -> None:
+        """Register a loaded guide's state in the param store (``torch.load`` of a saved
+        guide), settling its prefix as :meth:`claim` does, so that guides created later
+        see the prefix taken instead of taking it and locking this one out."""
+        self.claim(list(self.tensors))
+        for key, tensor in list(self.tensors.items()):
+            self._register(key, tensor)
+
     def _init_counter(self, store) -> None:
         # The update counter exists from set-up on, so that a second guide sees that
         # this prefix is taken even before either has stepped.

@@ -40,6 +40,10 @@ class QEMDiagnosticWarning(UserWarning):
     """The importance weights say a posterior estimate cannot be trusted."""
 
 
+#: diagnose's smallest number of guide draws for k-hat (0 skips it).
+MIN_KHAT_SAMPLES = 100
+
+
 def khat_threshold(num_samples: int) -> float:
     """The sample-size-aware Pareto k-hat threshold ``min(1 - 1/log10(S), 0.7)``."""
     return min(1.0 - 1.0 / math.log10(num_samples), 0.7)
@@ -262,11 +266,20 @@ def diagnose(inference: Inference, *args, num_samples: int = 1000,
         report.summary()["theta"]      # {"min": ..., "median": ..., "max": ...}
 
     :param inference: the :class:`~pyro_qem.infer.Inference` that fitted the guide.
-    :param num_samples: joint draws from the guide for k-hat (0 to skip it).
+    :param num_samples: joint draws from the guide for k-hat (0 to skip it; otherwise
+        at least :data:`MIN_KHAT_SAMPLES`).
     :param min_ess: flag a site when any plate element's ESS is below this; default
         ``max(2, K / 10)`` (ours: at ESS ~ 1 one particle carries the estimate).
     :param warn: emit the warnings (otherwise only report).
     """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or \
+            not (num_samples == 0 or num_samples >= MIN_KHAT_SAMPLES):
+        raise ValueError(
+            f"diagnose: num_samples must be 0 (no k-hat) or an int of at least "
+            f"{MIN_KHAT_SAMPLES}, got {num_samples!r}: k-hat fits a Pareto tail to the "
+            "largest ~20% of the weights, and its threshold min(1 - 1/log10(S), 0.7) is "
+            "below 0.5 under 100 draws (negative under 10)."
+        )
     ess = weight_ess(inference, *args, **kwargs)
     threshold = max(2.0, inference.K / 10) if min_ess is None else float(min_ess)
     flagged = {name: v.min().item() for name, v in ess.items() if v.min().item() < threshold}

@@ -408,6 +408,11 @@ def sample_guide(guide: QEMGuide, num_samples: int = 1000, averaged: bool = True
     """Independent draws of every site from the fitted q (mean-field: no coupling
     between sites; use :func:`sample_posterior` for derived quantities).
 
+    A non-centred site ``theta`` has its q on ``theta_decentered``, so the draws hold
+    that site instead: give Pyro's ``Predictive`` the draws of
+    :func:`sample_posterior` (or ``Predictive(model, guide=guide)``), since with these it
+    would redraw ``theta`` from its prior.
+
     Example::
 
         draws = sample_guide(guide, 1000)

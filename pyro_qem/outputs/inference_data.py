@@ -19,7 +19,8 @@ import torch
 
 from .diagnostics import weight_ess
 from .draws import sample_guide, sample_posterior
-from .predictive import log_likelihood, model_trace, observed_sites, plate_sizes, posterior_predictive
+from .predictive import (conditioned_trace, log_likelihood, model_trace, observed_sites, per_draw,
+                         plate_sizes, posterior_predictive)
 
 from ..infer.fit import FitHistory
 from ..infer.inference import Inference
@@ -93,8 +94,29 @@ def _draw(inference, args, kwargs, num_samples: int, method: str):
     if method == "joint":
         return sample_posterior(inference, *args, num_samples=num_samples, **kwargs)
     if method == "guide":
-        return sample_guide(inference.guide, num_samples)
+        return _guide_draws(inference, args, kwargs, num_samples)
     raise ValueError(f"method must be 'joint' or 'guide', got {method!r}.")
+
+
+def _guide_draws(inference, args, kwargs, num_samples: int):
+    """Independent draws of q, with every non-centred site computed from its draws
+    (``theta = loc + scale * theta_decentered`` at the drawn ``mu``, ``tau``, ...)."""
+    guide = inference.guide
+    guide.setup(*args, **kwargs)
+    enumerated = [name for name, site in guide.structure.sites.items() if site.enumerated]
+    if enumerated:
+        raise ValueError(
+            f"to_inference_data(method='guide'): the enumerated site(s) {enumerated} are "
+            "summed out exactly and have no q to draw from; use method='joint' (the "
+            "default), whose draws include them."
+        )
+    draws = sample_guide(guide, num_samples)
+    if guide.noncentred:
+        trace, prototype, nesting = conditioned_trace(guide.model_run, draws, args, kwargs)
+        for name in guide.noncentred:
+            draws[name] = per_draw(trace.nodes[name]["value"], num_samples,
+                                   prototype.nodes[name], nesting, event=True)
+    return draws
 
 
 class _Layout:

@@ -24,6 +24,7 @@ from ..estimator.factors import observed_log_prob
 from ..guides.initialisation import init_to_sample_or_feasible
 from ..handlers import UnconditionData
 from ..handlers.noncentring import SUFFIX
+from ..model import prior_dependencies
 from .sites import check_full_frames
 
 Draws = Dict[str, torch.Tensor]
@@ -81,7 +82,7 @@ def conditioned_trace(model: Callable, draws: Draws, args: tuple, kwargs: dict, 
     draws = {name: torch.as_tensor(value) for name, value in draws.items()}  # arrays too
     new_plates = _checked_new_plates(new_plates, prototype)
     values = _batched(draws, prototype, nesting, new_plates)
-    _check_every_latent_drawn(draws, prototype, new_plates)
+    _check_every_latent_drawn(draws, prototype, new_plates, lambda: prior_dependencies(model, args, kwargs))
     if predict:
         model = UnconditionData()(model)
     with torch.no_grad(), poutine.block(), pyro.plate("_qem_draws", num, dim=-nesting - 1):
@@ -114,10 +115,8 @@ def _checked_new_plates(new_plates, prototype: Trace) -> set:
     return names
 
 
-def _check_every_latent_drawn(draws: Draws, prototype: Trace, new_plates: set) -> None:
-    """Refuse draws that lack a latent site outside the new plates: the run would draw
-    it from its prior, silently (a prior draw of a group's effect, scored as if it were
-    the posterior)."""
+def _undrawn(draws: Draws, prototype: Trace, new_plates: set) -> list:
+    """The model's latent sites outside ``new_plates`` that ``draws`` has no values of."""
     missing = []
     for name, node in prototype.nodes.items():
         if node["type"] != "sample" or node["is_observed"] or site_is_subsample(node):
@@ -127,13 +126,37 @@ def _check_every_latent_drawn(draws: Draws, prototype: Trace, new_plates: set) -
         if new_plates & {f.name for f in node["cond_indep_stack"]}:
             continue
         missing.append(name)
+    return missing
+
+
+def _check_every_latent_drawn(draws: Draws, prototype: Trace, new_plates: set,
+                              dependencies: Callable[[], Optional[Dict[str, frozenset]]]) -> None:
+    """Refuse draws that lack a latent site outside the new plates: the run would draw
+    it from its prior, silently (a prior draw of a group's effect, scored as if it were
+    the posterior). A missing site that no other site reads is a prediction, as with
+    ``y=None`` (Pyro's usual call to predict): the model draws it.
+
+    :param dependencies: ``() -> {site: the latent sites its density reads}`` (by
+        provenance), or None where the model cannot be traced that way.
+    """
+    missing = _undrawn(draws, prototype, new_plates)
     if missing:
+        parents = dependencies()
+        if parents is not None:
+            read = {p for site, found in parents.items() for p in found if p != site}
+            missing = [name for name in missing if name in read]
+    if missing:
+        standardised = [n for n in missing if n + SUFFIX in draws]
+        hint = (f" draws has {[n + SUFFIX for n in standardised]}, the guide's standardised q "
+                f"of {standardised} (sample_guide's draws of non-centred sites): "
+                "sample_posterior's joint draws carry the sites themselves, or use "
+                "Predictive(model, guide=guide)." if standardised else "")
         raise ValueError(
             f"draws has no values for the latent site(s) {missing}: the model would draw "
             "them from their prior, and the result would not be the posterior's. Pass "
             "draws of every latent site (sample_posterior without sites=), or, for sites "
             "in plates whose elements are new here (held-out groups), name those plates in "
-            "new_plates."
+            f"new_plates.{hint}"
         )
 
 
@@ -291,7 +314,9 @@ def log_predictive_density(log_lik: torch.Tensor, pointwise: bool = False) -> fl
 
 def posterior_predictive(model: Callable, draws: Draws, *args, new_plates: Sequence[str] = (),
                          **kwargs) -> Dict[str, torch.Tensor]:
-    """Replicated data: every observed site sampled from the model given each draw.
+    """Replicated data: every observed site sampled from the model given each draw, and
+    every site given no data in this call (``y=None``) that no other site reads (the
+    quantity to predict, as in Pyro's ``Predictive``).
 
     Example::
 
@@ -299,11 +324,15 @@ def posterior_predictive(model: Callable, draws: Draws, *args, new_plates: Seque
 
     Parameters as for :func:`log_likelihood`.
 
-    :returns: ``{observed site: (num_draws,) + batch_shape + event_shape}`` (``pyro.factor``
-        terms left out: they hold no data).
+    :returns: ``{observed or predicted site: (num_draws,) + batch_shape + event_shape}``
+        (``pyro.factor`` terms left out: they hold no data).
     """
     trace, prototype, nesting = conditioned_trace(model, draws, args, kwargs,
                                                   new_plates=new_plates, predict=True)
     num = _num_draws(draws)
+    sites = dict(observed_sites(prototype, data_only=True))
+    # Sites without data in this call (y=None) that nothing reads: the predictions.
+    sites.update({name: prototype.nodes[name] for name in _undrawn(
+        {name: None for name in draws}, prototype, set(new_plates))})
     return {name: per_draw(trace.nodes[name]["value"], num, site, nesting, event=True)
-            for name, site in observed_sites(prototype, data_only=True).items()}
+            for name, site in prototype.nodes.items() if name in sites}

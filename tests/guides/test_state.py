@@ -2,6 +2,7 @@
 state dicts, and the param store (round trip, clearing, stale and foreign state)."""
 
 import gc
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,29 @@ def test_reading_a_loaded_fit_before_set_up_says_to_pass_the_model_arguments():
     with pytest.raises(TypeError, match=r"quantiles must be a list of probabilities"):
         fresh.quantiles(0.5, y)
     assert torch.equal(fresh.median(y)["z"], guide.median()["z"])
+
+
+def test_a_loaded_guide_keeps_its_names_when_a_new_guide_is_created_after_it():
+    """torch.load of a saved guide, then a new guide of the same model: the loaded one
+    claims its prefix on loading, so the new one takes the next free prefix (it used
+    to take the loaded guide's names and lock it out with StateCollisionError)."""
+    y = data(0)
+    guide = AutoQEM(normal_mean)
+    inference = Inference(normal_mean, guide, K=10)
+    for _ in range(5):
+        inference.step(y)
+    buffer = io.BytesIO()
+    torch.save(guide, buffer)
+    median = guide.median(y)["z"].clone()
+    del guide, inference
+    gc.collect()
+    pyro.clear_param_store()
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert loaded.prefix == "AutoQEM"
+    fresh = AutoQEM(normal_mean)
+    Inference(normal_mean, fresh, K=10).step(y)
+    assert fresh.prefix == "AutoQEM_2"
+    assert torch.equal(loaded.median(y)["z"], median)
+    Inference(normal_mean, loaded, K=10).step(y)
+    assert loaded.state.num_updates() == 6 and fresh.state.num_updates() == 1

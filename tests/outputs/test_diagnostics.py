@@ -248,3 +248,12 @@ def test_correlated_coordinates_of_a_mean_field_vector_are_flagged(collinear):
     else:
         assert exact < 0.2 and report.correlated == {}
         assert not any("correlated" in m for m in messages)
+
+
+@pytest.mark.parametrize("num_samples", [5, 99, 1.5, True])
+def test_too_few_guide_draws_for_khat_are_refused(num_samples):
+    x, y = _collinear()
+    inference = Inference(regression, AutoQEM(regression), K=5)
+    inference.step(x, y)
+    with pytest.raises(ValueError, match="num_samples must be 0 .* at least 100"):
+        diagnose(inference, x, y, num_samples=num_samples)

@@ -101,3 +101,42 @@ def test_a_factor_likelihood_scores_but_is_neither_data_nor_predicted():
     expected = dist.Normal(mu[:, None], 1.0).log_prob(y)
     got = torch.as_tensor(data.log_likelihood["f"].values).reshape(20, 4)
     assert torch.allclose(got, expected.to(got.dtype), atol=1e-5)
+
+
+SIGMA8 = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+Y8 = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+
+
+def schools(sigma, y=None):
+    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+    with pyro.plate("school", 8):
+        theta = pyro.sample("theta", dist.Normal(mu, tau))
+        pyro.sample("obs", dist.Normal(theta, sigma), obs=y)
+
+
+def test_guide_draws_of_a_non_centred_model_carry_the_site_itself():
+    """method='guide' draws q, which holds theta_decentered: theta is computed from the
+    drawn mu, tau and theta_decentered (it used to fail asking for draws of theta)."""
+    pyro.set_rng_seed(0)
+    guide = AutoQEM(schools)
+    inference = Inference(schools, guide, K=10)
+    for _ in range(20):
+        inference.step(SIGMA8, Y8)
+    assert guide.noncentred == ("theta",)
+    data = to_inference_data(inference, SIGMA8, Y8, num_samples=40, method="guide")
+    post = {k: torch.as_tensor(data.posterior[k].values).reshape(40, -1).double()
+            for k in ("mu", "tau", "theta", "theta_decentered")}
+    expected = post["mu"] + post["tau"] * post["theta_decentered"]
+    assert torch.allclose(post["theta"], expected, atol=1e-4)
+    assert "obs" in data.log_likelihood
+
+
+def test_guide_draws_of_an_enumerated_model_are_refused_by_name():
+    from tests.helpers.models import mixture
+
+    y = torch.tensor([-2.0, -1.5, 0.2, 1.0, 2.5])
+    inference = Inference(mixture, AutoQEM(mixture), K=5)
+    inference.step(y)
+    with pytest.raises(ValueError, match=r"method='guide'.*enumerated site\(s\) \['c'\].*method='joint'"):
+        to_inference_data(inference, y, num_samples=10, method="guide")

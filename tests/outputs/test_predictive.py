@@ -154,3 +154,28 @@ def test_a_subsampled_call_is_refused():
 
     with pytest.raises(ValueError, match=r"pyro.plate\('data'\) is subsampled \(3 of 10"):
         log_likelihood(minibatched, {"mu": torch.zeros(5)}, torch.randn(10))
+
+
+def test_leaving_the_data_out_predicts_the_site_as_pyro_predictive_does():
+    """posterior_predictive(model, draws, x) with y=None: the site without data that
+    nothing reads is the prediction (it used to be refused as a latent without draws),
+    drawn around each draw's mean."""
+    def regression(x, y=None):
+        b = pyro.sample("b", dist.Normal(0.0, 1.0))
+        with pyro.plate("n", len(x)):
+            pyro.sample("y", dist.Normal(b * x, 0.1), obs=y)
+
+    x = torch.tensor([1.0, 2.0, 3.0])
+    draws = {"b": torch.linspace(-1.0, 1.0, 200)}
+    predicted = posterior_predictive(regression, draws, x)["y"]
+    assert predicted.shape == (200, 3)
+    # Each row lies within 6 noise sds of its draw's mean.
+    assert ((predicted - draws["b"][:, None] * x).abs() < 0.6).all()
+    def shifted(x, y=None):
+        b = pyro.sample("b", dist.Normal(0.0, 1.0))
+        c = pyro.sample("c", dist.Normal(b, 1.0))   # read by y: a latent, not a prediction
+        with pyro.plate("n", len(x)):
+            pyro.sample("y", dist.Normal(c * x, 0.1), obs=y)
+
+    with pytest.raises(ValueError, match=r"no values for the latent site\(s\) \['c'\]"):
+        posterior_predictive(shifted, draws, x)
