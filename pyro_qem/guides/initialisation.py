@@ -77,6 +77,28 @@ def default_init_loc(site) -> torch.Tensor:
         return _flat_start(fn)
 
 
+#: Prior draws behind the medians that decide which elements to non-centre: with
+#: Pyro's default 15, the radon hierarchies' plans swung between 11 and 68 of 85
+#: counties non-centred from seed to seed (the ratio goes as the scales' squares), and
+#: the correlated-slopes model's tau sd between 0.69x and 0.88x NUTS's with them.
+PLAN_MEDIAN_SAMPLES = 1001
+
+
+def plan_init_loc(site) -> torch.Tensor:
+    """:func:`default_init_loc` with the median of :data:`PLAN_MEDIAN_SAMPLES` prior
+    draws: the values at which :func:`~pyro_qem.handlers.noncentring.noncentring_plan`
+    weighs data against prior, stable from seed to seed."""
+    from pyro.infer.autoguide.initialization import init_to_median
+
+    fn = site["fn"]
+    if fn.support.is_discrete:
+        return default_init_loc(site)
+    try:
+        return init_to_median(site, num_samples=PLAN_MEDIAN_SAMPLES)
+    except NotImplementedError:
+        return _flat_start(fn)
+
+
 def init_to_sample_or_feasible(site) -> torch.Tensor:
     """A prior draw (Pyro's ``init_to_sample``), or for a flat prior that cannot be
     sampled the image of 0 under the bijection onto its support."""

@@ -35,7 +35,7 @@ from ..handlers.noncentring import NonCentring, decentered_name, noncentring_pla
 from ..model import ModelStructure, PlateInfo, Prototype, Selection, SiteInfo, discover, gather
 from ..model import prior_dependencies, prototype_traces, rng_preserved, selection_of
 from .grouping import standardised_groups, undrawable_noncentred
-from .initialisation import InitOptions, default_init_loc, initial_state
+from .initialisation import InitOptions, default_init_loc, initial_state, plan_init_loc
 from .layout import enumerated_support, in_dim, in_sets_dim, is_observed
 from .state import MomentState
 
@@ -261,7 +261,7 @@ class QEMGuide(Messenger):
         if self.noncentre == "auto":
             with rng_preserved():
                 return noncentring_plan(self.model, args, kwargs,
-                                        self.init.init_loc_fn or default_init_loc,
+                                        self.init.init_loc_fn or plan_init_loc,
                                         agree=self.plan_hook)
         return dict.fromkeys(self.noncentre)
 
