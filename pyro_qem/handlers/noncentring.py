@@ -271,7 +271,7 @@ def hierarchical_sites(model: Callable, args: tuple, kwargs: dict) -> Dict[str, 
     except Exception:  # noqa: BLE001
         # Set-up runs the model next and reports what is wrong with it; a model that
         # only fails with these random values is fitted without the rewrite.
-        return []
+        return {}
     found = {}
     for name, node in first.nodes.items():
         if node["type"] != "sample" or node["is_observed"] or site_is_subsample(node):
