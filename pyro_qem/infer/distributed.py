@@ -403,6 +403,18 @@ def setup_sharding(group: ProcessGroup, guide: QEMGuide, run_probe: Callable[[],
             f"process_group: the plates {plates} are all subsampled; a distributed fit shards "
             "exactly one plate (the data plate). Pass subsample= to that plate only."
         )
+    if structure.data_links:
+        # Raised on every process alike: they share the structure.
+        child = sorted(structure.data_links)[0]
+        raise NotImplementedError(
+            f"process_group: pyro.plate('{child}') is nested in "
+            f"pyro.plate('{structure.links[child]}') only through the rows' data (rows read "
+            "both plates' latents directly), and each process sees its own rows only, so "
+            f"the {child} elements whose rows are elsewhere would be placed wrongly. Let the "
+            f"{child} latents read the {structure.links[child]} latents through an index of "
+            f"their own, e.g. c = pyro.sample('c', dist.Normal(s[..., {child}_to_"
+            f"{structure.links[child]}], sd)), or fit on one process."
+        )
     plate = plates[0]
     size = structure.plates[plate].size
     rows = subsamples[plate].long().cpu()

@@ -26,7 +26,7 @@ from pyro.poutine.util import site_is_factor, site_is_subsample
 
 from ..handlers import IndexProbe, IndexUse, PlateChunkMessenger, is_subsampled
 from ..handlers.rest_density import rest_log_density
-from .links import find_links
+from .links import data_links, find_links
 from .site_checks import check_something_to_infer, check_latent_distribution, check_observed
 from .structure import ModelStructure, PlateInfo, SiteInfo, group_sites
 
@@ -409,6 +409,7 @@ def discover(
         observed=observed,
         links=links,
         indexed_sites=indexed,
+        data_links=data_links(prototype.index_uses, links, _plate_sizes(trace)),
     )
     outside = _outside_parents(trace, structure, prototype.dependencies)
     parents = {name: frozenset(p for p in upstream if p in sites)

@@ -74,6 +74,14 @@ def find_links(uses: Iterable[IndexUse], plates: PlateSizes) -> Tuple[Dict[str, 
     return links, frozenset(indexed)
 
 
+def data_links(uses: Iterable[IndexUse], links: Mapping[str, str], plates: PlateSizes
+               ) -> FrozenSet[str]:
+    """The linked plates whose index into their parent no latent of theirs applies
+    (:func:`find_links` nested them through the rows' data)."""
+    applied = {(consumer_plate(use, plates), use.plate) for use in uses}
+    return frozenset(child for child, parent in links.items() if (child, parent) not in applied)
+
+
 def _nested_in_data(child: str, found: Sequence[str], links: Mapping[str, str],
                     indexes: Mapping[Tuple[str, str], torch.Tensor]) -> Optional[List[str]]:
     """The plates ``child``'s rows read, finest first, when the rows' indexes nest them

@@ -60,6 +60,9 @@ class ModelStructure:
         integer index (``a[..., county]`` inside ``pyro.plate("house", N)``), that
         other plate: ``{"house": "county"}``.
     :ivar indexed_sites: the latent sites read through such an index.
+    :ivar data_links: the linked plates whose index into their parent no latent applies:
+        the data nest them (rows read a county's and its state's latents directly), and
+        each run reads the map off the rows.
     :ivar outside_parents: for each site whose log density depends on a latent in a
         plate the site is not in (found by provenance at set-up), those latents and plates.
     :ivar parents: for each site, the latent sites its log density depends on (found by
@@ -74,6 +77,7 @@ class ModelStructure:
     observed: Dict[str, torch.Size]  # observed site -> its batch shape at set-up
     links: Dict[str, str] = field(default_factory=dict)  # rows' plate -> indexed plate
     indexed_sites: FrozenSet[str] = frozenset()  # latents read through an index
+    data_links: FrozenSet[str] = frozenset()  # linked plates nested through the data only
     # site -> ((latent it depends on, plates of that latent the site is not in), ...):
     # dependencies found by provenance tracking at set-up that cross a plate boundary
     # (e.g. x.mean() over a plate and, with it, over the particles).

@@ -358,6 +358,19 @@ def _bad_inputs(rank, world, out):
     inference = Inference(model, AutoQEM(model), K=K, process_group=ProcessGroup(timeout=30))
     messages["globals"] = _error_of(lambda: inference.step(y[rows], rows))
 
+    state = (COUNTY % 2)   # each county in one state: nested through the data only
+
+    def nested(y, rows):
+        with pyro.plate("state", 2):
+            s = pyro.sample("s", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+        with pyro.plate("county", C):
+            c = pyro.sample("c", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+        with pyro.plate("house", N, subsample=rows):
+            pyro.sample("y", dist.Normal(s[..., state[rows]] + c[..., COUNTY[rows]], 1.0), obs=y)
+
+    inference = Inference(nested, AutoQEM(nested), K=K, process_group=ProcessGroup(timeout=30))
+    messages["nested"] = _error_of(lambda: inference.step(y[rows], rows))
+
     def whole(y):
         mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 2.0))
         with pyro.plate("data", N):
@@ -418,6 +431,8 @@ def test_three_processes_exact_and_bad_inputs_fail_clearly(tmp_path):
         # The same non-centred proposals (none) but other sites: the set-up check.
         assert messages["globals"].startswith("DistributedError") and "different models" in messages["globals"]
         assert "rank 0: mu (group 0" in messages["globals"] and "s (group 1" in messages["globals"]
+        assert messages["nested"].startswith("NotImplementedError")
+        assert "pyro.plate('county') is nested in pyro.plate('state') only through" in messages["nested"]
         assert messages["unsharded"].startswith("ValueError") and "no pyro.plate" in messages["unsharded"]
         assert "subsample=rows" in messages["unsharded"]
     # Minibatches inside the shards: the plate's scale is N over every process's rows

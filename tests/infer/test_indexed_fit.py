@@ -182,6 +182,7 @@ def test_rows_reading_a_county_and_its_state_directly_nest_through_the_data():
     guide = AutoQEM(state_and_county)
     structure = guide.setup(HOUSE_COUNTY, state, y)
     assert structure.links == {"house": "county", "county": "state"}
+    assert structure.data_links == {"county"}
     pyro.set_rng_seed(0)
     inference = Inference(state_and_county, guide, K=30, lr=0.1, average_from=300)
     for _ in range(600):
