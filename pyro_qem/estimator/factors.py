@@ -322,15 +322,17 @@ def _check_unplated_dim(record: SiteRecord, pos: int, size: int, structure: Mode
     if shifted:
         name = shifted[0]
         event_shape = tuple(structure.sites[name].event_shape)
+        advice = (
+            f" Sample '{name}' without them (e.g. dist.Normal(0., 2.) for a single value "
+            "instead of dist.Normal(torch.zeros(1), 2.).to_event(1)), or take its "
+            f"components before using them in a plate ({name}[..., 0], or Vindex)."
+            if math.prod(event_shape) == 1 else _event_index_hint([name], structure))
         raise ValueError(
             f"Site '{record.name}' uses the event dims of latent '{name}' (event shape "
             f"{event_shape}) as batch dims: its log density has {name}'s particles at "
             f"position {pos}, not at {name}'s particle dim. Pyro broadcasts the two alike, "
             "but under QEM a latent's particle dims sit left of its event dims, so the "
-            f"event dims must not meet a plate. Sample '{name}' without them (e.g. "
-            "dist.Normal(0., 2.) for a single value instead of "
-            "dist.Normal(torch.zeros(1), 2.).to_event(1)), or take its components before "
-            f"using them in a plate ({name}[..., 0], or Vindex)."
+            f"event dims must not meet a plate.{advice}"
         )
     raise ValueError(
         f"Site '{record.name}': its log density has a dim of size {size} at position {pos} "
@@ -390,6 +392,27 @@ def _check_parents_kept(record: SiteRecord, dims: List[str], structure: ModelStr
         "dim=-1). Reduce only over named "
         "rightmost dims (z.sum(-1)), and let broadcasting add plate dims: write "
         "mu + x rather than mu.unsqueeze(-2) + x (the same in a model without particles)."
+        + _event_index_hint(lost, structure)
+    )
+
+
+def _event_index_hint(lost: List[str], structure: ModelStructure) -> str:
+    """Advice for a vector latent outside the plates looked up along its event dim
+    inside one (``mu_vec[..., group]``), which moves its particles left by the event
+    dims it had."""
+    vectors = [name for name in lost if structure.sites[name].event_shape
+               and not structure.sites[name].plates]
+    if not vectors:
+        return ""
+    name = vectors[0]
+    size = tuple(structure.sites[name].event_shape)
+    return (
+        f" '{name}' is a vector latent outside every plate (event shape {size}): looked up "
+        f"along its event dim inside a plate ({name}[..., group]), its event dim becomes "
+        "the plate's and its particles land one dim left. Sample it in a plate of its own "
+        f"instead, with pyro.plate('group', {size[-1]}): {name} = pyro.sample('{name}', "
+        f"dist.Normal(0., 5.)), and read {name}[..., group] in the rows' plate: an indexed "
+        "group, contracted exactly."
     )
 
 

@@ -575,3 +575,26 @@ def test_parameters_that_break_a_constraint_for_some_particle_combinations_are_e
     with pytest.raises(ValueError, match=r"after latent site 'high'.*parameter 'low' of a "
                                          r"Uniform is outside its constraint.*high = low \+ width"):
         Inference(model, AutoQEM(model), K=30).step(torch.tensor(1.0))
+
+
+def test_a_global_vector_looked_up_along_its_event_dim_in_a_plate_gets_advice():
+    """mu_vec[..., group] with mu_vec a .to_event(1) latent outside the plates: its event
+    dim becomes the plate's and its particles move; the error says to sample it in a
+    plate of its own (an indexed group)."""
+    group = torch.arange(6) % 3
+
+    def model(y):
+        mu_vec = pyro.sample("mu_vec", dist.Normal(torch.zeros(3), 5.0).to_event(1))
+        with pyro.plate("el", 6):
+            pyro.sample("y", dist.Normal(mu_vec[..., group], 1.0), obs=y)
+
+    def with_children(y):
+        mu_vec = pyro.sample("mu_vec", dist.Normal(torch.zeros(3), 5.0).to_event(1))
+        with pyro.plate("el", 6):
+            theta = pyro.sample("theta", dist.Normal(mu_vec[..., group], 1.0))
+            pyro.sample("y", dist.Normal(theta, 0.5), obs=y)
+
+    for m in (model, with_children):
+        with pytest.raises(ValueError, match=r"'mu_vec' is a vector latent outside every plate.*"
+                                             r"with pyro.plate\('group', 3\)"):
+            Inference(m, AutoQEM(m), K=4).step(torch.randn(6))
