@@ -108,7 +108,12 @@ class MomentState:
         """Register a loaded guide's state in the param store (``torch.load`` of a saved
         guide), settling its prefix as :meth:`claim` does, so that guides created later
         see the prefix taken instead of taking it and locking this one out."""
-        self.claim(list(self.tensors))
+        try:
+            self.claim(list(self.tensors))
+        except StateCollisionError:
+            # An explicit prefix a live guide holds (a copy of that guide): the clash is
+            # reported when this one is used, as before.
+            return
         for key, tensor in list(self.tensors.items()):
             self._register(key, tensor)
 
