@@ -45,6 +45,7 @@ is seen, rebinding them is not.
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -277,7 +278,7 @@ class CompiledStep:
         except Exception as error:  # a data-dependent model, an op make_fx cannot record
             _set_rng_state(rng)
             self.disable(f"the step could not be recorded ({type(error).__name__}: "
-                         f"{_first_line(error)}).")
+                         f"{_first_line(error)}){_value_read_hint(error)}.")
             return None
         out = [t.detach() for t in traced_out[0]]
         fn = graph_module
@@ -416,7 +417,20 @@ def _mismatch(eager: List[torch.Tensor], replayed: List[torch.Tensor]) -> Option
     return None
 
 
+def _value_read_hint(error: Exception) -> str:
+    """Why a recording failed when Python read a tensor's value mid-step."""
+    if "_local_scalar_dense" not in str(error) and "data-dependent" not in str(error):
+        return ""
+    return ("; the step reads a tensor's value in Python (data-dependent control flow), "
+            "as the model's own .item() or if x > 0: would, or a sampler that loops until "
+            "it accepts (a VonMises latent's q draws by rejection), so it runs eagerly")
+
+
 def _first_line(error: Exception) -> str:
+    """The error's first sentence (at most 200 characters)."""
     text = str(error).strip().splitlines()
-    return text[0][:200] if text else ""
+    if not text:
+        return ""
+    end = re.search(r"[.!?](\s|$)", text[0])
+    return (text[0][:end.start() + 1] if end else text[0])[:200]
 

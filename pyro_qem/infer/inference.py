@@ -25,7 +25,7 @@ from .fit import FitHistory, fit
 from .threads import check_num_threads, step_threads
 from .gradients import apply, backward, check_objective, check_params
 from .mstep import moment_update
-from .regression import regression_kind
+from .regression import regression_kind, statistics_count
 from .pipeline import ParticleRun, run_particles
 from .schedules import StepSize, as_schedule, check_lr
 
@@ -399,14 +399,22 @@ class Inference:
                          if regression_kind(self.guide, structure.group_of(s), self.K) is not None]
             others = [s for s in outside if s not in regressed]
             if others:
+                counts = {s: statistics_count(self.guide, structure.group_of(s)) for s in others}
+                unnatural = [s for s in others if counts[s] is None]
+                needy = {s: 2 * (counts[s] + 1) for s in others if counts[s] is not None}
+                why = "; ".join(
+                    ([f"{unnatural}: a family without natural parameters, e.g. a Beta or "
+                      "Dirichlet q (use a Normal, LogNormal, Gamma or InverseGamma family)"]
+                     if unnatural else [])
+                    + ([f"{sorted(needy)}: too few particles for the least-squares fit of "
+                        f"their group (K = {self.K}; it needs K >= {max(needy.values())})"]
+                       if needy else []))
                 warnings.warn(
                     f"pyro.plate('{plate}') is subsampled (N/B = {scale:g}). The sites outside "
-                    f"it that the minibatch regression cannot fit ({others}: a family "
-                    "without natural parameters, e.g. a Beta or Dirichlet q) keep "
-                    "the moment update, which fits each step to a different minibatch's "
-                    "posterior: their spread comes out too wide (2-7x for vector sites). "
-                    "Use full batches for their final uncertainty, or a Normal, LogNormal, "
-                    f"Gamma or InverseGamma family (sites {regressed} are fitted by "
+                    f"it that the minibatch regression cannot fit ({why}) keep the moment "
+                    "update, which fits each step to a different minibatch's posterior: "
+                    "their spread comes out too wide (2-7x for vector sites). Use full "
+                    f"batches for their final uncertainty (sites {regressed} are fitted by "
                     "regression, without that distortion).",
                     SubsampleWarning,
                     stacklevel=3,

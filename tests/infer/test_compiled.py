@@ -299,3 +299,19 @@ def test_a_one_hot_categorical_site_is_recorded_and_replays_the_eager_fit():
         traced = fit("trace", 8, y, model=membership, lr=0.3)
     assert traced[2].compiled.compiled_steps == 4
     assert eager[0] == traced[0]
+
+
+def test_a_vonmises_latent_runs_eagerly_saying_why():
+    """Its q draws by rejection sampling, which reads tensor values in Python: the
+    recording fails and the warning names the cause instead of a cut-off torch text."""
+    def angle(y):
+        th = pyro.sample("th", dist.VonMises(torch.zeros(()), 1.0))
+        with pyro.plate("n", len(y)):
+            pyro.sample("y", dist.Normal(th, 1.0), obs=y)
+
+    y = torch.randn(5)
+    inference = Inference(angle, AutoQEM(angle), K=10, compile="trace")
+    with pytest.warns(CompileFallbackWarning, match=r"runs eagerly.*erroring out!\).*"
+                                                     r"VonMises latent's q draws by rejection"):
+        for _ in range(3):   # recorded once the shapes have repeated
+            inference.step(y)

@@ -109,7 +109,21 @@ def test_a_site_the_regression_cannot_fit_is_named_in_the_warning():
     torch.manual_seed(1)
     y = torch.randn(N, dtype=torch.float64)
     inference = Inference(beta_scale, AutoQEM(beta_scale), K=30, lr=0.1, average_from=0)
-    with pytest.warns(SubsampleWarning, match=r"\['tau'\]"):
+    with pytest.warns(SubsampleWarning, match=r"\['tau'\]: a family without natural parameters"):
+        inference.step(y, B)
+
+
+def test_a_site_with_too_few_particles_for_the_regression_is_told_the_k_it_needs():
+    def gamma_rate(y, subsample_size=None):
+        lam = pyro.sample("lam", dist.Gamma(torch.tensor(2.0, dtype=y.dtype), 2.0))
+        with pyro.plate("items", N, subsample_size=subsample_size) as idx:
+            pyro.sample("obs", dist.Normal(0.0, lam.rsqrt()), obs=y[idx])
+
+    torch.manual_seed(1)
+    y = torch.randn(N, dtype=torch.float64)
+    inference = Inference(gamma_rate, AutoQEM(gamma_rate), K=3, lr=0.1, average_from=0)
+    with pytest.warns(SubsampleWarning, match=r"\['lam'\]: too few particles for the least-squares "
+                                              r"fit of their group \(K = 3; it needs K >= \d+\)"):
         inference.step(y, B)
 
 
