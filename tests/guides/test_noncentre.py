@@ -277,11 +277,11 @@ def graded_groups(group, y):
 
 
 def test_the_noncentring_plan_does_not_depend_on_the_seed():
-    """Group g has g + 1 rows, so information x prior variance is (g + 1) tau^2 at the
-    initial tau, and the threshold of 10 falls near the 22nd group. The plan takes tau
-    at the median of 1001 prior draws (0.674 +- 3%); from Pyro's 15-draw median (+-25%)
-    the number of non-centred groups moved by 10 or more between seeds."""
-    group = torch.cat([torch.full((g + 1,), g) for g in range(40)])
+    """Group g has 10 (g + 1) rows, so information x prior variance is 10 (g + 1) tau^2
+    at the initial tau, and the threshold of 100 falls near the 22nd group. The plan
+    takes tau at the median of 1001 prior draws (0.674 +- 3%); from Pyro's 15-draw
+    median (+-25%) the number of non-centred groups moved by 10 or more between seeds."""
+    group = torch.cat([torch.full((10 * (g + 1),), g) for g in range(40)])
     y = torch.randn(len(group), generator=torch.Generator().manual_seed(0))
     counts = []
     for seed in range(5):
