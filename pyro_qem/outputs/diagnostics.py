@@ -139,15 +139,18 @@ def coordinate_correlations(inference: Inference, *args, num_runs: int = 10,
     :returns: ``{site: float}``; sites whose support's bijection changes their shape
         (simplex, correlation factors) are left out.
     """
-    covariances: Dict[str, torch.Tensor] = {}
     guide = inference.guide
-    for _ in range(num_runs):
+    structure = guide.setup(*args, **kwargs)
+    # Only vector sites with a q per coordinate: a model without any needs no runs.
+    names = [name for name, family in guide.families.items()
+             if math.prod(structure.sites[name].event_shape) >= 2
+             and family.coupled_coordinates(structure.sites[name].event_shape) == 1]
+    covariances: Dict[str, torch.Tensor] = {}
+    for _ in range(num_runs if names else 0):
         run = weighted_run(inference, args, kwargs, "coordinate_correlations")
-        for name, family in guide.families.items():
+        for name in names:
             site = run.structure.sites[name]
             size = math.prod(site.event_shape)
-            if size < 2 or family.coupled_coordinates(site.event_shape) > 1:
-                continue
             record = run.records[name]
             value = record.value.detach().double()
             try:

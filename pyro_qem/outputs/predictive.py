@@ -21,6 +21,7 @@ from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from ..estimator.factors import observed_log_prob
+from ..families.support import unwrap_prior
 from ..guides.initialisation import init_to_sample_or_feasible
 from ..handlers import UnconditionData
 from ..handlers.noncentring import SUFFIX
@@ -57,9 +58,7 @@ def observed_sites(trace: Trace, data_only: bool = False) -> Dict[str, dict]:
 
 
 def _is_factor(fn) -> bool:
-    while hasattr(fn, "base_dist"):
-        fn = fn.base_dist
-    return isinstance(fn, dist.Unit)
+    return isinstance(unwrap_prior(fn), dist.Unit)
 
 
 def conditioned_trace(model: Callable, draws: Draws, args: tuple, kwargs: dict, *,
@@ -332,7 +331,7 @@ def posterior_predictive(model: Callable, draws: Draws, *args, new_plates: Seque
     num = _num_draws(draws)
     sites = dict(observed_sites(prototype, data_only=True))
     # Sites without data in this call (y=None) that nothing reads: the predictions.
-    sites.update({name: prototype.nodes[name] for name in _undrawn(
-        {name: None for name in draws}, prototype, set(new_plates))})
+    sites.update({name: prototype.nodes[name]
+                  for name in _undrawn(draws, prototype, set(new_plates))})
     return {name: per_draw(trace.nodes[name]["value"], num, site, nesting, event=True)
             for name, site in prototype.nodes.items() if name in sites}
