@@ -19,18 +19,15 @@ import warnings
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
-from pyro.ops.contract import contract_tensor_tree
-from pyro.ops.einsum.adjoint import require_backward
-from pyro.ops.rings import SampleRing
-
 from ..estimator import LogFactor
-from ..estimator.contraction import term_tree, varying_groups
+from ..estimator.contraction import varying_groups
 from ..estimator.estimate import local_dims
 from ..estimator.linked import fold_links, link_order, row_index
 from ..estimator.memory import LARGEST_FACTOR_COPIES, MemoryBudgetError
 from ..guides.qem_guide import QEMGuide
 from ..infer.pipeline import WeightedRun
 from ..model.structure import PARTICLE_SETS
+from .index_sampler import DRAWS, SampleTree
 from .sites import check_count, plate_layout, select_outputs, select_sites, weighted_run
 
 from ..infer.inference import Inference
@@ -38,20 +35,33 @@ from ..infer.inference import Inference
 
 # One vectorised run holds at most this many factor entries over all its particle
 # sets (the largest factor of one set times the number of sets; also at most what the
-# inference's memory budget allows): 2^23 float32 entries are 32 MB. Each run costs a
-# backward pass per draw taken from its sets, so fewer, larger runs save passes
-# (radon's 2000 draws: 0.47 s at 2^21 entries, 0.37 s at 2^23, one thread); past that
-# the sets' arithmetic is what remains (2^25: slower again).
-SETS_ENTRIES = 1 << 23
+# inference's memory budget allows): 2^23 float32 entries are 32 MB. Fewer, larger runs
+# save the per-run overhead until the sets' arithmetic is all that remains (radon's
+# 2000 draws, one thread: 2^21 0.90 s, 2^22 0.73 s, 2^23 0.77 s, 2^24 1.46 s).
+SETS_ENTRIES = 1 << 22
 
 
-# draws_per_run="auto" takes as many draws from each particle set as keep the design
-# effect of the repeats at most 1 + REPEAT_COST (effective draws >= 80% of the draws).
-# Taking more (about the set's ESS of its worst-resolved group, 50% efficiency) cut
-# radon's 2000 draws from 0.35-0.41x to 0.11-0.14x of the fit's time, but the joint
-# draws' worst mean errors over 90 coordinates rose from 0.055-0.092 to 0.076-0.100
-# NUTS sds (benchmarks.funnel, seeds 0-2): at the README's 2000 draws, accuracy first.
-REPEAT_COST = 0.25
+# draws_per_run="auto" takes 1 + REPEAT_COST / rho draws from each set, rho = sum_k
+# w_k^2 of the worst-resolved sampled group (Kish's design effect 1 + (n - 1) rho is
+# then at most 1 + REPEAT_COST): about the set's ESS, where the cost per effective draw
+# levels off. On radon (K = 30, rho ~ 0.04) that is ~25 draws per set, 2000 draws at
+# 0.07-0.10x of the fit's time (was 7 per set at REPEAT_COST = 0.25, 0.38x); measured
+# design effects (batch means over 40 sets, 40 replicates agreeing): 1.4 for the 85
+# county intercepts, 2.8-3.7 for the global mean and scale, whose weights are
+# correlated with their values (Kish's formula says 2), 1.1 and 1.6-2.0 at 10 per set.
+REPEAT_COST = 1.0
+
+
+# draws_per_run="auto" averages rho over the first set and one run of at most this many
+# more (the run also gives draws).
+PILOT_SETS = 16
+
+
+# The effective draws are measured by batch means over the sets (see JointDraws) from
+# this many sets on: the between-set variance of one coordinate from S sets has a
+# relative sd of about sqrt(2 / (S - 1)), 0.32 at 20 sets (averaged over a site's
+# coordinates, less); with fewer sets Kish's formula is reported.
+MEASURED_FROM_SETS = 20
 
 
 class JointDraws(dict):
@@ -60,15 +70,25 @@ class JointDraws(dict):
     :ivar draws_per_set: joint draws taken from each particle set.
     :ivar num_sets: independent particle sets drawn.
     :ivar effective_draws: the number of independent draws with the same Monte Carlo
-        error for the worst-resolved group: ``num_samples / (1 + (draws_per_set - 1)
-        * rho)``, where ``rho = sum_k w_k^2`` (averaged over plate elements and sets)
-        is the chance that two draws from one set repeat that group's particle
-        (sampled groups only: an enumerated site's draws are exact given the set).
+        error in a posterior mean, for the worst-resolved site: ``num_samples`` over
+        the largest of :attr:`site_effective_draws`' design effects. With
+        ``MEASURED_FROM_SETS`` sets or more it is measured, by batch means: the sets
+        are independent, so the variance between their draws' means is the design
+        effect times ``sigma^2 / draws_per_set``. With fewer, it is Kish's
+        ``num_samples / (1 + (draws_per_set - 1) * rho)``, ``rho = sum_k w_k^2`` of the
+        worst-resolved sampled group (averaged over plate elements and sets: the
+        chance that two draws from one set repeat its particle), which understates
+        the design effect of a group whose weights are correlated with its values
+        (radon's global mean: 2.8-3.7 measured where the formula gives 2). At most
+        ``num_samples``.
+    :ivar site_effective_draws: ``{site: measured effective draws}`` (each site's
+        design effect averaged over its coordinates); empty where not measured.
     """
 
     draws_per_set: int = 1
     num_sets: int = 0
     effective_draws: float = 0.0
+    site_effective_draws: Dict[str, float] = {}
 
 
 def sample_posterior(
@@ -90,14 +110,18 @@ def sample_posterior(
     that cannot run with that extra batch dim falls back to one run per set, with a
     warning.
 
-    Several draws from one set cost only a backward pass each but can repeat a
-    particle: with ``draws_per_run="auto"`` (default) each set gives as many draws as
-    keep the effective number of independent draws at 80% of ``num_samples`` or more
-    (from the particle weights of the first set: one draw per set when they are
-    degenerate). The result reports what it got (:class:`JointDraws`). Pass an int for
-    a fixed number per set (``draws_per_run=1``: strictly independent draws; about
-    ``1 / sum_k w_k^2`` of the worst-resolved group, the set's ESS, is the cheapest
-    per independent draw, at about 50% efficiency).
+    Several draws from one set cost one batched backward pass between them, and are
+    stratified (each particle of weight ``w`` drawn about ``n w`` times, not
+    ``Binomial(n, w)``: :mod:`pyro_qem.outputs.index_sampler`), but repeat the set's
+    particles: they are worth fewer independent draws. With ``draws_per_run="auto"``
+    (default) each set gives about its effective sample size of draws, ``1 + 1 /
+    sum_k w_k^2`` for the worst-resolved sampled group (averaged over up to 17 sets), where the cost per effective draw levels off: on
+    a 90-parameter radon
+    hierarchy 2000 draws cost under a tenth of the 600-step fit and are worth ~1400
+    independent draws for the county effects and ~600 for the global mean. The result
+    reports what it got (:class:`JointDraws`: ``effective_draws``, measured from the
+    sets). Pass an int for a fixed number per set (``draws_per_run=1``: strictly
+    independent draws, one model run's share each).
 
     Example::
 
@@ -118,19 +142,67 @@ def sample_posterior(
     if draws_per_run != "auto":
         check_count("draws_per_run", draws_per_run)
     first = weighted_run(inference, args, kwargs, "sample_posterior", weights=True)
+    sets = ParticleSets(inference, args, kwargs, "sample_posterior", first)
+    runs = [first]
     rho = _repeat_chance(first)
+    if draws_per_run == "auto" and rho > 0 and num_samples > 1 and sets.per_run > 1:
+        # One set's sum_k w_k^2 of a global group is a single noisy number (radon: the
+        # draws per set it gave ranged 12-25 between calls): average a full run's sets.
+        runs.append(sets.run(PILOT_SETS, weights=True))
+        pilot = _num_sets(runs[1])
+        rho = (rho + _repeat_chance(runs[1]) * pilot) / (1 + pilot)
     per_set = draws_per_run if draws_per_run != "auto" else (
         num_samples if rho == 0 else 1 + int(REPEAT_COST / rho))
     per_set = _agreed(inference, min(per_set, num_samples))
     num_sets = math.ceil(num_samples / per_set)
-    chunks = [resample_run(first, per_set, sites)]
-    for run in particle_sets(inference, args, kwargs, num_sets - 1, "sample_posterior", first):
+    chunks = [resample_run(run, per_set, sites) for run in runs]
+    counts = [_num_sets(run) for run in runs]
+    del runs, first  # a run holds all its factors: resample each as it comes
+    while sum(counts) < num_sets:
+        run = sets.run(num_sets - sum(counts))
         chunks.append(resample_run(run, per_set, sites))
+        counts.append(_num_sets(run))
     draws = JointDraws({name: torch.cat([c[name] for c in chunks])[:num_samples]
                         for name in chunks[0]})
     draws.draws_per_set, draws.num_sets = per_set, num_sets
-    draws.effective_draws = num_samples / (1 + (per_set - 1) * rho)
+    bound = num_samples / (1 + (per_set - 1) * rho)
+    measured = _measured_design_effects(chunks, counts, per_set)
+    draws.site_effective_draws = {name: min(float(num_samples), num_samples / deff)
+                                  for name, deff in measured.items()}
+    draws.effective_draws = (min(draws.site_effective_draws.values())
+                             if draws.site_effective_draws else bound)
     return draws
+
+
+def _num_sets(run: WeightedRun) -> int:
+    sets = run.structure.plates.get(PARTICLE_SETS)
+    return 1 if sets is None else sets.size
+
+
+def _measured_design_effects(chunks: Sequence[Dict[str, torch.Tensor]], set_counts: Sequence[int],
+                             per_set: int) -> Dict[str, float]:
+    """Per site, the design effect of draws taken ``per_set`` at a time from independent
+    sets, measured by batch means: the variance between the sets' means of a coordinate
+    is ``deff * sigma^2 / per_set``. Averaged over the site's coordinates (those that
+    vary); empty below ``MEASURED_FROM_SETS`` sets or with one draw per set (design
+    effect 1 by construction)."""
+    if per_set == 1 or sum(set_counts) < MEASURED_FROM_SETS:
+        return {}
+    out = {}
+    for name in chunks[0]:
+        means, values = [], []
+        for chunk, count in zip(chunks, set_counts):
+            value = chunk[name].double().reshape(per_set, count, -1)
+            means.append(value.mean(0))
+            values.append(value.reshape(per_set * count, -1))
+        means, values = torch.cat(means), torch.cat(values)
+        spread = values.var(0)
+        varying = spread > 1e-12 * values.abs().amax(0).clamp(min=1e-300).square()
+        if not varying.any():
+            continue
+        deff = per_set * means.var(0)[varying] / spread[varying]
+        out[name] = max(deff.mean().item(), 1e-12)
+    return out
 
 
 def _repeat_chance(run: WeightedRun) -> float:
@@ -159,55 +231,59 @@ def _agreed(inference: Inference, count: int) -> int:
     return int(group.broadcast(torch.tensor([count]), "the draws' set sizes")[0])
 
 
-def particle_sets(inference: Inference, args: tuple, kwargs: dict, num_sets: int, what: str,
-                  first: WeightedRun) -> Iterator[WeightedRun]:
-    """Weighted runs (without marginal weights) that hold ``num_sets`` independent
-    particle sets in all, several per vectorised run (see :func:`sample_posterior`).
+class ParticleSets:
+    """Weighted runs of independent particle sets, several sets per vectorised model
+    run (see :func:`sample_posterior`).
 
-    :param first: a run of one set, whose factor sizes set the number per run.
+    :param first: a run of one set, whose factor sizes set the number per run
+        (:attr:`per_run`).
     """
-    largest = max(f.tensor.numel() for f in first.factors)
-    fits = SETS_ENTRIES // max(largest, 1)
-    budget = first.run.max_memory
-    if budget is not None:
-        nbytes = max(f.tensor.numel() * f.tensor.element_size() for f in first.factors)
-        fits = min(fits, budget // max(1, (LARGEST_FACTOR_COPIES + 2) * nbytes))
-    per_run, done = _agreed(inference, max(1, int(fits))), 0
-    if any(site.enumerated and site.plates for site in first.structure.sites.values()):
-        # Pyro's SampleRing cannot sample an enumerated dim inside a plate when the
-        # particle sets' plate encloses it (its backward pass fails to broadcast the
-        # sampled indices): one set per run.
-        per_run = 1
-    while done < num_sets:
-        size = min(per_run, num_sets - done)
-        try:
-            run = weighted_run(inference, args, kwargs, what, weights=False, num_sets=size,
-                               contract=False)
-        except MemoryBudgetError:
-            raise
-        except Exception as error:
-            if size == 1:
+
+    def __init__(self, inference: Inference, args: tuple, kwargs: dict, what: str,
+                 first: WeightedRun) -> None:
+        self.inference, self.args, self.kwargs, self.what = inference, args, kwargs, what
+        largest = max(f.tensor.numel() for f in first.factors)
+        fits = SETS_ENTRIES // max(largest, 1)
+        budget = first.run.max_memory
+        if budget is not None:
+            nbytes = max(f.tensor.numel() * f.tensor.element_size() for f in first.factors)
+            fits = min(fits, budget // max(1, (LARGEST_FACTOR_COPIES + 2) * nbytes))
+        self.per_run = _agreed(inference, max(1, int(fits)))
+
+    def run(self, max_sets: int, weights: bool = False) -> WeightedRun:
+        """One run of ``min(max_sets, per_run)`` sets (one set per run from then on if
+        the model fails with the sets' extra batch dim, with a warning).
+
+        :param weights: compute the sets' marginal weights too (a backward pass).
+        """
+        while True:
+            size = min(self.per_run, max_sets)
+            try:
+                return weighted_run(self.inference, self.args, self.kwargs, self.what,
+                                    weights=weights, num_sets=size, contract=weights)
+            except MemoryBudgetError:
                 raise
-            warnings.warn(
-                f"{what}: the model failed when run for {size} particle sets at once in an "
-                f"extra batch dim ({type(error).__name__}: {error}); drawing one set per "
-                "model run instead (slower). Models that broadcast over dims left of "
-                "their plates (as they must over the particle dims) avoid this.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            per_run = 1
-            continue
-        done += size
-        yield run
+            except Exception as error:
+                if size == 1:
+                    raise
+                warnings.warn(
+                    f"{self.what}: the model failed when run for {size} particle sets at "
+                    f"once in an extra batch dim ({type(error).__name__}: {error}); drawing "
+                    "one set per model run instead (slower). Models that broadcast over "
+                    "dims left of their plates (as they must over the particle dims) avoid "
+                    "this.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                self.per_run = 1
 
 
 def resample_run(run: WeightedRun, num_draws: int, sites: Optional[Sequence[str]] = None
                  ) -> Dict[str, torch.Tensor]:
     """``num_draws`` joint draws from each particle set of one weighted run (see
     :func:`sample_posterior`): ``{site: (num_draws * sets,) + batch_shape +
-    event_shape}``, deterministic sites (``pyro.deterministic``, non-centred sites)
-    included."""
+    event_shape}`` (draw-major: the sets' first draws, then their second ones, ...),
+    deterministic sites (``pyro.deterministic``, non-centred sites) included."""
     names, derived = _output_sites(run, sites)
     draws: Dict[str, List[torch.Tensor]] = {name: [] for name in names + derived}
     for indices in _index_draws(run, num_draws):
@@ -216,9 +292,6 @@ def resample_run(run: WeightedRun, num_draws: int, sites: Optional[Sequence[str]
             draws[name].append(_gather(run, name, indices[group.index]))
         for name in derived:
             draws[name].append(_gather_derived(run, run.run.sites_by_name[name], indices))
-    sets = run.structure.plates.get(PARTICLE_SETS)
-    if sets is None:
-        return {name: torch.stack(values) for name, values in draws.items()}
     return {name: torch.cat(values) for name, values in draws.items()}
 
 
@@ -230,34 +303,49 @@ def _output_sites(run: WeightedRun, sites: Optional[Sequence[str]]) -> Tuple[Lis
 
 
 def _gather_derived(run: WeightedRun, record, indices: Dict[int, torch.Tensor]) -> torch.Tensor:
-    """A deterministic site's drawn values: its value at the drawn particle of every
-    group it depends on, ``(sets,) + the plates' batch shape + event_shape``."""
+    """A deterministic site's drawn values, ``(draws * sets,) + the plates' batch shape
+    + event_shape``: its value at the drawn particle of every group it depends on."""
     structure = run.structure
     event_shape = record.fn.event_shape
     event_ndim = len(event_shape)
     value = record.value.detach()
-    for group in varying_groups(value, event_ndim, structure):
-        value = _gather_dim(value, indices[group.index], group.dim - event_ndim, event_ndim)
+    for i, group in enumerate(varying_groups(value, event_ndim, structure)):
+        value = _gather_dim(value, indices[group.index], group.dim - event_ndim, event_ndim,
+                            has_draws=i > 0)
     plates = structure.max_plate_nesting
     value = value.reshape((1,) * max(0, plates + event_ndim - value.dim()) + value.shape)
-    # Left of the plates only size-1 particle dims remain, and the particle sets' dim.
+    # Left of the plates only the draws' dim, the particle sets' dim and size-1
+    # particle dims remain.
     lead = value.dim() - event_ndim - plates
     value = value.reshape((-1,) + value.shape[lead:])
     batch, trimmed = plate_layout(record, plates)
-    value = value.expand((value.shape[0],) + batch + tuple(event_shape))
-    value = value.reshape((value.shape[0],) + trimmed + tuple(event_shape))
-    sets = structure.plates.get(PARTICLE_SETS)
-    if sets is None:
-        return value[0]
-    return value.expand((sets.size,) + value.shape[1:])
+    count = _draw_count(run, indices)
+    value = value.expand((count,) + batch + tuple(event_shape))
+    return value.reshape((count,) + trimmed + tuple(event_shape))
 
 
-def _gather_dim(value: torch.Tensor, index: torch.Tensor, dim: int, event_ndim: int) -> torch.Tensor:
-    """``value`` at ``index`` along the (negative) particle dim ``dim``; ``index`` is in
-    broadcast layout over the batch dims, size 1 in that dim."""
-    ndim = max(index.dim() + event_ndim, value.dim())
-    index = index.reshape((1,) * (ndim - event_ndim - index.dim()) + index.shape + (1,) * event_ndim)
-    value = value.reshape((1,) * (ndim - value.dim()) + value.shape)
+def _draw_count(run: WeightedRun, indices: Dict[int, torch.Tensor]) -> int:
+    """The number of draws in ``indices`` (their leading dim) times the particle sets."""
+    sets = run.structure.plates.get(PARTICLE_SETS)
+    return next(iter(indices.values())).shape[0] * (sets.size if sets is not None else 1)
+
+
+def _gather_dim(value: torch.Tensor, index: torch.Tensor, dim: int, event_ndim: int,
+                has_draws: bool = False) -> torch.Tensor:
+    """``value`` at ``index`` along the (negative) particle dim ``dim``, with a leading
+    dim of the draws.
+
+    :param index: a leading dim of the draws, then the group's broadcast layout over
+        the batch dims (size 1 in the particle dim).
+    :param has_draws: whether ``value`` has the leading draws dim already (from an
+        earlier gather: a deterministic site drawn at several groups' indices).
+    """
+    own = value.dim() - 1 if has_draws else value.dim()
+    body = max(index.dim() - 1 + event_ndim, own)
+    index = index.reshape(index.shape[:1] + (1,) * (body - event_ndim - index.dim() + 1)
+                          + index.shape[1:] + (1,) * event_ndim)
+    lead = value.shape[:1] if has_draws else (1,)
+    value = value.reshape(lead + (1,) * (body - own) + value.shape[len(value.shape) - own:])
     # Broadcast by hand: torch.broadcast_shapes imports sympy on its first call (~1 s).
     shape = [max(a, b) for a, b in zip(index.shape, value.shape)]
     shape[dim] = value.shape[dim]
@@ -266,9 +354,10 @@ def _gather_dim(value: torch.Tensor, index: torch.Tensor, dim: int, event_ndim: 
     return value.gather(dim, index.expand(shape))
 
 
-def _index_draws(run: WeightedRun, num_draws: int):
-    """Yield ``num_draws`` times ``{group: particle index tensor}``, each index in the
-    group's broadcast layout with size 1 in the particle dim.
+def _index_draws(run: WeightedRun, num_draws: int) -> Iterator[Dict[int, torch.Tensor]]:
+    """Yield ``{group: particle indices}`` for ``num_draws`` draws, a batch of draws at a
+    time, each index tensor in the group's broadcast layout (size 1 in the particle
+    dim) after a leading dim of the batch's draws.
 
     With indexed plates (rows reading a group latent through ``a[..., index]``) the
     rows are folded into their groups for the contraction; a draw then first samples
@@ -281,65 +370,49 @@ def _index_draws(run: WeightedRun, num_draws: int):
     rows_of: Dict[str, List[LogFactor]] = {}
     if links:
         factors, _ = fold_links(factors, links, local_dims(run.structure), {}, rows_of=rows_of)
-    outer = _SampleTree(factors, query_of)
+    outer = SampleTree(factors, query_of)
     # Row plates with latents of their own; the others (observed rows only) have
     # nothing to draw.
     sampled_rows = [link for link in reversed(link_order(links))
                     if any(f.name in query_of for f in rows_of[link.child])]
-    for _ in range(num_draws):
-        drawn = outer.draw()
+    group_symbols = set(run.symbols.group.values())
+    per_draw = max(_per_draw_entries(f, group_symbols)
+                   for f in factors + [f for fs in rows_of.values() for f in fs])
+    batch = max(1, min(num_draws, SETS_ENTRIES // per_draw))
+    for start in range(0, num_draws, batch):
+        size = min(batch, num_draws - start)
+        drawn = outer.draw(size)
         for link in sampled_rows:
-            conditioned = [_conditioned(f, drawn, link.child, links, run) for f in rows_of[link.child]]
-            drawn.update(_SampleTree(conditioned, query_of).draw())
+            conditioned = [_conditioned(f, drawn, link.child, links, run, size)
+                           for f in rows_of[link.child]]
+            drawn.update(SampleTree(conditioned, query_of).draw(size))
         yield {group: _index_layout(run, group, index, dims) for group, (index, dims) in drawn.items()}
+
+
+def _per_draw_entries(factor: LogFactor, group_symbols: set) -> int:
+    """About the entries one draw's backward step builds from ``factor``: the factor
+    less its largest particle dim, which the draw's parents fix."""
+    sizes = [n for d, n in zip(factor.dims, factor.tensor.shape) if d in group_symbols]
+    return max(1, factor.tensor.numel() // max(sizes, default=1))
 
 
 def _detached(factor: LogFactor) -> LogFactor:
     return LogFactor(factor.name, factor.tensor.detach(), factor.dims, factor.ordinal)
 
 
-class _SampleTree:
-    """Factors contracted once with Pyro's :class:`~pyro.ops.rings.SampleRing`; each
-    :meth:`draw` walks back to the source terms (the queries) and samples every
-    group's particle index, per plate element."""
-
-    def __init__(self, factors: Sequence[LogFactor], query_of: Dict[str, int]) -> None:
-        tree, dim_to_size, terms = term_tree(factors)
-        self.queries = {}
-        for factor, term in zip(factors, terms):
-            if factor.name in query_of:
-                # A group's zero source term is its query: the backward pass leaves the
-                # group's sampled index on it.
-                require_backward(term)
-                self.queries[query_of[factor.name]] = term
-        plates = frozenset().union(*(f.ordinal for f in factors))
-        ring = SampleRing(cache={}, dim_to_size=dim_to_size)
-        with torch.no_grad():
-            self.tree = contract_tensor_tree(tree, set(dim_to_size) - plates, ring=ring)
-
-    def draw(self) -> Dict[int, Tuple[torch.Tensor, str]]:
-        """``{group: (index over the group's plate symbols, those symbols)}``."""
-        with torch.no_grad():
-            for terms in self.tree.values():
-                for term in terms:
-                    if hasattr(term, "_pyro_backward"):
-                        term._pyro_backward()
-        out = {}
-        for group, query in self.queries.items():
-            sample = query._pyro_backward_result
-            assert sample is not None, "group was not sampled"
-            out[group] = (sample[0], sample._pyro_dims[1:])
-        return out
-
-
 def _conditioned(factor: LogFactor, drawn: Dict[int, Tuple[torch.Tensor, str]], child: str,
-                 links, run: WeightedRun) -> LogFactor:
+                 links, run: WeightedRun, num_draws: int) -> LogFactor:
     """``factor`` of a row plate with the particle dims of the groups drawn already
     (the groups its rows read, and any outside the row plate) fixed at their drawn
-    indices, row by row."""
+    indices, row by row and draw by draw: the draws become a plate (:data:`DRAWS`) of
+    the result, so that each draw's rows are drawn given its own indices."""
     symbols = run.symbols
     group_of_symbol = {sym: g for g, sym in symbols.group.items()}
     tensor, dims = factor.tensor, factor.dims
+    # Every factor of the row plate gets the draws' dim, so that no particle dim of the
+    # rows is shared across draws.
+    tensor = tensor.expand((num_draws,) + tensor.shape)
+    dims = DRAWS + dims
     for symbol in [d for d in factor.dims if d in group_of_symbol and group_of_symbol[d] in drawn]:
         index, index_dims = _rows_view(*drawn[group_of_symbol[symbol]], dims, child, links)
         position = dims.index(symbol)
@@ -348,7 +421,7 @@ def _conditioned(factor: LogFactor, drawn: Dict[int, Tuple[torch.Tensor, str]], 
         aligned = _align(index, index_dims, dims, symbol)
         tensor = tensor.gather(position, aligned.expand(shape)).squeeze(position)
         dims = dims.replace(symbol, "")
-    return LogFactor(factor.name, tensor, dims, factor.ordinal)
+    return LogFactor(factor.name, tensor, dims, factor.ordinal | {DRAWS})
 
 
 def _rows_view(index: torch.Tensor, index_dims: str, dims: str, child: str, links
@@ -379,27 +452,28 @@ def _align(index: torch.Tensor, index_dims: str, dims: str, skip: str) -> torch.
 
 
 def _index_layout(run: WeightedRun, group_index: int, index: torch.Tensor, dims: str) -> torch.Tensor:
+    """A group's drawn indices (named by ``dims``: plate symbols and :data:`DRAWS`) in
+    the group's broadcast layout after a leading dim of the draws."""
     group = run.structure.groups[group_index]
+    index = index.movedim(dims.index(DRAWS), 0)
+    dims = dims.replace(DRAWS, "")
     plate_dims = [run.structure.plates[run.symbols.plate_names[d]].dim for d in dims]
     order = sorted(range(len(dims)), key=lambda i: plate_dims[i])
-    index = index.permute(order)
+    index = index.permute([0] + [1 + i for i in order])
     shape = [1] * max([-group.dim] + [-d for d in plate_dims])
     for position, i in enumerate(order):
-        shape[len(shape) + plate_dims[i]] = index.shape[position]
-    return index.reshape(shape)
+        shape[len(shape) + plate_dims[i]] = index.shape[1 + position]
+    return index.reshape([index.shape[0]] + shape)
 
 
 def _gather(run: WeightedRun, name: str, index: torch.Tensor) -> torch.Tensor:
-    """The site's drawn values: ``batch_shape + event_shape``, after a leading dim of
-    the particle sets when the run has them."""
+    """The site's drawn values: ``(draws * sets,) + batch_shape + event_shape``."""
     site = run.structure.sites[name]
     event_ndim = len(site.event_shape)
     value = run.records[name].value.detach()
     particle_dim = run.structure.group_of(name).dim - event_ndim
     picked = _gather_dim(value, index, particle_dim, event_ndim)
-    sets = run.structure.plates.get(PARTICLE_SETS)
-    leading = (sets.size,) if sets is not None else ()
-    return picked.reshape(leading + site.batch_shape + site.event_shape)
+    return picked.reshape((-1,) + site.batch_shape + site.event_shape)
 
 
 @torch.no_grad()
