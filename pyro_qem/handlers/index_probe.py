@@ -28,7 +28,6 @@ from typing import Collection, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_map
 
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
@@ -95,8 +94,7 @@ class IndexedValue(torch.Tensor):
         with torch._C.DisableTorchFunctionSubclass():
             # The wrapped plain tensors below torch_function: dispatch-level tracers (the compiled
             # step's make_fx) do not know this subclass.
-            plain_args, plain_kwargs = tree_map(plain, (args, kwargs))
-            result = func(*plain_args, **plain_kwargs)
+            result = func(*_unwrapped(args), **{k: _unwrapped(v) for k, v in kwargs.items()})
         if func in ELEMENTWISE:
             return _derived(result, args, kwargs)
         if func in _EVENT_RESHAPES and isinstance(args[0], IndexedValue):
@@ -328,6 +326,19 @@ class IndexProbe(Messenger):
         if not plates or not isinstance(value, torch.Tensor) or isinstance(value, IndexedValue):
             return
         msg["value"] = _indexed(value, msg["name"], plates, event_ndim, self.uses)
+
+
+def _unwrapped(value):
+    """``value`` with every :class:`IndexedValue` in it (at any depth of tuples, lists
+    and dicts) replaced by its plain tensor. Torch's ``tree_map`` does the same at
+    several times the cost, and this runs for every op on a probed value (a third of a
+    radon model run went to it)."""
+    kind = type(value)
+    if kind is tuple or kind is list:
+        return kind(_unwrapped(item) for item in value)
+    if kind is dict:
+        return {key: _unwrapped(item) for key, item in value.items()}
+    return plain(value) if isinstance(value, IndexedValue) else value
 
 
 def plain(value: torch.Tensor) -> torch.Tensor:

@@ -144,18 +144,27 @@ def sample_posterior(
     first = weighted_run(inference, args, kwargs, "sample_posterior", weights=True)
     sets = ParticleSets(inference, args, kwargs, "sample_posterior", first)
     runs = [first]
-    rho = _repeat_chance(first)
-    if draws_per_run == "auto" and rho > 0 and num_samples > 1 and sets.per_run > 1:
+    chances = _repeat_chances(first)
+    if draws_per_run == "auto" and chances and num_samples > 1 and sets.per_run > 1:
         # One set's sum_k w_k^2 of a global group is a single noisy number (radon: the
-        # draws per set it gave ranged 12-25 between calls): average a full run's sets.
+        # draws per set it gave ranged 12-25 between calls): look at more sets.
         runs.append(sets.run(PILOT_SETS, weights=True))
-        pilot = _num_sets(runs[1])
-        rho = (rho + _repeat_chance(runs[1]) * pilot) / (1 + pilot)
+        chances = [torch.cat(pair) for pair in zip(chances, _repeat_chances(runs[1]))]
+    # The bound below needs the mean chance; the draws per set follow the median set
+    # (a rare set with one dominant particle would otherwise halve them).
+    rho = max((c.mean().item() for c in chances), default=0.0)
+    typical = max((c.median().item() for c in chances), default=0.0)
     per_set = draws_per_run if draws_per_run != "auto" else (
-        num_samples if rho == 0 else 1 + int(REPEAT_COST / rho))
+        num_samples if typical == 0 else 1 + int(REPEAT_COST / typical))
     per_set = _agreed(inference, min(per_set, num_samples))
     num_sets = math.ceil(num_samples / per_set)
-    chunks = [resample_run(run, per_set, sites) for run in runs]
+    chunks = []
+    for run in runs:
+        if inference.sharding is not None and chunks:
+            # Each process's local draws of the run before consumed its own amount of
+            # the random stream: realign it, so that the global sites' draws agree.
+            inference.sharding.synchronise_random_stream()
+        chunks.append(resample_run(run, per_set, sites))
     counts = [_num_sets(run) for run in runs]
     del runs, first  # a run holds all its factors: resample each as it comes
     while sum(counts) < num_sets:
@@ -205,21 +214,31 @@ def _measured_design_effects(chunks: Sequence[Dict[str, torch.Tensor]], set_coun
     return out
 
 
-def _repeat_chance(run: WeightedRun) -> float:
-    """The largest over sampled groups of the mean chance that two draws from one set
-    pick the same particle of the group (``sum_k w_k^2`` per plate element).
+def _repeat_chances(run: WeightedRun) -> List[torch.Tensor]:
+    """Per sampled group, each set's mean chance that two draws from the set pick the
+    same particle of the group (``sum_k w_k^2`` per plate element, averaged over them):
+    a tensor ``(sets,)`` per group.
 
     Enumerated groups are left out: their dim holds the whole support, and two draws
     from one set that pick the same value are two exact draws from its conditional
     posterior, not a repeated Monte Carlo particle (a confidently assigned mixture label
     has ``sum_k w_k^2`` near 1 and would otherwise force one draw per set). With no
-    sampled group every draw is exact given the set: chance 0."""
+    sampled group every draw is exact given the set: no chances."""
     sites = run.structure.sites
     sampled = {g.index for g in run.structure.groups
                if not any(sites[name].enumerated for name in g.sites)}
-    chances = [(run.weights[s.group] ** 2).sum(s.particle_dim).mean().item()
-               for s in run.sources if s.group in sampled]
-    return max(chances, default=0.0)
+    sets = run.structure.plates.get(PARTICLE_SETS)
+    chances = []
+    for source in run.sources:
+        if source.group not in sampled:
+            continue
+        chance = (run.weights[source.group] ** 2).sum(source.particle_dim, keepdim=True)
+        if sets is not None and chance.dim() >= -sets.dim:
+            chance = chance.movedim(chance.dim() + sets.dim, 0)
+            chances.append(chance.reshape(chance.shape[0], -1).mean(1))
+        else:
+            chances.append(chance.mean().reshape(1))
+    return chances
 
 
 def _agreed(inference: Inference, count: int) -> int:

@@ -9,7 +9,6 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.ops.indexing import Vindex
 
 from pyro_qem import AutoQEM, Inference
 from pyro_qem.outputs import resample_run, sample_posterior
@@ -214,101 +213,6 @@ def test_an_enumerated_site_in_a_plate_is_resampled_exactly_in_a_sets_run():
         assert ((counts / n - exact).abs() <= 5 * stderr + 1e-9).all(), (r, counts / n, exact)
     later = sample_posterior(inference, Y, num_samples=12, draws_per_run=1)
     assert later.num_sets == 12 and later["c"].shape == (12, 2)
-
-
-def test_sample_posterior_reports_draws_per_set_and_effective_draws():
-    pyro.set_rng_seed(1)
-    inference = Inference(model, AutoQEM(model), K=10)
-    for _ in range(20):
-        inference.step(Y)
-    independent = sample_posterior(inference, Y, num_samples=50, draws_per_run=1)
-    assert independent["theta"].shape == (50, 2)
-    assert (independent.draws_per_set, independent.num_sets) == (1, 50)
-    assert independent.effective_draws == 50
-    auto = sample_posterior(inference, Y, num_samples=50)
-    assert auto["mu"].shape == (50,)
-    assert auto.num_sets == math.ceil(50 / auto.draws_per_set)
-    # Few sets: Kish's formula, 1 + (n - 1) rho <= 1 + REPEAT_COST (= 2) by the rule.
-    assert auto.num_sets < MEASURED_FROM_SETS and 0.5 * 50 <= auto.effective_draws <= 50
-    assert auto.site_effective_draws == {}
-    with pytest.raises(ValueError, match="draws_per_run must be a positive int"):
-        sample_posterior(inference, Y, num_samples=5, draws_per_run=0)
-
-
-
-def test_enumerated_labels_are_not_counted_as_repeated_particles():
-    """Two draws from one set that give a point the same (certain) label are two exact
-    draws of it; only the sampled group's weights decide the draws per set (before, a
-    confident label's sum_k w_k^2 ~ 1 forced one draw, and one model run, per draw)."""
-    y = torch.tensor([-4.0, -3.5, 3.0, 4.2, 3.6])
-    pyro.set_rng_seed(3)
-    inference = Inference(mixture, AutoQEM(mixture), K=30, lr=0.2)
-    for _ in range(30):
-        inference.step(y)
-    run = weighted_run(inference, (y,), {}, "test")
-    labels = run.weights[run.structure.group_of("c").index]
-    assert (labels ** 2).sum(0).min() > 0.99  # the labels are certain
-    draws = sample_posterior(inference, y, num_samples=60)
-    assert draws.draws_per_set > 1 and draws.num_sets == math.ceil(60 / draws.draws_per_set)
-    assert 0.5 * 60 <= draws.effective_draws <= 60
-    assert (draws["c"] == torch.tensor([0, 0, 1, 1, 1])).all()
-
-
-def test_a_model_with_only_enumerated_latents_draws_every_sample_from_one_run():
-    locs = torch.tensor([-1.0, 1.0])
-
-    def labels(y):
-        with pyro.plate("data", len(y)):
-            c = pyro.sample("c", dist.Categorical(torch.tensor([0.3, 0.7])),
-                            infer={"enumerate": "parallel"})
-            pyro.sample("obs", dist.Normal(locs[c], 1.0), obs=y)
-
-    y = torch.tensor([-1.0, 0.2, 1.5])
-    pyro.set_rng_seed(4)
-    inference = Inference(labels, AutoQEM(labels), K=5)
-    inference.step(y)
-    n = 4000
-    draws = sample_posterior(inference, y, num_samples=n)
-    assert (draws.draws_per_set, draws.num_sets, draws.effective_draws) == (n, 1, n)
-    exact = (torch.tensor([0.3, 0.7]).log() + dist.Normal(locs, 1.0).log_prob(y[:, None])).softmax(-1)[:, 1]
-    se = (exact * (1 - exact) / n).sqrt()
-    assert ((draws["c"].double().mean(0) - exact).abs() < 5 * se).all()
-
-def fussy(y):
-    mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
-    if mu.dim() > 2:  # a model written for exactly one dim left of its plate
-        raise RuntimeError("unexpected leading dims")
-    with pyro.plate("j", 2):
-        pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
-
-
-def test_model_without_room_for_the_sets_dim_falls_back_to_one_run_per_set():
-    pyro.set_rng_seed(2)
-    inference = Inference(fussy, AutoQEM(fussy), K=5)
-    inference.step(Y)
-    with pytest.warns(RuntimeWarning, match="one set per model run"):
-        draws = sample_posterior(inference, Y, num_samples=6, draws_per_run=1)
-    assert draws["mu"].shape == (6,) and draws.num_sets == 6
-
-
-def test_an_enumerated_site_in_a_plate_is_drawn_one_set_per_run():
-    # Pyro's SampleRing fails on enumerated dims inside a plate within the sets' plate.
-    def mixture(y):
-        scales = pyro.sample("scales", dist.HalfNormal(torch.ones(2)).to_event(1))
-        with pyro.plate("g", 6):
-            c = pyro.sample("c", dist.Categorical(torch.tensor([0.5, 0.5])),
-                            infer={"enumerate": "parallel"})
-            z = pyro.sample("z", dist.Normal(0.0, Vindex(scales)[..., c]))
-            pyro.sample("y", dist.Normal(z, 0.3), obs=y)
-
-    y = torch.linspace(-3, 3, 6)
-    pyro.set_rng_seed(0)
-    inference = Inference(mixture, AutoQEM(mixture), K=10, lr=0.1)
-    for _ in range(3):
-        inference.step(y)
-    draws = sample_posterior(inference, y, num_samples=12, draws_per_run=1)
-    assert draws.num_sets == 12 and draws["c"].shape == (12, 6) and draws["z"].shape == (12, 6)
-    assert set(draws["c"].unique().tolist()) <= {0, 1}
 
 
 def test_measured_effective_draws_match_the_spread_between_repeated_calls():
