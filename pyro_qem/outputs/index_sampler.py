@@ -66,7 +66,17 @@ def stratified_categorical(logits: torch.Tensor, draws_axis: Optional[int] = Non
         cumulative weights are computed once, not once per draw).
     :returns: long tensor ``batch``, or ``(num_draws,) + batch``.
     """
-    probs = torch.softmax(logits.double(), -1)
+    logits = logits.double()
+    top = logits.amax(-1)
+    if not bool(torch.isfinite(top).all()) or bool(torch.isnan(logits).any()):
+        raise ValueError(
+            "Joint draws: for some plate element every particle of a particle set has zero "
+            "posterior weight (log density -inf) or a NaN weight, so there is nothing to "
+            "draw. The model gives no support where the fitted q proposes, or its log "
+            "density is NaN there: check the model's support and data, and that the fit "
+            "converged (pyro_qem.diagnose)."
+        )
+    probs = torch.softmax(logits, -1)
     cdf = probs.cumsum(-1)
     if draws_axis is not None:
         cdf = cdf.movedim(draws_axis, -2)

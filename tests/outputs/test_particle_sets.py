@@ -240,3 +240,24 @@ def test_measured_effective_draws_match_the_spread_between_repeated_calls():
     reported = sum(reported) / len(reported)
     assert reported > 1.5  # draws of one set are worth much less than independent ones
     assert 0.65 < actual / reported < 1.5, (actual, reported)
+
+
+def test_stratified_draws_follow_the_weights_and_refuse_empty_rows():
+    from pyro_qem.outputs.index_sampler import stratified_categorical
+
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2], [0.0, 0.0, 0.0, 1.0]], dtype=torch.float64)
+    drawn = stratified_categorical(probs.log(), num_draws=1000)
+    assert drawn.shape == (1000, 2)
+    # Stratified: an interval of the CDF of length p holds between 1000 p - 2 and
+    # 1000 p + 2 of the 1000 strata's points (multinomial: sd ~15).
+    for row in range(2):
+        counts = torch.bincount(drawn[:, row], minlength=4).double()
+        assert ((counts - 1000 * probs[row]).abs() < 2).all(), counts
+    # A draws axis already in the batch: one draw per row, stratified along that axis.
+    along = stratified_categorical(probs.log().expand(1000, 2, 4), draws_axis=0)
+    assert torch.equal(torch.bincount(along[:, 1], minlength=4), torch.tensor([0, 0, 0, 1000]))
+    with pytest.raises(ValueError, match="every particle of a particle set has zero"):
+        stratified_categorical(torch.full((2, 3), -math.inf), num_draws=4)
+    with pytest.raises(ValueError, match="NaN weight"):
+        stratified_categorical(torch.tensor([[0.0, math.nan]]), num_draws=4)
