@@ -378,14 +378,21 @@ def make_joint_source(record: SiteRecord, structure: ModelStructure, symbols: Sy
                       dtype: torch.dtype) -> JointSource:
     """The :class:`JointSource` of a deterministic site's record.
 
-    :raises ValueError: when the value varies over a group in a plate the site is not
-        in (its weight would mix that plate's elements).
+    A group in a plate the site is not in is allowed where the site's rows read it
+    through an index (``a[..., county]`` in a house plate): the source is then a factor
+    of the rows over that group's particle dim, folded into the groups like the rows'
+    likelihood.
+
+    :raises ValueError: when the value varies over a group in another plate that it
+        does not read by its rows' index (its weight would mix that plate's elements).
     """
     event_ndim = len(record.fn.event_shape)
     value = record.value
     groups = varying_groups(value, event_ndim, structure)
     plates = {f.name for f in record.frames}
-    outside = [g for g in groups if not g.plates <= plates]
+    outside = [g for g in groups if not g.plates <= plates
+               and (len(g.plates - plates) > 1
+                    or structure.reading_plate(plates, next(iter(g.plates - plates))) is None)]
     if outside:
         raise ValueError(
             f"Site '{record.name}' depends on particle group {list(outside[0].sites)} through "

@@ -73,11 +73,14 @@ def _merge(groups: List[List[str]]) -> List[List[str]]:
 def undrawable_noncentred(structure: ModelStructure, noncentred: Sequence[str],
                           prior_parents: Mapping[str, FrozenSet[str]]) -> Dict[str, List[str]]:
     """Non-centred sites whose ``loc`` or ``scale`` reads a latent of a plate the site
-    is not in (through an index: ``Normal(s[..., county_state], sigma)`` in a county
-    plate, ``s`` in a state plate), each with those latents.
+    is not in, other than through its elements' index into that plate, each with those
+    latents.
 
-    Such a site's value ``loc + scale * eps`` varies, per element, over the particles
-    of another plate's elements: the outputs cannot weigh it jointly (and
+    A site in a county plate with ``Normal(s[..., state_of_county], sigma)`` (``s`` in a
+    state plate) is fine: its value ``loc + scale * eps`` varies per county over the
+    particles of that county's state, which the outputs read through the same index.
+    One that reads a latent of an unrelated plate would vary, per element, over the
+    particles of all of that plate's elements: the outputs cannot weigh it jointly (and
     ``Predictive`` given the draws would redraw it from its prior, as the model has no
     ``_decentered`` site), so it must stay centred.
 
@@ -90,10 +93,16 @@ def undrawable_noncentred(structure: ModelStructure, noncentred: Sequence[str],
     for name in noncentred:
         if rewritten[name] not in sites:
             continue
-        plates = sites[rewritten[name]].plates
-        outside = sorted(p for p in prior_parents.get(name, ()) if p != name
-                         and rewritten.get(p, p) in sites
-                         and not sites[rewritten.get(p, p)].plates <= plates)
+        plates = set(sites[rewritten[name]].plates)
+        outside = []
+        for parent in sorted(prior_parents.get(name, ())):
+            parent_site = sites.get(rewritten.get(parent, parent))
+            if parent == name or parent_site is None:
+                continue
+            missing = set(parent_site.plates) - plates
+            if missing and (len(missing) > 1
+                            or structure.reading_plate(plates, next(iter(missing))) is None):
+                outside.append(parent)
         if outside:
             found[name] = outside
     return found

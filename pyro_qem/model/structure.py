@@ -121,6 +121,17 @@ class ModelStructure:
         plates = {**self.plates, PARTICLE_SETS: self.particle_sets_plate(size)}
         return dataclasses.replace(self, plates=plates)
 
+    def reading_plate(self, plates: Iterable[str], target: str) -> Optional[str]:
+        """The plate among ``plates`` whose rows belong to elements of plate ``target``
+        through indexed plates (:attr:`links`: house -> county -> state), or None."""
+        for plate in plates:
+            parent = self.links.get(plate)
+            while parent is not None:
+                if parent == target:
+                    return plate
+                parent = self.links.get(parent)
+        return None
+
     def group_at_dim(self, dim: int) -> Optional[GroupInfo]:
         """The group whose particles live in tensor dim ``dim`` (None for a plate dim)."""
         index = -dim - self.max_plate_nesting - 1

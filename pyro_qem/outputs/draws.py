@@ -328,9 +328,12 @@ def _gather_derived(run: WeightedRun, record, indices: Dict[int, torch.Tensor]) 
     event_shape = record.fn.event_shape
     event_ndim = len(event_shape)
     value = record.value.detach()
+    plates = {f.name for f in record.frames}
     for i, group in enumerate(varying_groups(value, event_ndim, structure)):
-        value = _gather_dim(value, indices[group.index], group.dim - event_ndim, event_ndim,
-                            has_draws=i > 0)
+        index = indices[group.index]
+        for target in group.plates - plates:
+            index = _read_by_rows(run, index, structure.reading_plate(plates, target), target)
+        value = _gather_dim(value, index, group.dim - event_ndim, event_ndim, has_draws=i > 0)
     plates = structure.max_plate_nesting
     value = value.reshape((1,) * max(0, plates + event_ndim - value.dim()) + value.shape)
     # Left of the plates only the draws' dim, the particle sets' dim and size-1
@@ -341,6 +344,28 @@ def _gather_derived(run: WeightedRun, record, indices: Dict[int, torch.Tensor]) 
     count = _draw_count(run, indices)
     value = value.expand((count,) + batch + tuple(event_shape))
     return value.reshape((count,) + trimmed + tuple(event_shape))
+
+
+def _read_by_rows(run: WeightedRun, index: torch.Tensor, rows: str, target: str) -> torch.Tensor:
+    """A group's drawn indices over plate ``target`` (counties), read by the rows of
+    plate ``rows`` (houses; each row its county's index), in the rows' plate dim: what
+    a deterministic site of the rows, computed from ``a[..., county]``, was computed
+    from. ``index`` has a leading draws dim, then the broadcast layout."""
+    structure = run.structure
+    links = run.run.links
+    element = links[rows]
+    parent = structure.links[rows]
+    while parent != target:
+        element = links[parent].to(element.device)[element]
+        parent = structure.links[parent]
+    row_dim, target_dim = structure.plates[rows].dim, structure.plates[target].dim
+    width = max(index.dim() - 1, -row_dim, -target_dim)
+    index = index.reshape(index.shape[:1] + (1,) * (width + 1 - index.dim()) + index.shape[1:])
+    index = index.index_select(index.dim() + target_dim, element.to(index.device))
+    if row_dim != target_dim:
+        # The group does not vary over the rows' plate (size 1 there): swap the two.
+        index = index.transpose(index.dim() + target_dim, index.dim() + row_dim)
+    return index
 
 
 def _draw_count(run: WeightedRun, indices: Dict[int, torch.Tensor]) -> int:

@@ -98,6 +98,45 @@ def test_deterministic_sites_are_drawn_at_the_drawn_latents_in_particle_sets():
     assert set(only) == {"gap"}
 
 
+STATE_OF_COUNTY = torch.tensor([0, 0, 1, 1, 1])
+COUNTY_OF_ROW = torch.tensor([0, 1, 1, 2, 3, 4, 4, 0, 2])
+
+
+def nested_rows(y, county):
+    mu = pyro.sample("mu", dist.Normal(0.0, 2.0))
+    sigma = pyro.sample("sigma", dist.HalfNormal(1.0))
+    with pyro.plate("state", 2):
+        s = pyro.sample("s", dist.Normal(mu, 1.0))
+    with pyro.plate("county", 5):
+        c = pyro.sample("c", dist.Normal(s[..., STATE_OF_COUNTY], 0.5))
+    with pyro.plate("row", len(y)):
+        z = pyro.sample("z", dist.Normal(c[..., county], sigma))
+        pyro.sample("y", dist.Normal(z, 0.3), obs=y)
+
+
+@pytest.mark.parametrize("draws_per_run", [1, 7])
+def test_noncentred_sites_read_through_an_index_are_drawn_at_their_groups_draws(draws_per_run):
+    """A non-centred row latent ``z = c[county] + sigma * z_decentered`` is a
+    deterministic site that reads the county group through the rows' index, and the
+    county's ``c = s[state] + 0.5 * c_decentered`` reads the state group through the
+    counties' index: their draws are computed at the drawn particle of each row's
+    county (and state), so they equal the recomputation from the drawn latents (they
+    were left out of the draws, so that Predictive redrew z from its prior)."""
+    y = torch.linspace(-1.0, 2.0, len(COUNTY_OF_ROW))
+    pyro.set_rng_seed(2)
+    guide = AutoQEM(nested_rows, noncentre=["c", "z"])
+    inference = Inference(nested_rows, guide, K=6, lr=0.5)
+    for _ in range(4):
+        inference.step(y, COUNTY_OF_ROW)
+    draws = sample_posterior(inference, y, COUNTY_OF_ROW, num_samples=42,
+                             draws_per_run=draws_per_run)
+    assert draws["z"].shape == (42, 9) and draws["c"].shape == (42, 5)
+    c = draws["s"][:, STATE_OF_COUNTY] + 0.5 * draws["c_decentered"]
+    z = draws["c"][:, COUNTY_OF_ROW] + draws["sigma"][:, None] * draws["z_decentered"]
+    assert torch.allclose(draws["c"], c, atol=1e-5)
+    assert torch.allclose(draws["z"], z, atol=1e-5)
+
+
 def test_groups_families_and_init_name_the_original_site():
     guide, inference = fit(centred, steps=3, noncentre=["theta"], groups=[["mu", "tau"]],
                            families={"theta": "Normal"})
@@ -193,29 +232,31 @@ STATE_OF = torch.tensor([0, 0, 0, 1, 1, 1])
 COUNTY_OF = torch.repeat_interleave(torch.arange(6), torch.tensor([6, 1, 0, 8, 3, 5]))
 
 
-def test_a_site_whose_loc_reads_another_plate_stays_centred_by_default():
-    """Non-centred, ``a`` would vary over the state particles per county: no output
-    could draw it, and it was silently left out of the draws (Predictive given them then
-    redrew it from its prior). AutoQEM's default now keeps it centred; the draws have it
-    and Predictive reuses them."""
+@pytest.mark.parametrize("noncentre", ["auto", ["a"]])
+def test_a_site_whose_loc_reads_its_states_latent_is_drawn_with_it(noncentre):
+    """Non-centred, ``a = s[county_state] + sigma_a * a_decentered`` varies per county
+    over its state's particles: the outputs read them through the same index. It was
+    once silently left out of the draws (Predictive given them then redrew it from its
+    prior), then kept centred; now its draws are the recomputation from the drawn
+    latents, and Predictive reuses them."""
     torch.manual_seed(0)
     y = torch.tensor([2.0, -1.0, 0.0, 1.5, -2.0, 0.5])[COUNTY_OF] + 0.5 * torch.randn(len(COUNTY_OF))
     pyro.set_rng_seed(0)
-    guide = AutoQEM(state_county)
+    guide = AutoQEM(state_county, noncentre=noncentre)
     inference = Inference(state_county, guide, K=10, lr=0.1)
     for _ in range(30):
         inference.step(STATE_OF, COUNTY_OF, y)
-    assert guide.noncentred == ()
+    if noncentre != "auto":
+        assert guide.noncentred == ("a",)
     draws = sample_posterior(inference, STATE_OF, COUNTY_OF, y, num_samples=20)
     assert draws["a"].shape == (20, 6)
+    if guide.noncentred:
+        recomputed = draws["s"][:, STATE_OF] + draws["sigma_a"][:, None] * draws["a_decentered"]
+        assert torch.allclose(draws["a"], recomputed, atol=1e-5)
     again = Predictive(state_county, posterior_samples=dict(draws), return_sites=["a"])(STATE_OF, COUNTY_OF)
     assert torch.equal(again["a"], draws["a"])
-
-
-def test_asking_to_noncentre_such_a_site_is_refused_by_name():
-    guide = AutoQEM(state_county, noncentre=["a"])
-    with pytest.raises(ValueError, match=r"noncentre: site 'a' reads \['s'\].*Leave it centred"):
-        guide.setup(STATE_OF, COUNTY_OF, torch.zeros(len(COUNTY_OF)))
+    moments = posterior_moments(inference, STATE_OF, COUNTY_OF, y, sites=["a"], num_runs=2)
+    assert moments["a"].shape == (6,) and torch.isfinite(moments["a"]).all()
 
 
 def weak_children(n, y=None):
