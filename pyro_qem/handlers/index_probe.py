@@ -286,7 +286,9 @@ def _record(value: IndexedValue, dim: int, index, batch_dim: Optional[int] = Non
     sites = value._qem_site if isinstance(value._qem_site, tuple) else (value._qem_site,)
     active = _active_plates()
     for site in sites:
-        value._qem_uses.append(IndexUse(site, plate, index.reshape(-1), batch_dim, active))
+        # int64 whatever the model's dtype (pandas category codes are int8): the
+        # estimator's scatter-adds take no other.
+        value._qem_uses.append(IndexUse(site, plate, index.reshape(-1).long(), batch_dim, active))
 
 
 def _active_plates() -> Tuple[ActivePlate, ...]:

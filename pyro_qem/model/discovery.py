@@ -27,6 +27,7 @@ from pyro.poutine.util import site_is_factor, site_is_subsample
 from ..handlers import IndexProbe, IndexUse, PlateChunkMessenger, is_subsampled
 from ..handlers.rest_density import rest_log_density
 from .links import data_links, find_links
+from .plate_independence import check_plate_independence
 from .site_checks import check_something_to_infer, check_latent_distribution, check_observed
 from .structure import ModelStructure, PlateInfo, SiteInfo, group_sites
 
@@ -97,6 +98,7 @@ def prototype_traces(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Ca
                                if tuple(c.get(n, 0) for n in sorted(num_chunks)) not in seen]
         runs[0].dependencies = prior_dependencies(model, args, kwargs)
         runs[0].absent = masked_unread(model, args, kwargs, runs[0].trace)
+        check_plate_independence(model, args, kwargs, runs[0].trace)
     return runs
 
 
