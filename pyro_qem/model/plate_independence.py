@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import pyro.poutine as poutine
@@ -43,11 +43,18 @@ def check_plate_independence(model: Callable, args: tuple, kwargs: dict, trace: 
     one element of a plate depends on a latent's value at another element of it, or
     one element of a site in another plate depends on several elements of it.
 
+    The latents of one plate are moved together (one set of replays per plate); only
+    when something reads across elements is each moved alone, to name it. A model
+    whose replay is not deterministic (dropout in train mode, data drawn inside the
+    model) cannot be checked this way and is left alone.
+
     :param trace: a trace of ``model(*args, **kwargs)`` (the set-up run).
     """
-    base = _log_probs(model, args, kwargs, trace, None, None)
-    if base is None:
+    base = _log_probs(model, args, kwargs, trace, {})
+    if base is None or not _same(base, _log_probs(model, args, kwargs, trace, {})):
         return
+    by_plate: Dict[str, List[str]] = {}
+    frames = {}
     for name, node in trace.nodes.items():
         if node["type"] != "sample" or node["is_observed"] or site_is_subsample(node):
             continue
@@ -55,50 +62,62 @@ def check_plate_independence(model: Callable, args: tuple, kwargs: dict, trace: 
             continue
         event_ndim = len(node["fn"].event_shape)
         for frame in [f for f in node["cond_indep_stack"] if f.vectorized and f.size > 1]:
-            _check_frame(model, args, kwargs, trace, base, name, frame, event_ndim)
+            value = node["value"]
+            position = frame.dim - event_ndim
+            if value.dim() >= -position and value.shape[position] == frame.size:
+                by_plate.setdefault(frame.name, []).append(name)
+                frames[frame.name] = frame
+    for plate, names in by_plate.items():
+        found = _cross_reads(model, args, kwargs, trace, base, names, frames[plate])
+        if found is None:
+            continue
+        for name in names if len(names) > 1 else ():
+            alone = _cross_reads(model, args, kwargs, trace, base, [name], frames[plate])
+            if alone is not None:
+                found = alone
+                break
+        _refuse(*found)
 
 
-def _check_frame(model, args, kwargs, trace: Trace, base: Dict[str, Tuple[torch.Tensor, tuple]],
-                 name: str, frame, event_ndim: int) -> None:
-    value = trace.nodes[name]["value"]
-    position = frame.dim - event_ndim
-    if value.dim() < -position or value.shape[position] != frame.size:
-        return
-    own = {f.name for f in trace.nodes[name]["cond_indep_stack"] if f.vectorized}
+def _cross_reads(model, args, kwargs, trace: Trace, base: "_Densities", names: List[str], frame
+                 ) -> Optional[Tuple[str, str, str, str, str]]:
+    """The arguments of :func:`_refuse` for the first site found reading the latents
+    ``names`` (of ``frame``) across elements, or None."""
+    latent = ", ".join(names)
     elements = torch.arange(frame.size)
     for bit in range(max(1, math.ceil(math.log2(frame.size)))):
         changed_pair = []
         for side in (1, 0):
             moved = ((elements >> bit) & 1) == side
-            changed = _log_probs(model, args, kwargs, trace, name, (position, moved))
-            if changed is None:
-                return
+            densities = _log_probs(model, args, kwargs, trace, {n: (frame.dim, moved) for n in names})
+            if densities is None:
+                return None
             changed = {site: (lp != base[site][0]) & ~(lp.isnan() & base[site][0].isnan())
-                       for site, (lp, _) in changed.items() if site in base
+                       for site, (lp, _) in densities.items() if site in base
                        and lp.shape == base[site][0].shape}
             for site, diff in changed.items():
-                frames = base[site][1]
-                if any(f.name == frame.name for f in frames) and diff.dim() >= -frame.dim \
+                if any(f.name == frame.name for f in base[site][1]) and diff.dim() >= -frame.dim \
                         and diff.shape[frame.dim] == frame.size:
                     along = diff.movedim(frame.dim, 0).reshape(frame.size, -1).any(1)
                     stray = along & ~moved
                     if bool(stray.any()):
-                        _refuse(site, f"at element {int(torch.nonzero(stray)[0])} of "
-                                f"pyro.plate('{frame.name}')", name, frame.name,
+                        return (site, f"at element {int(torch.nonzero(stray)[0])} of "
+                                f"pyro.plate('{frame.name}')", latent, frame.name,
                                 "at other elements of that plate")
             changed_pair.append(changed)
         for site, diff in changed_pair[0].items():
-            frames = base[site][1]
-            if any(f.name == frame.name for f in frames) or site not in changed_pair[1]:
+            site_frames = base[site][1]
+            if any(f.name == frame.name for f in site_frames) or site not in changed_pair[1]:
                 continue
-            if not any(f.name not in own and f.size > 1 for f in frames):
+            own = {f.name for n in names for f in trace.nodes[n]["cond_indep_stack"] if f.vectorized}
+            if not any(f.name not in own and f.size > 1 for f in site_frames):
                 # Not rows of another plate: a site outside the latent's plates that
                 # reduces over them gets its own errors (the estimator's).
                 continue
-            both = diff & changed_pair[1][site]
-            if bool(both.any()):
-                _refuse(site, "at one of its elements", name, frame.name,
+            if bool((diff & changed_pair[1][site]).any()):
+                return (site, "at one of its elements", latent, frame.name,
                         f"at several elements of pyro.plate('{frame.name}')")
+    return None
 
 
 def _refuse(site: str, where: str, latent: str, plate: str, which: str) -> None:
@@ -115,27 +134,38 @@ def _refuse(site: str, where: str, latent: str, plate: str, which: str) -> None:
     )
 
 
-def _log_probs(model: Callable, args: tuple, kwargs: dict, trace: Trace, name: Optional[str],
-               move) -> Optional[Dict[str, Tuple[torch.Tensor, tuple]]]:
+_Densities = Dict[str, Tuple[torch.Tensor, tuple]]
+
+
+def _same(first: _Densities, second: Optional[_Densities]) -> bool:
+    """Whether two replays gave the same log densities (NaN equal to NaN)."""
+    if second is None or first.keys() != second.keys():
+        return False
+    return all(a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+               for (a, _), (b, _) in ((first[k], second[k]) for k in first))
+
+
+def _log_probs(model: Callable, args: tuple, kwargs: dict, trace: Trace,
+               moves: Dict[str, Tuple[int, torch.Tensor]]) -> Optional[_Densities]:
     """Every sample site's elementwise log density (and plate frames) in a replay of
-    the trace, with site ``name`` moved at the elements ``move = (dim, mask)``; None
-    where the replay fails (other checks then speak)."""
+    the trace, with each site in ``moves`` moved at the plate elements
+    ``moves[site] = (plate dim, mask)``; None where the replay fails (other checks then
+    speak)."""
     data = {}
-    if name is not None:
+    for name, (dim, mask) in moves.items():
         node = trace.nodes[name]
-        dim, mask = move
         value = node["value"].detach()
         try:
             transform = biject_to(node["fn"].support)
-            unconstrained = transform.inv(value)
-            shape = [1] * unconstrained.dim()
-            shape[unconstrained.dim() + dim] = mask.numel()
-            moved = mask.reshape(shape)
-            # Only the moved elements change: a round trip through the transform
-            # would shift the others by rounding.
-            data[name] = torch.where(moved, transform(unconstrained + MOVE).to(value.dtype), value)
+            moved_value = transform(transform.inv(value) + MOVE).to(value.dtype)
         except Exception:  # noqa: BLE001 - a support without a bijection: not checked
             return None
+        # The mask on the value's own dims (an unconstrained space may have fewer event
+        # dims, e.g. a Cholesky factor's); the other elements keep their exact values.
+        position = value.dim() + dim - len(node["fn"].event_shape)
+        shape = [1] * value.dim()
+        shape[position] = mask.numel()
+        data[name] = torch.where(mask.reshape(shape), moved_value, value)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

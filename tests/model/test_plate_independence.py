@@ -116,3 +116,42 @@ def test_a_small_integer_index_reads_like_a_long_one():
         losses.append([inference.step(Y, index) for _ in range(3)])
     assert losses[1] == pytest.approx(losses[0], abs=1e-6)
     assert losses[2] == pytest.approx(losses[0], abs=1e-6)
+
+
+def lkj_per_group(y, roll=False):
+    with pyro.plate("g", 3):
+        L = pyro.sample("L", dist.LKJCholesky(3, concentration=2.0))
+        tril = L.roll(1, 0) if roll else L
+        pyro.sample("y", dist.MultivariateNormal(torch.zeros(3), scale_tril=tril), obs=y)
+
+
+def test_a_latent_whose_unconstrained_space_has_fewer_dims_is_moved_per_element():
+    """A Cholesky factor's unconstrained space is a vector: the elements to move are
+    picked on the value's own dims (picked on the unconstrained ones, the check moved a
+    column of every group's factor: a plate of 3 groups of 3 x 3 factors was refused,
+    and a factor rolled over the plate passed)."""
+    y = torch.randn(3, 3)
+    pyro.set_rng_seed(0)
+    with pyro.validation_enabled(False):
+        assert np.isfinite(Inference(lkj_per_group, AutoQEM(lkj_per_group), K=5).step(y))
+    with pytest.raises(ValueError, match=r"Site 'y' at element \d of pyro.plate\('g'\) depends "
+                                         r"on latent site 'L' at other elements"):
+        Inference(lambda y: lkj_per_group(y, roll=True), AutoQEM(lambda y: lkj_per_group(y, roll=True)),
+                  K=5).step(y)
+
+
+def test_a_model_that_replays_differently_is_not_blamed_for_cross_element_reads():
+    """Dropout in train mode changes every replay: the check cannot tell a moved
+    latent's effect from the model's own noise, so it stays quiet (it reported that
+    every element read the others)."""
+    dropout = torch.nn.Dropout(0.5)
+
+    def noisy(y):
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("y", dist.Normal(dropout(z.unsqueeze(-1)).squeeze(-1), 1.0), obs=y)
+
+    from pyro_qem.model.plate_independence import check_plate_independence
+    y = torch.randn(8)
+    trace = pyro.poutine.trace(noisy).get_trace(y)
+    check_plate_independence(noisy, (y,), {}, trace)
