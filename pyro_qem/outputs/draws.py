@@ -42,8 +42,8 @@ SETS_ENTRIES = 1 << 22
 
 
 # draws_per_run="auto" takes 1 + REPEAT_COST / rho draws from each set, rho = sum_k
-# w_k^2 of the worst-resolved sampled group (Kish's design effect 1 + (n - 1) rho is
-# then at most 1 + REPEAT_COST): about the set's ESS, where the cost per effective draw
+# w_k^2 of the worst-resolved sampled group in the median set (Kish's design effect
+# 1 + (n - 1) rho is then at most 1 + REPEAT_COST): about the set's ESS, where the cost per effective draw
 # levels off. On radon (K = 30, rho ~ 0.04) that is ~25 draws per set, 2000 draws at
 # 0.07-0.10x of the fit's time (was 7 per set at REPEAT_COST = 0.25, 0.38x); measured
 # design effects (batch means over 40 sets, 40 replicates agreeing): 1.4 for the 85
@@ -115,8 +115,8 @@ def sample_posterior(
     ``Binomial(n, w)``: :mod:`pyro_qem.outputs.index_sampler`), but repeat the set's
     particles: they are worth fewer independent draws. With ``draws_per_run="auto"``
     (default) each set gives about its effective sample size of draws, ``1 + 1 /
-    sum_k w_k^2`` for the worst-resolved sampled group (averaged over up to 17 sets), where the cost per effective draw levels off: on
-    a 90-parameter radon
+    sum_k w_k^2`` for the worst-resolved sampled group (the median over up to 17
+    sets), where the cost per effective draw levels off: on a 90-parameter radon
     hierarchy 2000 draws cost under a tenth of the 600-step fit and are worth ~1400
     independent draws for the county effects and ~600 for the global mean. The result
     reports what it got (:class:`JointDraws`: ``effective_draws``, measured from the
