@@ -199,14 +199,19 @@ def _measured_design_effects(chunks: Sequence[Dict[str, torch.Tensor]], set_coun
         return {}
     out = {}
     for name in chunks[0]:
-        means, values = [], []
+        # Running sums, a run at a time: the draws of a site with many coordinates
+        # are not copied whole again.
+        means, total, squares, count_all = [], 0.0, 0.0, 0
         for chunk, count in zip(chunks, set_counts):
-            value = chunk[name].double().reshape(per_set, count, -1)
+            value = chunk[name].reshape(per_set, count, -1).double()
             means.append(value.mean(0))
-            values.append(value.reshape(per_set * count, -1))
-        means, values = torch.cat(means), torch.cat(values)
-        spread = values.var(0)
-        varying = spread > 1e-12 * values.abs().amax(0).clamp(min=1e-300).square()
+            total = total + value.sum((0, 1))
+            squares = squares + value.square().sum((0, 1))
+            count_all += per_set * count
+        means = torch.cat(means)
+        mean = total / count_all
+        spread = (squares / count_all - mean.square()).clamp(min=0) * count_all / (count_all - 1)
+        varying = spread > 1e-12 * mean.abs().clamp(min=1e-300).square()
         if not varying.any():
             continue
         deff = per_set * means.var(0)[varying] / spread[varying]
