@@ -99,7 +99,8 @@ def _draw(inference, args, kwargs, num_samples: int, method: str):
 
 
 def _guide_draws(inference, args, kwargs, num_samples: int):
-    """Independent draws of q, with every non-centred site computed from its draws
+    """Independent draws of q, with every non-centred site and every
+    ``pyro.deterministic`` site given an ``event_dim`` computed from them
     (``theta = loc + scale * theta_decentered`` at the drawn ``mu``, ``tau``, ...)."""
     guide = inference.guide
     guide.setup(*args, **kwargs)
@@ -111,11 +112,19 @@ def _guide_draws(inference, args, kwargs, num_samples: int):
             "default), whose draws include them."
         )
     draws = sample_guide(guide, num_samples)
-    if guide.noncentred:
-        trace, prototype, nesting = conditioned_trace(guide.model_run, draws, args, kwargs)
-        for name in guide.noncentred:
-            draws[name] = per_draw(trace.nodes[name]["value"], num_samples,
-                                   prototype.nodes[name], nesting, event=True)
+    trace, prototype, nesting = conditioned_trace(guide.model_run, draws, args, kwargs)
+    for name in guide.noncentred:
+        draws[name] = per_draw(trace.nodes[name]["value"], num_samples,
+                               prototype.nodes[name], nesting, event=True)
+    # pyro.deterministic sites, as the joint draws have them (those given an event_dim:
+    # with Pyro's default every dim is an event dim, and the draws' dim cannot be told
+    # from the site's own).
+    for name, node in prototype.nodes.items():
+        if node["type"] != "sample" or not node["infer"].get("_deterministic") or name in draws:
+            continue
+        if node["value"].dim() > 0 and len(node["fn"].event_shape) >= node["value"].dim():
+            continue
+        draws[name] = per_draw(trace.nodes[name]["value"], num_samples, node, nesting, event=True)
     return draws
 
 

@@ -140,3 +140,30 @@ def test_guide_draws_of_an_enumerated_model_are_refused_by_name():
     inference.step(y)
     with pytest.raises(ValueError, match=r"method='guide'.*enumerated site\(s\) \['c'\].*method='joint'"):
         to_inference_data(inference, y, num_samples=10, method="guide")
+
+
+def test_guide_draws_carry_deterministic_sites_like_the_joint_ones():
+    """method='guide' left pyro.deterministic sites out (method='joint' has them): they
+    are computed from q's draws, here each row's county mean read through the index."""
+    county = torch.tensor([0, 0, 1, 2, 2])
+    x = torch.linspace(-1.0, 1.0, 5)
+    y = torch.tensor([0.3, -0.2, 1.1, 0.4, 0.8])
+
+    def rows(y, county, x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 2.0))
+        with pyro.plate("county", 3):
+            a = pyro.sample("a", dist.Normal(mu, 1.0))
+        with pyro.plate("row", 5):
+            pyro.deterministic("m", a[..., county] + 2 * x, event_dim=0)
+            pyro.sample("y", dist.Normal(a[..., county], 0.5), obs=y)
+
+    pyro.set_rng_seed(0)
+    inference = Inference(rows, AutoQEM(rows), K=10, lr=0.1)
+    for _ in range(5):
+        inference.step(y, county, x)
+    for method in ("joint", "guide"):
+        posterior = to_inference_data(inference, y, county, x, num_samples=20, method=method).posterior
+        assert set(posterior.data_vars) == {"mu", "a", "m"}, method
+        a = torch.as_tensor(posterior["a"].values).reshape(20, 3)
+        m = torch.as_tensor(posterior["m"].values).reshape(20, 5)
+        assert torch.allclose(m, a[:, county] + 2 * x, atol=1e-5), method
