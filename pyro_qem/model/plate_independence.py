@@ -124,13 +124,15 @@ def _refuse(site: str, where: str, latent: str, plate: str, which: str) -> None:
     raise ValueError(
         f"Site '{site}' {where} depends on latent site '{latent}' {which} (e.g. a "
         "mean, sum, cumsum, roll or flip over the plate's dim, a lookup a[..., index] "
-        "inside the same plate, or rows reading a centred copy a - a.mean(-1)). A plate "
+        "inside the same plate, rows reading a centred copy a - a.mean(-1), or a "
+        "regression's (X * beta).sum(-1) with beta in a plate of features). A plate "
         "declares its elements conditionally independent, and QEM weighs each element's "
         "particles by that element's own log densities (each row's by the one element "
         "it reads), so it would fit this model wrongly. Make the dependent values one "
-        "site with an event dim (e.g. a random walk as one vector site, .to_event(1), "
-        f"outside pyro.plate('{plate}')), or compute what the rows read per element "
-        "(e.g. centre with a site outside the plate)."
+        f"site with an event dim outside pyro.plate('{plate}') (coefficients or a "
+        "random walk as one vector site: dist.Normal(0., 1.).expand([P]).to_event(1)), "
+        "or compute what the rows read per element (e.g. centre with a site outside "
+        "the plate)."
     )
 
 

@@ -155,3 +155,19 @@ def test_a_model_that_replays_differently_is_not_blamed_for_cross_element_reads(
     y = torch.randn(8)
     trace = pyro.poutine.trace(noisy).get_trace(y)
     check_plate_independence(noisy, (y,), {}, trace)
+
+
+def test_coefficients_in_a_plate_of_features_are_refused_with_the_vector_form():
+    """Each row reads every coefficient: it failed with a shape error from deep inside
+    (the particle dims of the features plate did not broadcast with the rows)."""
+    X = torch.randn(12, 3)
+
+    def regression(y):
+        with pyro.plate("features", 3):
+            beta = pyro.sample("beta", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 12):
+            pyro.sample("y", dist.Normal((X * beta).sum(-1), 1.0), obs=y)
+
+    with pytest.raises(ValueError, match=r"Site 'y' at one of its elements depends on latent site "
+                                         r"'beta' at several elements.*expand\(\[P\]\).to_event\(1\)"):
+        Inference(regression, AutoQEM(regression), K=5).step(torch.zeros(12))
