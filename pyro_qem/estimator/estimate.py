@@ -149,10 +149,34 @@ def estimate(records: Sequence[SiteRecord], structure: ModelStructure, num_parti
     if max_memory is not None:
         chunking = plan_contraction(terms, scales, reducers, max_memory, plate_links, locals_,
                                     symbols.plate_names)
-    log_p_hat = contract_terms(terms, scales, reducers, plate_links, locals_, chunking)
+    try:
+        log_p_hat = contract_terms(terms, scales, reducers, plate_links, locals_, chunking)
+    except NotImplementedError as error:
+        if "tree-structured plate nesting" not in str(error):
+            raise
+        raise ValueError(_crossed_message(str(error), symbols.plate_names, plate_links)) from error
     if check:
         check_finite(log_p_hat, factors)
     return Estimate(factors, sources, scales, log_p_hat, plate_links, chunking, joint_sources)
+
+
+def _crossed_message(error: str, plate_names: Mapping[str, str], plate_links) -> str:
+    """Pyro's refusal of factors over plates that do not nest, with the plates named."""
+    found = error[error.find("[") + 1:error.find("]")] if "[" in error else ""
+    named = [plate_names.get(symbol.strip(), symbol.strip()) for symbol in found.split(",") if symbol.strip()]
+    linked = ""
+    if plate_links:
+        linked = (" Rows that read a group's latent through an index (a[..., county]) are "
+                  "folded into that group's plate, so a plate that encloses the rows (time "
+                  "periods around houses that read counties) then crosses the groups' plate.")
+    return (
+        f"Some log density depends on latents of plates that do not nest in one another "
+        f"({named}): QEM contracts plates as a tree, each plate inside the other or apart "
+        f"(crossed plates would cost K to the power of their sizes).{linked} Such "
+        "crossed groupings are not supported: nest one grouping in the other, or model "
+        "one of them with latents outside every plate (e.g. a time trend with a global "
+        "slope instead of one effect per period)."
+    )
 
 
 def local_dims(structure: ModelStructure) -> Dict[str, FrozenSet[str]]:

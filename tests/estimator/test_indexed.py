@@ -150,3 +150,23 @@ def test_joint_resampling_of_one_run_follows_the_exact_joint_weights():
         exact_a_z = sum(p * z0[c, j] for c, ((k_mu, *k_a), p) in enumerate(zip(combos, probs)) if k_a[0] == i)
         freq = ((index["a"][:, 0] == i) & (index["z"][:, 0] == j)).double().mean()
         assert abs(freq - exact_a_z) < 0.018
+
+
+def test_a_plate_around_indexed_rows_that_crosses_the_groups_is_refused_by_name():
+    """Time periods around houses that read counties: folded into the county plate, the
+    rows' factors span the time and county plates, which do not nest (Pyro's
+    NotImplementedError about tree-structured plates surfaced, naming symbols)."""
+    county = torch.tensor([0, 0, 1, 2, 2])
+
+    def periods(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        with pyro.plate("county", 3, dim=-1):
+            a = pyro.sample("a", dist.Normal(mu, 1.0))
+        with pyro.plate("time", 2, dim=-2):
+            tau = pyro.sample("tau", dist.Normal(0.0, 1.0))
+            with pyro.plate("rows", 5, dim=-1):
+                pyro.sample("y", dist.Normal(a[..., county] + tau, 0.5), obs=y)
+
+    with pytest.raises(ValueError, match=r"plates that do not nest in one another "
+                                         r"\(\['county', 'time'\]|\['time', 'county'\]"):
+        Inference(periods, AutoQEM(periods), K=4).step(torch.zeros(2, 5))
