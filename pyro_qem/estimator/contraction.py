@@ -390,9 +390,7 @@ def make_joint_source(record: SiteRecord, structure: ModelStructure, symbols: Sy
     value = record.value
     groups = varying_groups(value, event_ndim, structure)
     plates = {f.name for f in record.frames}
-    outside = [g for g in groups if not g.plates <= plates
-               and (len(g.plates - plates) > 1
-                    or structure.reading_plate(plates, next(iter(g.plates - plates))) is None)]
+    outside = [g for g in groups if structure.reads_across(plates, g.plates)]
     if outside:
         raise ValueError(
             f"Site '{record.name}' depends on particle group {list(outside[0].sites)} through "

@@ -93,16 +93,10 @@ def undrawable_noncentred(structure: ModelStructure, noncentred: Sequence[str],
     for name in noncentred:
         if rewritten[name] not in sites:
             continue
-        plates = set(sites[rewritten[name]].plates)
-        outside = []
-        for parent in sorted(prior_parents.get(name, ())):
-            parent_site = sites.get(rewritten.get(parent, parent))
-            if parent == name or parent_site is None:
-                continue
-            missing = set(parent_site.plates) - plates
-            if missing and (len(missing) > 1
-                            or structure.reading_plate(plates, next(iter(missing))) is None):
-                outside.append(parent)
+        plates = sites[rewritten[name]].plates
+        outside = sorted(p for p in prior_parents.get(name, ()) if p != name
+                         and rewritten.get(p, p) in sites
+                         and structure.reads_across(plates, sites[rewritten.get(p, p)].plates))
         if outside:
             found[name] = outside
     return found

@@ -1,9 +1,10 @@
-"""The log density of the rest of a model as a function of one site's value."""
+"""The log density of the rest of a model as a function of one site's value, and the
+replay of a set-up trace with some sites' values changed that it rests on."""
 
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Callable, Dict
 
 import torch
 
@@ -21,9 +22,18 @@ def rest_log_density(model: Callable, args: tuple, kwargs: dict, trace: Trace, n
     :param trace: a trace of ``model(*args, **kwargs)`` (e.g. a set-up run).
     :param value: the site's value (make it ``requires_grad`` to differentiate).
     """
+    with torch.enable_grad():
+        again = replayed_trace(model, args, kwargs, trace, {name: value})
+        return again.log_prob_sum(site_filter=lambda n, site: n != name)
+
+
+def replayed_trace(model: Callable, args: tuple, kwargs: dict, trace: Trace,
+                   data: Dict[str, torch.Tensor]) -> Trace:
+    """A trace of ``model`` replayed at ``trace``'s values, the sites in ``data``
+    taking those values instead, with no effect on the caller's handlers; warnings of
+    the replayed run are silenced, its errors propagate."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with torch.enable_grad(), poutine.block():
-            conditioned = poutine.condition(model, data={name: value})
-            again = poutine.trace(poutine.replay(conditioned, trace=trace)).get_trace(*args, **kwargs)
-            return again.log_prob_sum(site_filter=lambda n, site: n != name)
+        with poutine.block():
+            conditioned = poutine.condition(model, data=data)
+            return poutine.trace(poutine.replay(conditioned, trace=trace)).get_trace(*args, **kwargs)

@@ -25,14 +25,14 @@ moved and not checked.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-import pyro.poutine as poutine
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
+
+from ..handlers.rest_density import replayed_trace
 
 # The move of a latent's value, in its unconstrained space.
 MOVE = 0.5
@@ -84,6 +84,7 @@ def _cross_reads(model, args, kwargs, trace: Trace, base: "_Densities", names: L
     """The arguments of :func:`_refuse` for the first site found reading the latents
     ``names`` (of ``frame``) across elements, or None."""
     latent = ", ".join(names)
+    own = {f.name for n in names for f in trace.nodes[n]["cond_indep_stack"] if f.vectorized}
     elements = torch.arange(frame.size)
     for bit in range(max(1, math.ceil(math.log2(frame.size)))):
         changed_pair = []
@@ -109,7 +110,6 @@ def _cross_reads(model, args, kwargs, trace: Trace, base: "_Densities", names: L
             site_frames = base[site][1]
             if any(f.name == frame.name for f in site_frames) or site not in changed_pair[1]:
                 continue
-            own = {f.name for n in names for f in trace.nodes[n]["cond_indep_stack"] if f.vectorized}
             if not any(f.name not in own and f.size > 1 for f in site_frames):
                 # Not rows of another plate: a site outside the latent's plates that
                 # reduces over them gets its own errors (the estimator's).
@@ -169,12 +169,9 @@ def _log_probs(model: Callable, args: tuple, kwargs: dict, trace: Trace,
         shape[position] = mask.numel()
         data[name] = torch.where(mask.reshape(shape), moved_value, value)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with torch.no_grad(), poutine.block():
-                replayed = poutine.replay(poutine.condition(model, data=data), trace=trace)
-                again = poutine.trace(replayed).get_trace(*args, **kwargs)
-                again.compute_log_prob()
+        with torch.no_grad():
+            again = replayed_trace(model, args, kwargs, trace, data)
+            again.compute_log_prob()
     except Exception:  # noqa: BLE001 - a model that cannot be replayed is checked elsewhere
         return None
     out = {}

@@ -132,6 +132,17 @@ class ModelStructure:
                 parent = self.links.get(parent)
         return None
 
+    def reads_across(self, plates: Iterable[str], other: Iterable[str]) -> bool:
+        """Whether something in ``plates`` that reads a latent in the plates ``other``
+        reads it other than through its rows' index: ``other`` has a plate outside
+        ``plates`` that no chain of :attr:`links` from one of ``plates`` reaches (or
+        several such plates), so one element would read several of its elements."""
+        plates = set(plates)
+        missing = set(other) - plates
+        if not missing:
+            return False
+        return len(missing) > 1 or self.reading_plate(plates, next(iter(missing))) is None
+
     def group_at_dim(self, dim: int) -> Optional[GroupInfo]:
         """The group whose particles live in tensor dim ``dim`` (None for a plate dim)."""
         index = -dim - self.max_plate_nesting - 1

@@ -166,7 +166,7 @@ def sample_posterior(
             inference.sharding.synchronise_random_stream()
         chunks.append(resample_run(run, per_set, sites))
     counts = [_num_sets(run) for run in runs]
-    del runs, first  # a run holds all its factors: resample each as it comes
+    del runs, first, run  # a run holds all its factors: resample each as it comes
     while sum(counts) < num_sets:
         run = sets.run(num_sets - sum(counts))
         chunks.append(resample_run(run, per_set, sites))
@@ -333,11 +333,11 @@ def _gather_derived(run: WeightedRun, record, indices: Dict[int, torch.Tensor]) 
     event_shape = record.fn.event_shape
     event_ndim = len(event_shape)
     value = record.value.detach()
-    plates = {f.name for f in record.frames}
+    own = {f.name for f in record.frames}
     for i, group in enumerate(varying_groups(value, event_ndim, structure)):
         index = indices[group.index]
-        for target in group.plates - plates:
-            index = _read_by_rows(run, index, structure.reading_plate(plates, target), target)
+        for target in group.plates - own:
+            index = _read_by_rows(run, index, structure.reading_plate(own, target), target)
         value = _gather_dim(value, index, group.dim - event_ndim, event_ndim, has_draws=i > 0)
     plates = structure.max_plate_nesting
     value = value.reshape((1,) * max(0, plates + event_ndim - value.dim()) + value.shape)
@@ -356,13 +356,8 @@ def _read_by_rows(run: WeightedRun, index: torch.Tensor, rows: str, target: str)
     plate ``rows`` (houses; each row its county's index), in the rows' plate dim: what
     a deterministic site of the rows, computed from ``a[..., county]``, was computed
     from. ``index`` has a leading draws dim, then the broadcast layout."""
-    structure = run.structure
-    links = run.run.links
-    element = links[rows]
-    parent = structure.links[rows]
-    while parent != target:
-        element = links[parent].to(element.device)[element]
-        parent = structure.links[parent]
+    structure, symbols = run.structure, run.symbols
+    element = row_index(symbols.plate[rows], symbols.plate[target], run.estimate.links)
     row_dim, target_dim = structure.plates[rows].dim, structure.plates[target].dim
     width = max(index.dim() - 1, -row_dim, -target_dim)
     index = index.reshape(index.shape[:1] + (1,) * (width + 1 - index.dim()) + index.shape[1:])
@@ -375,8 +370,7 @@ def _read_by_rows(run: WeightedRun, index: torch.Tensor, rows: str, target: str)
 
 def _draw_count(run: WeightedRun, indices: Dict[int, torch.Tensor]) -> int:
     """The number of draws in ``indices`` (their leading dim) times the particle sets."""
-    sets = run.structure.plates.get(PARTICLE_SETS)
-    return next(iter(indices.values())).shape[0] * (sets.size if sets is not None else 1)
+    return next(iter(indices.values())).shape[0] * _num_sets(run)
 
 
 def _gather_dim(value: torch.Tensor, index: torch.Tensor, dim: int, event_ndim: int,

@@ -84,12 +84,11 @@ def _why_not_derivable(structure: ModelStructure, record: SiteRecord) -> Optiona
                 "Predictive(model, posterior_samples=draws).")
     plates = {f.name for f in record.frames}
     for group in varying_groups(record.value, event_ndim, structure):
-        missing = group.plates - plates
-        if missing and (len(missing) > 1 or structure.reading_plate(plates, next(iter(missing))) is None):
+        if structure.reads_across(plates, group.plates):
             return (f"reads particle group {list(group.sites)} through plates it is not in "
-                    f"({sorted(missing)}) other than by one index of its rows, which is not "
-                    "supported; recompute it from the drawn latents with Predictive(model, "
-                    "posterior_samples=draws).")
+                    f"({sorted(group.plates - plates)}) other than by one index of its "
+                    "rows, which is not supported; recompute it from the drawn latents "
+                    "with Predictive(model, posterior_samples=draws).")
     return None
 
 
