@@ -144,8 +144,8 @@ class CompiledStep:
             return "pyro.params fitted by gradient (optim=) are not compiled."
         if inference._minibatch:
             return "a subsampled plate (minibatch steps draw new indices) is not compiled."
-        if inference.update != "moments":
-            return (f"update={inference.update!r} (its fallbacks branch on the weights) is not "
+        if inference.update == "regression":
+            return ("update='regression' (its fallbacks branch on the weights) is not "
                     "compiled.")
         if inference._chunked:
             return ("a contraction in chunks (to stay within max_memory) is not compiled; "
@@ -166,6 +166,12 @@ class CompiledStep:
         reason = self._unsupported()
         if reason is not None:
             self.disable(reason)
+            return None
+        inference = self.inference
+        if inference._choice.regressed(inference.guide, inference.K, lr):
+            # update="auto" refits a degenerate group by regression this step, whose
+            # fallbacks branch on the weights: an eager step (the recordings match
+            # moments, as the step does once the weights have spread).
             return None
         leaves, spec = pytree.tree_flatten((args, kwargs))
         key = self._key(leaves, spec, average)

@@ -12,7 +12,7 @@ are fitted by regression instead (:mod:`pyro_qem.infer.regression`).
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import AbstractSet, Dict, List, Mapping, Sequence, Tuple, Union
 
 import torch
 
@@ -79,7 +79,8 @@ def _per_element(tensor: torch.Tensor, site: SiteInfo) -> torch.Tensor:
 @torch.no_grad()
 def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Mapping[str, torch.Tensor],
                   weights: Mapping[int, torch.Tensor], lr: float, average: bool = False,
-                  compensate: bool = True, update: str = "moments") -> None:
+                  compensate: bool = True,
+                  update: Union[str, None, AbstractSet[int]] = "moments") -> None:
     """Move every moment-matched site's state towards its weighted moments.
 
     :param records: the particle run's site records.
@@ -90,13 +91,18 @@ def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Ma
     :param compensate: add each family's noise compensation.
     :param update: ``"moments"``: full-batch steps match moments; ``"regression"``:
         they fit natural parameters by regression too, as minibatch steps do for sites
-        outside the subsampled plates (:mod:`pyro_qem.infer.regression`).
+        outside the subsampled plates (:mod:`pyro_qem.infer.regression`); a set of
+        group indices: those groups by regression, the others by moments
+        (:class:`~pyro_qem.infer.update_choice.UpdateChoice`); None: as
+        ``"regression"``.
     """
     structure = guide.structure
     subsampled = {f.name for r in records for f in r.frames if is_subsampled(f)}
     regressed, jump = set(), set()
+    if isinstance(update, str):
+        update = None if update == "regression" else frozenset()
     for group, (kind, members) in _regression_groups(guide, records, subsampled, weights,
-                                                     update == "regression").items():
+                                                     update).items():
         fit = regression_update if kind == "least_squares" else score_update
         updated = fit(guide, structure.groups[group], members, weights[group], subsamples, lr)
         if updated is None:
@@ -138,19 +144,21 @@ def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Ma
 
 
 def _regression_groups(guide: QEMGuide, records: Sequence[SiteRecord], subsampled: set,
-                       weights: Mapping[int, torch.Tensor], full_batch: bool
+                       weights: Mapping[int, torch.Tensor], full_batch
                        ) -> Dict[int, Tuple[str, List[SiteRecord]]]:
     """group -> (:func:`~pyro_qem.infer.regression.regression_kind`, its records in the
     group's site order) for the groups this step fits by regression: in a minibatch
-    step those outside every subsampled plate; with ``full_batch`` every group of a
-    full-batch step too."""
-    if not subsampled and not full_batch:
+    step those outside every subsampled plate; in a full-batch step those in
+    ``full_batch`` (a set of group indices; None: every group)."""
+    if not subsampled and full_batch is not None and not full_batch:
         return {}
     by_name = {r.name: r for r in records if r.draw is not None}
     out = {}
     for group in guide.structure.groups:
         if group.index not in weights or group.plates & subsampled \
                 or not all(name in by_name for name in group.sites):
+            continue
+        if not subsampled and full_batch is not None and group.index not in full_batch:
             continue
         kind = regression_kind(guide, group, weights[group.index].shape[0])
         if kind is not None:
