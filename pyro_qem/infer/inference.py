@@ -149,11 +149,11 @@ class Inference:
         of the weighted particles, except for groups of Normal-coordinate or
         MultivariateNormal sites whose weights have degenerated (a running effective
         sample size below 2, or below ``1 + 20 lr^2`` where moment matching's noise
-        would collapse q), which are refitted by regression
+        would collapse q, for 25 steps in a row), which are refitted by regression
         (:mod:`pyro_qem.infer.update_choice`): 50 logistic-regression coefficients in
-        one site at K = 30, whose weights keep an ESS of 1.0, came out within 0.2 sd and
-        0.94-1.10x of exact after 200 steps and 0.08 sd, 0.98-1.02x after 600, where
-        moment matching was 4.4 sd off and up to 3.8x too wide. ``"moments"``: moment
+        one site at K = 30, whose weights keep an ESS of 1.0, came out within 0.08 sd
+        and 0.98-1.02x of exact after 600 steps, where moment matching stayed 1.3-3.8x
+        too wide. ``"moments"``: moment
         matching everywhere. ``"regression"``: natural parameters fitted to the log
         joint at the particles for every group that allows it
         (:mod:`pyro_qem.infer.regression`; least squares on q's statistics, or for
@@ -317,7 +317,7 @@ class Inference:
                 loss, weights = done
                 skip = self._unfitted_groups()
                 self._collapse.observe(self.guide.structure, weights, lr, loss, skip)
-                self._choice.observe(weights, skip)
+                self._choice.observe(weights, lr, skip)
                 return loss
         run = self._particle_run(args, kwargs)
         check_params(run.params, self.optim)
@@ -340,7 +340,7 @@ class Inference:
         self._moment_update(run, weights, lr, average, regressed)
         loss = -result.log_p_hat.item()
         skip = self._unfitted_groups() | self._minibatched_groups(result.plate_scales)
-        self._choice.observe(weights, skip)
+        self._choice.observe(weights, lr, skip)
         # The collapse monitor's drift is moment matching's; regressed groups have none.
         every = regressed if regressed is not None else {
             g.index for g in run.structure.groups if regression_kind(self.guide, g, self.K) is not None}

@@ -13,18 +13,21 @@ matching works.
 
 With ``update="auto"`` (the default) :class:`UpdateChoice` keeps, per group, a running
 mean of the median (over plate elements) ESS of its weights, and a full-batch step fits
-by regression the Gaussian groups (:func:`gaussian_group`) whose running mean is below
-:func:`ess_threshold`: :data:`ESS_FLOOR`, or where the step size is large the ESS at
-which moment matching's noise would shrink q by more than
-:data:`~pyro_qem.infer.collapse.DRIFT_LIMIT` in log-variance per update
+by regression the Gaussian groups (:func:`gaussian_group`) whose running mean has been
+below :func:`ess_threshold` for :data:`PATIENCE` steps in a row: :data:`ESS_FLOOR`, or
+where the step size is large the ESS at which moment matching's noise would shrink q by
+more than :data:`~pyro_qem.infer.collapse.DRIFT_LIMIT` in log-variance per update
 (:mod:`pyro_qem.infer.collapse`: ``lr^2 / (ESS - 1)``; K = 2 at lr = 1, which collapses
-q under moment matching, lands on the exact posterior of a Normal mean). The choice is
-made before the step from the steps already taken, so the step knows to keep its
-weights in float64 and a compiled step can key its recording on it. While a wide
-initial q shrinks onto the posterior the ESS is near 1 too; regressing then moves q
-towards the log joint's curvature, which is where moment matching takes over once the
-weights spread (measured on the radon hierarchies, whose global groups' ESS rise to
-12-28 of 30: same accuracy as moment matching throughout).
+q under moment matching, lands on the exact posterior of a Normal mean). Once the
+running mean rises above the threshold, moment matching takes over again. The
+patience matters: regressing from the first step (a wide q over a symmetric mixture's
+components) took a two-component Gaussian mixture to the mode that merges them (19 sd
+off), where moment matching first picks a mode (0.06 sd); 50 coupled coefficients
+then need about 600 steps at K = 30 (0.08 sd, 0.98-1.02x of exact; 200 steps: 6.7 sd,
+regressing from the first step: 0.2 sd), 25 need 200 (0.09-0.16 sd, 0.94-1.04x).
+
+The choice is made before the step from the steps already taken, so the step knows to
+keep its weights in float64 and a compiled step runs the regression steps eagerly.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from .regression import regression_kind
 ESS_FLOOR = 2.0
 #: Weight of the newest step in the running mean of a group's ESS (about 5 steps' memory).
 SMOOTHING = 0.2
+#: Consecutive steps below the threshold before a group is refitted by regression.
+PATIENCE = 25
 
 UPDATES = ("auto", "moments", "regression")
 
@@ -88,6 +93,8 @@ class UpdateChoice:
         self.update = check_update(update)
         #: group index -> running mean of its weights' median ESS.
         self.ess: Dict[int, float] = {}
+        #: group index -> consecutive steps with that running mean below the threshold.
+        self.below: Dict[int, int] = {}
 
     def regressed(self, guide: QEMGuide, K: int, lr: float) -> Optional[AbstractSet[int]]:
         """The groups that the next full-batch step, of step size ``lr``, fits by
@@ -99,17 +106,22 @@ class UpdateChoice:
             return frozenset()
         groups, threshold = guide.structure.groups, ess_threshold(lr)
         return frozenset(group for group, ess in self.ess.items() if ess < threshold
+                         and self.below.get(group, 0) >= PATIENCE
                          and gaussian_group(guide, groups[group], K))
 
-    def observe(self, weights: Mapping[int, torch.Tensor], skip: AbstractSet[int] = frozenset()) -> None:
-        """Fold one step's weights (group -> normalised weights, particles in dim 0)
-        into the running means; ``skip``: groups whose weights say nothing about a
-        full-batch fit (minibatched or not fitted by the M-step)."""
+    def observe(self, weights: Mapping[int, torch.Tensor], lr: float,
+                skip: AbstractSet[int] = frozenset()) -> None:
+        """Fold one step's weights (group -> normalised weights, particles in dim 0),
+        taken at step size ``lr``, into the running means; ``skip``: groups whose
+        weights say nothing about a full-batch fit (minibatched or not fitted by the
+        M-step)."""
         if self.update != "auto":
             return
+        threshold = ess_threshold(lr)
         for group, weight in weights.items():
             if group in skip:
                 continue
             ess = median_ess(weight)
             before = self.ess.get(group)
             self.ess[group] = ess if before is None else (1 - SMOOTHING) * before + SMOOTHING * ess
+            self.below[group] = self.below.get(group, 0) + 1 if self.ess[group] < threshold else 0

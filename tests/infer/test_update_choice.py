@@ -74,7 +74,7 @@ def test_a_gamma_group_keeps_moment_matching_whatever_its_ess():
     group = guide.structure.groups[0]
     assert not gaussian_group(guide, group, 4)
     choice = UpdateChoice("auto")
-    choice.ess[group.index] = 1.0
+    choice.ess[group.index], choice.below[group.index] = 1.0, 100
     assert choice.regressed(guide, 4, 0.1) == frozenset()
 
 
@@ -82,7 +82,7 @@ def test_fixed_choices_ignore_the_weights():
     weights = {0: torch.tensor([1.0, 0.0, 0.0])}
     for update, expected in (("moments", frozenset()), ("regression", None)):
         choice = UpdateChoice(update)
-        choice.observe(weights)
+        choice.observe(weights, 0.1)
         assert choice.ess == {}
         assert choice.regressed(None, 3, 0.1) == expected
 
