@@ -119,7 +119,7 @@ def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Ma
             if average:
                 site = structure.sites[record.name]
                 _average(guide, site, guide.families[record.name], new,
-                         selection_of(record.frames, subsamples), restarts=False)
+                         selection_of(record.frames, subsamples), restarts=not subsampled)
     for record in records:
         family = guide.families.get(record.name)
         if record.draw is None or family is None or record.draw.group in regressed:
