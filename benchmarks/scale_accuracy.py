@@ -83,7 +83,7 @@ def run_qem(X, y, K: int, steps: int, exact, update: str = "auto", label_steps: 
         inference.step(X, y)
     seconds = time.perf_counter() - start
     q = guide.distributions()["beta"]
-    draws = sample_posterior(inference, X, y, num_samples=200, draws_per_run=5)["beta"]
+    draws = sample_posterior(inference, X, y, num_samples=1000)["beta"]
     label = f"QEM K={K}" + (f" update={update}" if update != "auto" else "") \
         + (f", {steps} steps" if label_steps else "")
     return {"method": label, "seconds": seconds, "q": score(q.mean, q.stddev, *exact),

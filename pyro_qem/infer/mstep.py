@@ -105,6 +105,13 @@ def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Ma
                                                      update).items():
         fit = regression_update if kind == "least_squares" else score_update
         updated = fit(guide, structure.groups[group], members, weights[group], subsamples, lr)
+        if updated is None and update and not subsampled:
+            # update="auto" (full batch): this group's ordinary moment update, below.
+            # The halving jump collapsed q onto one particle there: with log-weights
+            # thousands of nats apart (40 means under a Normal(0, 100) prior) the
+            # regression never took over, and q ended 430-760 sd off at 1e-4 of the
+            # posterior sd.
+            continue
         if updated is None:
             # Too few particles of positive weight: q is still far wider than the
             # posterior. Move halfway to the weighted moments (for a Normal: variance

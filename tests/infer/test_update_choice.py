@@ -38,16 +38,47 @@ def test_the_default_fits_25_coupled_coefficients_that_moment_matching_leaves_to
     """25 logistic-regression coefficients in one site, 5000 rows, K = 30, the README's
     200 steps averaged from 100: the weights keep an ESS near 1, so the default refits
     the site by regression. Seeds 0-4 against the Laplace posterior (exact to ~2% of an
-    sd here): within 0.08-0.13 sd, sds 0.94-1.04x; moment matching everywhere 0.21-0.38
-    sd and up to 1.19-1.24x. Tolerances: 0.2 sd and 10%; moment matching's widest sd
+    sd here): within 0.13-0.19 sd, sds 0.96-1.08x; moment matching everywhere 0.21-0.38
+    sd and up to 1.19-1.24x. Tolerances: 0.25 sd and 10%; moment matching's widest sd
     above 1.12x. (The regression carries q out of the degenerate start, about 40
     steps; then the weights spread, ESS ~20, and moment matching takes over.)"""
     worst, ratio, regressed = fit_coefficients(seed, "auto")
     assert 10 < regressed < 150
-    assert worst < 0.2
+    assert worst < 0.25
     assert ratio.min() > 0.9 and ratio.max() < 1.1
     _, moment_ratio, _ = fit_coefficients(seed, "moments")
     assert moment_ratio.max() > 1.12
+
+
+def independent_means(y, prior_sd=100.0):
+    m = pyro.sample("m", dist.Normal(torch.zeros(y.shape[1], dtype=y.dtype), prior_sd).to_event(1))
+    with pyro.plate("n", y.shape[0]):
+        pyro.sample("y", dist.Normal(m, 1.0).to_event(1), obs=y)
+
+
+def test_a_wide_prior_over_many_coordinates_is_not_collapsed_by_the_regression():
+    """40 means in one vector site under a Normal(0, 100) prior, 250 rows: the exact
+    posterior is Normal(sum y / (n + 1e-4), (n + 1e-4)^-1/2) per coordinate. The
+    particles' log-weights span thousands of nats and underflow, where the score step
+    cannot be taken; halving q's variance towards the best particle instead (the
+    minibatch fallback) collapsed q onto it: 430-760 sd off at 1e-4 of the exact sd
+    (seeds 0-2). With the plain moment update there: 0.06-0.10 sd and 0.98-1.05x over
+    seeds 0-2 after 600 steps (moment matching alone 0.07-0.11 sd). Tolerances 0.2 sd
+    and 10%."""
+    generator = torch.Generator().manual_seed(10)
+    y = (3 * torch.randn(40, generator=generator, dtype=torch.float64)
+         + torch.randn(250, 40, generator=generator, dtype=torch.float64))
+    pyro.set_rng_seed(0)
+    guide = AutoQEM(independent_means)
+    inference = Inference(independent_means, guide, K=30, lr=0.1, average_from=300)
+    for _ in range(600):
+        inference.step(y)
+    precision = 250 + 1e-4
+    mean, sd = y.sum(0) / precision, precision ** -0.5
+    q = guide.distributions()["m"]
+    assert ((q.mean - mean) / sd).abs().max() < 0.2
+    ratio = q.stddev / sd
+    assert ratio.min() > 0.9 and ratio.max() < 1.1
 
 
 def test_the_threshold_is_two_effective_particles_or_more_at_large_steps():
