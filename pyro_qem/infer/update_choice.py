@@ -23,8 +23,8 @@ running mean rises above the threshold, moment matching takes over again. The
 patience matters: regressing from the first step (a wide q over a symmetric mixture's
 components) took a two-component Gaussian mixture to the mode that merges them (19 sd
 off), where moment matching first picks a mode (0.06 sd); 50 coupled coefficients
-then need about 600 steps at K = 30 (0.08 sd, 0.98-1.02x of exact; 200 steps: 6.7 sd,
-regressing from the first step: 0.2 sd), 25 need 200 (0.09-0.16 sd, 0.94-1.04x).
+then need about 600 steps at K = 30 (0.08 sd, 0.98-1.01x of exact; 200 steps: 0.89 sd,
+regressing from the first step: 0.2 sd), 25 need 200 (0.13-0.19 sd, 0.96-1.08x).
 
 The choice is made before the step from the steps already taken, so the step knows to
 keep its weights in float64 and a compiled step runs the regression steps eagerly.
