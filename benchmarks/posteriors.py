@@ -276,7 +276,7 @@ def qem(hp: HardPosterior, ref: Mapping, settings: Settings, recommended: bool =
     guide = AutoQEM(hp.model, groups=groups, families=families,
                     noncentre=None if centred else "auto")
     inference = Inference(hp.model, guide, K=K, lr=settings.lr, average_from=settings.average_from,
-                          update="regression" if regression else "auto")
+                          update="regression" if regression else "moments")
     durations = []
     for _ in range(settings.steps):
         start = time.perf_counter()

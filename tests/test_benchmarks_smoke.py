@@ -154,7 +154,7 @@ def test_scale_accuracy_quick_run_prints_its_table():
     rows = scale_accuracy.main(["--quick"])
     assert {r["method"] for r in rows} == {"QEM K=10", "QEM K=30", "SVI AutoNormal",
                                             "SVI AutoMultivariateNormal",
-                                            "QEM K=30 update=moments", "QEM K=30, 120 steps"}
+                                            "QEM K=30 update=auto", "QEM K=30 update=auto, 120 steps"}
     assert all(r["q"]["sd_min"] > 0 for r in rows)
 
 

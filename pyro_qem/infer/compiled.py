@@ -168,7 +168,7 @@ class CompiledStep:
             self.disable(reason)
             return None
         inference = self.inference
-        if inference._choice.regressed(inference.guide, inference.K, lr):
+        if inference._choice.regressed(inference.guide, inference.K):
             # update="auto" refits a degenerate group by regression this step, whose
             # fallbacks branch on the weights: an eager step (the recordings match
             # moments, as the step does once the weights have spread).

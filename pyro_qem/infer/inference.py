@@ -145,17 +145,19 @@ class Inference:
         compiled in 0.3 ms, after 6 s of compilation (less with torch's kernel cache
         warm)
         (:mod:`pyro_qem.infer.compiled`; ``python -m benchmarks.compiled_step``).
-    :param update: how full-batch steps refit q. ``"auto"`` (default): moment matching
-        of the weighted particles, except for groups of Normal-coordinate or
-        MultivariateNormal sites whose weights have degenerated (a running effective
-        sample size below 2, or below ``1 + 20 lr^2`` where moment matching's noise
-        would collapse q, for 25 steps in a row), which are refitted by regression
-        (:mod:`pyro_qem.infer.update_choice`): 50 logistic-regression coefficients in
-        one site at K = 30, whose weights keep an ESS of 1.0, came out within 0.08 sd
-        and 0.98-1.02x of exact after 600 steps, where moment matching stayed 1.3-3.8x
-        too wide. ``"moments"``: moment
-        matching everywhere. ``"regression"``: natural parameters fitted to the log
-        joint at the particles for every group that allows it
+    :param update: how full-batch steps refit q. ``"moments"`` (default): moment
+        matching of the weighted particles. ``"auto"``: moment matching, except for
+        groups of Normal-coordinate or MultivariateNormal sites whose weights have
+        degenerated (a running effective sample size below 2 for 25 steps in a row),
+        which are refitted by regression with a step of at most 0.3
+        (:mod:`pyro_qem.infer.update_choice`): for vector sites with many coupled
+        coordinates, whose weights stay degenerate at any practical K (50
+        logistic-regression coefficients in one site at K = 30: within 0.08 sd and
+        0.98-1.01x of exact after 600 steps, where moment matching stayed 1.3-3.8x too
+        wide). Not the default because on a two-component Gaussian mixture it merged
+        the components on one seed of three (19 sd off) where moment matching finds
+        the right mode. ``"regression"``: natural parameters fitted to the log joint
+        at the particles for every group that allows it
         (:mod:`pyro_qem.infer.regression`; least squares on q's statistics, or for
         Normal-coordinate groups with too few particles a score-function step), which
         needs no effective sample size. Its fixed point is mean-field VI's (q's
@@ -180,7 +182,7 @@ class Inference:
         num_threads: Union[None, int, str] = "auto",
         process_group=None,
         compile: Union[bool, str] = False,
-        update: str = "auto",
+        update: str = "moments",
     ) -> None:
         if not isinstance(guide, QEMGuide):
             raise TypeError(
@@ -317,14 +319,14 @@ class Inference:
                 loss, weights = done
                 skip = self._unfitted_groups()
                 self._collapse.observe(self.guide.structure, weights, lr, loss, skip)
-                self._choice.observe(weights, lr, skip)
+                self._choice.observe(weights, skip)
                 return loss
         run = self._particle_run(args, kwargs)
         check_params(run.params, self.optim)
         # The regression reads the log joint off every particle's weight: weights in
         # float64 for the steps that use it (float32's floor, exp(-87), cut off
         # particles and biased the fit: means 0.5-0.8 sd off at N/B = 100).
-        regressed = self._choice.regressed(self.guide, self.K, lr)
+        regressed = self._choice.regressed(self.guide, self.K)
         wide = regressed is None or bool(regressed) or bool(run.subsamples)
         result = estimate(run.sites, run.structure, self.K, links=run.links,
                           plate_reducers=run.plate_reducers, max_memory=self._budget,
@@ -340,7 +342,7 @@ class Inference:
         self._moment_update(run, weights, lr, average, regressed)
         loss = -result.log_p_hat.item()
         skip = self._unfitted_groups() | self._minibatched_groups(result.plate_scales)
-        self._choice.observe(weights, lr, skip)
+        self._choice.observe(weights, skip)
         # The collapse monitor's drift is moment matching's; regressed groups have none.
         every = regressed if regressed is not None else {
             g.index for g in run.structure.groups if regression_kind(self.guide, g, self.K) is not None}

@@ -21,6 +21,7 @@ from ..guides.qem_guide import QEMGuide
 from ..handlers import SiteRecord, is_subsampled
 from ..model import SiteInfo, selection_of
 from .regression import regression_kind, regression_update, score_update
+from .update_choice import AUTO_REGRESSION_LR
 
 # A running average restarts where the iterate has become this much more concentrated.
 RESTART_RATIO = 2.0
@@ -101,10 +102,13 @@ def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Ma
     regressed, jump = set(), set()
     if isinstance(update, str):
         update = None if update == "regression" else frozenset()
+    # update="auto" refits degenerate groups with a bounded step (update_choice).
+    regression_lr = min(lr, AUTO_REGRESSION_LR) if update and not subsampled else lr
     for group, (kind, members) in _regression_groups(guide, records, subsampled, weights,
                                                      update).items():
         fit = regression_update if kind == "least_squares" else score_update
-        updated = fit(guide, structure.groups[group], members, weights[group], subsamples, lr)
+        updated = fit(guide, structure.groups[group], members, weights[group], subsamples,
+                      regression_lr)
         if updated is None and update and not subsampled:
             # update="auto" (full batch): this group's ordinary moment update, below.
             # The halving jump collapsed q onto one particle there: with log-weights

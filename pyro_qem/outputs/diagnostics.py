@@ -316,8 +316,9 @@ def _warn(report: Diagnostics, K: int) -> None:
             f"{report.min_ess:g}), so one particle carries its posterior estimate: q does "
             "not cover the posterior there. Fit longer, or raise K or q's initial scale; "
             "for a vector site of many coordinates (whose weights stay degenerate at any "
-            "practical K), Inference(..., update='regression') fits q from the "
-            "log-weights without needing an ESS.",
+            "practical K), Inference(..., update='auto') refits it from the "
+            "log-weights where its weights stay degenerate, without needing an ESS "
+            "(not for multimodal posteriors: see its docstring).",
             QEMDiagnosticWarning,
             stacklevel=3,
         )

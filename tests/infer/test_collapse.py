@@ -1,5 +1,5 @@
 """The collapse warning: K = 2 with lr = 1 shrinks a moment-matched q to a point; a
-sound fit is quiet; the default update refits such a group by regression instead."""
+sound fit is quiet; update="auto" refits such a group by regression instead."""
 
 import warnings
 
@@ -26,23 +26,23 @@ def test_two_particles_at_lr_one_warn_that_q_collapses(seed):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_the_default_update_refits_the_degenerate_group_by_regression_instead(seed):
+def test_update_auto_refits_the_degenerate_group_by_regression_instead(seed):
     """Same fit with ``update="auto"``: two particles' weights have an ESS near 1, so
     the group is refitted by the score step (infer.update_choice), which needs no ESS.
     Its log joint is quadratic in z, where Stein's identity is exact from any K, so q
-    lands on the exact posterior (1e-6: float64 rounding over the steps), quietly."""
+    lands on the exact posterior (1e-4 sd: the smoothed steps' remainder), quietly."""
     pyro.set_rng_seed(seed)
     y = 0.8 + torch.randn(20, dtype=torch.float64)
     guide = AutoQEM(normal_mean)
-    inference = Inference(normal_mean, guide, K=2, lr=1.0)
+    inference = Inference(normal_mean, guide, K=2, lr=1.0, update="auto")
     with warnings.catch_warnings():
         warnings.simplefilter("error", QEMCollapseWarning)
         for _ in range(150):
             inference.step(y)
     mean, sd = normal_mean_posterior(y)
     q = guide.distributions(averaged=False)["z"]
-    assert abs(q.mean.item() - mean) < 1e-6 * sd
-    assert abs(q.stddev.item() / sd - 1) < 1e-6
+    assert abs(q.mean.item() - mean) < 1e-4 * sd
+    assert abs(q.stddev.item() / sd - 1) < 1e-4
 
 
 def test_a_sound_fit_does_not_warn():
