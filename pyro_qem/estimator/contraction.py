@@ -444,12 +444,23 @@ def check_finite(log_p_hat: torch.Tensor, factors: Sequence[LogFactor] = ()) -> 
         return
     culprits = [d for d in map(_nonfinite_description, factors) if d is not None]
     named = ("; ".join(culprits) + ". ") if culprits else ""
+    # NaN or +inf densities mostly come from parameters that overflowed (exp() of a
+    # draw from a wide prior), which a narrower start avoids; -inf from q missing the
+    # support or the posterior, which a wider one may cure.
+    overflow = bool(torch.isnan(log_p_hat)) or log_p_hat.item() > 0
+    advice = (
+        "If the model's parameters overflow at q's initial spread (NaN or inf from exp() "
+        "of a draw from a wide prior, e.g. a Poisson rate exp(a) with a ~ Normal(0, 100)), "
+        "start q narrower: AutoQEM(model, init_scale=0.1)."
+        if overflow else
+        "If the guide's initial q misses the posterior, pass init_loc_fn or a wider "
+        "init_scale."
+    )
     raise FloatingPointError(
         f"log P_hat is {log_p_hat.item()}: {named}No combination of particles has finite "
         "probability under the model. Check that the observed data lie in the support of "
-        "their distributions, that each site's parameters are valid (finite, positive "
-        "scales), and that the guide's initial q overlaps the posterior (e.g. pass "
-        "init_loc_fn or a wider init_scale)."
+        "their distributions and that each site's parameters are valid (finite, positive "
+        f"scales). {advice}"
     )
 
 

@@ -459,6 +459,32 @@ def test_nan_names_the_site():
              init_loc_fn=init_to_value(values={"sigma": torch.tensor(1.0)}))
 
 
+def poisson_glm(X, y):
+    a = pyro.sample("a", dist.Normal(torch.tensor(0.0, dtype=X.dtype), 100.0))
+    b = pyro.sample("b", dist.Normal(torch.zeros(X.shape[1], dtype=X.dtype), 10.0).to_event(1))
+    with pyro.plate("rows", X.shape[0]):
+        pyro.sample("y", dist.Poisson((a + (X * b).sum(-1)).exp()), obs=y)
+
+
+def test_rates_that_overflow_at_a_wide_start_advise_a_narrower_one():
+    """A Normal(0, 100) intercept under exp(): the initial q's draws give rates of
+    exp(+-200), whose Poisson log densities are NaN. The error says to start narrower,
+    and that start fits (intercept within 0.1 of the simulated 1.0 with 2000 rows)."""
+    generator = torch.Generator().manual_seed(4)
+    X = 0.3 * torch.randn(2000, 10, generator=generator)
+    y = torch.poisson((1.0 + X @ (0.5 * torch.randn(10, generator=generator))).exp(),
+                      generator=generator)
+    pyro.set_rng_seed(0)
+    with pyro.validation_enabled(False), pytest.raises(
+            FloatingPointError, match=r"site 'y' has NaN log density.*init_scale=0\.1"):
+        Inference(poisson_glm, AutoQEM(poisson_glm), K=30).step(X, y)
+    guide = AutoQEM(poisson_glm, init_scale=0.1)
+    inference = Inference(poisson_glm, guide, K=30)
+    for _ in range(100):
+        inference.step(X, y)
+    assert abs(guide.distributions()["a"].mean.item() - 1.0) < 0.1
+
+
 def test_check_finite_names_only_the_guilty_factor():
     ok = LogFactor("mu", torch.zeros(3), "a", frozenset())
     dead = LogFactor("obs", torch.tensor([[0.0, float("-inf")], [1.0, float("-inf")]]), "ab",
