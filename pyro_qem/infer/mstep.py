@@ -102,15 +102,16 @@ def moment_update(guide: QEMGuide, records: Sequence[SiteRecord], subsamples: Ma
     regressed, jump = set(), set()
     if isinstance(update, str):
         update = None if update == "regression" else frozenset()
-    # update="auto" refits degenerate groups with a bounded step (update_choice).
-    regression_lr = min(lr, AUTO_REGRESSION_LR) if update and not subsampled else lr
+    # update="auto" (full batch) refits its degenerate groups with a bounded step.
+    auto = bool(update) and not subsampled
+    regression_lr = min(lr, AUTO_REGRESSION_LR) if auto else lr
     for group, (kind, members) in _regression_groups(guide, records, subsampled, weights,
                                                      update).items():
         fit = regression_update if kind == "least_squares" else score_update
         updated = fit(guide, structure.groups[group], members, weights[group], subsamples,
                       regression_lr)
-        if updated is None and update and not subsampled:
-            # update="auto" (full batch): this group's ordinary moment update, below.
+        if updated is None and auto:
+            # This group's ordinary moment update, below.
             # The halving jump collapsed q onto one particle there: with log-weights
             # thousands of nats apart (40 means under a Normal(0, 100) prior) the
             # regression never took over, and q ended 430-760 sd off at 1e-4 of the

@@ -97,7 +97,7 @@ class UpdateChoice:
         self.update = check_update(update)
         #: group index -> running mean of its weights' median ESS.
         self.ess: Dict[int, float] = {}
-        #: group index -> consecutive steps with that running mean below the threshold.
+        #: group index -> consecutive steps with that running mean below :data:`ESS_FLOOR`.
         self.below: Dict[int, int] = {}
 
     def regressed(self, guide: QEMGuide, K: int) -> Optional[AbstractSet[int]]:
@@ -108,9 +108,8 @@ class UpdateChoice:
         if self.update == "moments":
             return frozenset()
         groups = guide.structure.groups
-        return frozenset(group for group, ess in self.ess.items() if ess < ESS_FLOOR
-                         and self.below.get(group, 0) >= PATIENCE
-                         and gaussian_group(guide, groups[group], K))
+        return frozenset(group for group, steps in self.below.items()
+                         if steps >= PATIENCE and gaussian_group(guide, groups[group], K))
 
     def observe(self, weights: Mapping[int, torch.Tensor], skip: AbstractSet[int] = frozenset()) -> None:
         """Fold one step's weights (group -> normalised weights, particles in dim 0)
