@@ -210,7 +210,7 @@ class Inference:
         self.update = update
         self.max_memory = _check_max_memory(max_memory)
         self._budget: Optional[float] = self.max_memory
-        self._collapse = CollapseMonitor(K)
+        self._collapse = CollapseMonitor(K, lambda group: self._choice.advice(self.guide, group, self.K))
         self.num_threads = check_num_threads(num_threads)
         self._largest_factor: Optional[int] = None
         # Minibatches by passes over the data (handlers.epochs): a pass's scaled

@@ -124,3 +124,11 @@ class UpdateChoice:
             before = self.ess.get(group)
             self.ess[group] = ess if before is None else (1 - SMOOTHING) * before + SMOOTHING * ess
             self.below[group] = self.below.get(group, 0) + 1 if self.ess[group] < ESS_FLOOR else 0
+
+    def advice(self, guide: QEMGuide, group: int, K: int) -> str:
+        """A sentence for the collapse warning of ``group``: under ``"moments"``, that
+        ``"auto"`` would refit it by regression, where it can."""
+        if self.update != "moments" or not gaussian_group(guide, guide.structure.groups[group], K):
+            return ""
+        return ("Its sites' q are Gaussian: Inference(..., update='auto') refits a group whose "
+                "weights stay degenerate by regression, which needs no ESS. ")

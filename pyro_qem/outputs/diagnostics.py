@@ -27,6 +27,7 @@ from typing import Callable, Dict, Optional
 import torch
 from torch.distributions import biject_to
 
+from .degenerate import QEMDiagnosticWarning
 from .sites import to_site_shape, weighted_run
 from .draws import sample_guide
 from .predictive import conditioned_trace, per_draw
@@ -34,10 +35,6 @@ from .predictive import conditioned_trace, per_draw
 from ..estimator.factors import observed_log_prob
 from ..guides.qem_guide import QEMGuide
 from ..infer.inference import Inference
-
-
-class QEMDiagnosticWarning(UserWarning):
-    """The importance weights say a posterior estimate cannot be trusted."""
 
 
 #: diagnose's smallest number of guide draws for k-hat (0 skips it).

@@ -27,6 +27,7 @@ from ..estimator.memory import LARGEST_FACTOR_COPIES, MemoryBudgetError
 from ..guides.qem_guide import QEMGuide
 from ..infer.pipeline import WeightedRun
 from ..model.structure import PARTICLE_SETS
+from .degenerate import pooled_chances, repeat_chances, warn_degenerate
 from .index_sampler import DRAWS, SampleTree
 from .sites import check_count, plate_layout, select_outputs, select_sites, weighted_run
 
@@ -144,12 +145,13 @@ def sample_posterior(
     first = weighted_run(inference, args, kwargs, "sample_posterior", weights=True)
     sets = ParticleSets(inference, args, kwargs, "sample_posterior", first)
     runs = [first]
-    chances = _repeat_chances(first)
-    if draws_per_run == "auto" and chances and num_samples > 1 and sets.per_run > 1:
+    if draws_per_run == "auto" and repeat_chances(first) and num_samples > 1 and sets.per_run > 1:
         # One set's sum_k w_k^2 of a global group is a single noisy number (radon: the
         # draws per set it gave ranged 12-25 between calls): look at more sets.
         runs.append(sets.run(PILOT_SETS, weights=True))
-        chances = [torch.cat(pair) for pair in zip(chances, _repeat_chances(runs[1]))]
+    by_group = pooled_chances(repeat_chances(run) for run in runs)
+    warn_degenerate(by_group, first.structure, inference.K, "sample_posterior")
+    chances = list(by_group.values())
     # The bound below needs the mean chance; the draws per set follow the median set
     # (a rare set with one dominant particle would otherwise halve them).
     rho = max((c.mean().item() for c in chances), default=0.0)
@@ -217,33 +219,6 @@ def _measured_design_effects(chunks: Sequence[Dict[str, torch.Tensor]], set_coun
         deff = per_set * means.var(0)[varying] / spread[varying]
         out[name] = max(deff.mean().item(), 1e-12)
     return out
-
-
-def _repeat_chances(run: WeightedRun) -> List[torch.Tensor]:
-    """Per sampled group, each set's mean chance that two draws from the set pick the
-    same particle of the group (``sum_k w_k^2`` per plate element, averaged over them):
-    a tensor ``(sets,)`` per group.
-
-    Enumerated groups are left out: their dim holds the whole support, and two draws
-    from one set that pick the same value are two exact draws from its conditional
-    posterior, not a repeated Monte Carlo particle (a confidently assigned mixture label
-    has ``sum_k w_k^2`` near 1 and would otherwise force one draw per set). With no
-    sampled group every draw is exact given the set: no chances."""
-    sites = run.structure.sites
-    sampled = {g.index for g in run.structure.groups
-               if not any(sites[name].enumerated for name in g.sites)}
-    sets = run.structure.plates.get(PARTICLE_SETS)
-    chances = []
-    for source in run.sources:
-        if source.group not in sampled:
-            continue
-        chance = (run.weights[source.group] ** 2).sum(source.particle_dim, keepdim=True)
-        if sets is not None and chance.dim() >= -sets.dim:
-            chance = chance.movedim(chance.dim() + sets.dim, 0)
-            chances.append(chance.reshape(chance.shape[0], -1).mean(1))
-        else:
-            chances.append(chance.mean().reshape(1))
-    return chances
 
 
 def _agreed(inference: Inference, count: int) -> int:

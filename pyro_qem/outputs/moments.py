@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import torch
 
 from ..infer.pipeline import ParticleRun, WeightedRun
+from .degenerate import pooled_chances, repeat_chances, warn_degenerate
 from .sites import check_count, plate_layout, resolve_fn, select_outputs, to_site_shape, weighted_run
 
 from ..infer.inference import Inference
@@ -54,7 +55,7 @@ def moment_runs(
         float64.
     """
     check_count("num_runs", num_runs)
-    per_run = []
+    per_run, chances = [], []
     for _ in range(num_runs):
         # The sites are chosen once per run, before it is weighed: the deterministic
         # ones among them need joint weights.
@@ -66,6 +67,10 @@ def moment_runs(
 
         weighed = weighted_run(inference, args, kwargs, "moments", joint=derived)
         per_run.append(_moments_of_run(weighed, fn, *chosen["outputs"]))
+        # Only the weights' summaries are kept: a run holds all its factors.
+        chances.append(repeat_chances(weighed))
+        structure = weighed.structure
+    warn_degenerate(pooled_chances(chances), structure, inference.K, "posterior_moments")
     return {name: torch.stack([run[name] for run in per_run]) for name in per_run[0]}
 
 
