@@ -19,6 +19,13 @@ that gives the weights -> the moment update) as one graph of ATen ops with
   Random draws use torch's own generator (``fallback_random``) so that a compiled step
   draws the same numbers as the eager one.
 
+In every mode the recording's broadcast products summed over a dim (a model's
+``(z * x).sum(-1)``) become ``einsum`` contractions first
+(:func:`~pyro_qem.infer.graph_rewrites.contract_products`: the movielens-shaped step's
+K x K x users x films x genres product is one batched matrix product instead, 105 to 32
+ms a step replayed); such a step then rounds like a matrix product, not bit for bit
+like the eager one (float64: ~1e-15 relative).
+
 The traced step is a pure function ``(data tensors, lr, state) -> (log P_hat, weights,
 new state)``: it runs on copies of the guide's state (:meth:`MomentState.substituted`),
 and the new state is written back only once ``log P_hat`` is known to be finite; a
@@ -59,6 +66,7 @@ from ..estimator import estimate
 from ..handlers.trace_guards import guards_hold, recording_guards
 from .gradients import backward
 from .mstep import moment_update
+from .graph_rewrites import contract_products
 from .random_inputs import lift_random_draws, with_draws
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -126,6 +134,8 @@ class CompiledStep:
         self.compiled_steps = 0
         #: Replays rerun eagerly because a data-dependent shortcut changed its path.
         self.eager_reruns = 0
+        #: Broadcast products that the recordings contract by einsum instead.
+        self.contracted_products = 0
 
     # ------------------------------------------------------------------ policy
 
@@ -287,6 +297,9 @@ class CompiledStep:
                          f"{_first_line(error)}){_value_read_hint(error)}.")
             return None
         out = [t.detach() for t in traced_out[0]]
+        # Broadcast products summed over a dim become BLAS contractions (the check at
+        # the next step compares the rewritten graph with the eager step).
+        self.contracted_products += contract_products(graph_module)
         fn = graph_module
         if self.mode != "trace":
             # Lifted, the draws keep the eager order whatever the compiler schedules;
