@@ -3,7 +3,9 @@
     python -m benchmarks.compiled_step [--K 30] [--repeats 200] [--models bus radon movielens]
                                        [--device cuda] [--modes trace inductor cudagraphs] [--warm-cache]
 
-For each benchmark model (its recommended groups, lr = 0.1, one torch thread), three
+For each benchmark model (its recommended groups, lr = 0.1, one torch thread; AutoQEM's
+default non-centred proposals, or with ``--noncentre none`` every site proposed as
+written, as ``benchmarks.compare`` fits), three
 fits from the same seed: eager (``compile=False``), the recorded step replayed
 (``compile="trace"``) and the recording compiled by ``torch.compile``
 (``compile="inductor"``). Reported: the seconds spent recording and compiling (on top of
@@ -39,26 +41,27 @@ ALL_MODES = (False, "trace", "inductor")
 WARMUP = 10
 
 
-def _inference(name: str, mode, K: int, prefix: str) -> Inference:
+def _inference(name: str, mode, K: int, prefix: str, noncentre="auto") -> Inference:
     bench = MODELS[name]
     pyro.set_rng_seed(0)
-    guide = AutoQEM(bench.model, groups=bench.groups, prefix=prefix)
+    guide = AutoQEM(bench.model, groups=bench.groups, prefix=prefix, noncentre=noncentre)
     return Inference(bench.model, guide, K=K, lr=0.1, compile=mode)
 
 
-def run(name: str, K: int, repeats: int, modes=ALL_MODES, device: str = "cpu") -> List[str]:
+def run(name: str, K: int, repeats: int, modes=ALL_MODES, device: str = "cpu",
+        noncentre="auto") -> List[str]:
     train, _ = MODELS[name].load(device)
     inferences, losses, compile_s = {}, {}, {}
     for mode in modes:
         with warnings.catch_warnings():
             warnings.simplefilter("error", CompileFallbackWarning)
-            inference = _inference(name, mode, K, f"{name}_{mode}")
+            inference = _inference(name, mode, K, f"{name}_{mode}", noncentre)
             losses[mode] = [inference.step(train) for _ in range(WARMUP)]
         inferences[mode] = inference
         compile_s[mode] = inference.compiled.compile_seconds if inference.compiled else 0.0
     again = None
     if "inductor" in modes:  # a second recording in this process: what a repeat costs
-        again = _inference(name, "inductor", K, f"{name}_again")
+        again = _inference(name, "inductor", K, f"{name}_again", noncentre)
         for _ in range(WARMUP):
             again.step(train)
     seconds = time_blocks({str(m): (lambda i=inferences[m]: i.step(train)) for m in modes}, repeats)
@@ -87,6 +90,10 @@ def main(argv=None) -> None:
                         help="where the data (and so the model's tensors) live")
     parser.add_argument("--modes", nargs="+", default=["trace", "inductor"], choices=["trace", "inductor", "cudagraphs"],
                         help="compiled steps to time beside the eager one")
+    parser.add_argument("--noncentre", default="auto", choices=("auto", "none"),
+                        help="AutoQEM's proposals: its default non-centred ones where they "
+                             "help ('auto'), or every site as written ('none', as "
+                             "benchmarks.compare fits)")
     parser.add_argument("--warm-cache", action="store_true",
                         help="keep torch's on-disk kernel cache (default: a fresh one, so the "
                              "first compilation is timed cold, as on a new machine)")
@@ -95,11 +102,12 @@ def main(argv=None) -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor_")
     torch.set_num_threads(1)
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU, one torch thread"
-    print(f"K = {args.K}, {where}, torch {torch.__version__}")
+    noncentre = None if args.noncentre == "none" else "auto"
+    print(f"K = {args.K}, {where}, torch {torch.__version__}, noncentre={noncentre!r}")
     print("| model | step | record + compile s | ms/step | x eager | steps to pay off | max loss diff (first steps) |")
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
-        for row in run(name, args.K, args.repeats, (False, *args.modes), args.device):
+        for row in run(name, args.K, args.repeats, (False, *args.modes), args.device, noncentre):
             print(row, flush=True)
 
 

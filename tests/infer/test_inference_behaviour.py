@@ -183,3 +183,38 @@ def test_a_likelihood_over_several_global_groups_warns_once_with_the_grouping(mo
     inference.step(x, y)  # once: a second warning would fail here (warnings are errors)
     grouped = AutoQEM(student_t_regression, groups=[["a", "b", "nu", "s"]])
     Inference(student_t_regression, grouped, K=4).step(x, y)  # K x N: no warning
+
+
+def three_levels(y):
+    """mu, tau -> beta_year -> alpha_(year, borough) -> y_(year, borough, row): a
+    three-level hierarchy whose middle and lower scales AutoQEM non-centres."""
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    tau = pyro.sample("tau", dist.HalfNormal(1.0))
+    with pyro.plate("year", y.shape[0], dim=-3):
+        beta = pyro.sample("beta", dist.Normal(mu, tau))
+        sigma = pyro.sample("sigma", dist.HalfNormal(1.0))
+        with pyro.plate("borough", y.shape[1], dim=-2):
+            alpha = pyro.sample("alpha", dist.Normal(beta, sigma))
+            with pyro.plate("row", y.shape[2], dim=-1):
+                pyro.sample("y", dist.Normal(alpha, 1.0), obs=y)
+
+
+def test_non_centred_proposals_that_multiply_a_costly_likelihood_say_so_once(monkeypatch):
+    """Non-centred, alpha reads the year group's and the global group's particles: the
+    likelihood spans three particle groups (K^3 per row) where centred proposals span
+    two (bus at K = 30: 510 against 16 ms a step). The first step says which sites and
+    what noncentre=None costs; centred, the same step is quiet (threshold lowered so
+    that the test's factor, 4^3 x 24, stays small)."""
+    import pyro_qem.estimator.memory as memory
+    from pyro_qem import SlowStepWarning
+
+    monkeypatch.setattr(memory, "COSTLY_ENTRIES", 4 ** 3 * 24)
+    y = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
+    guide = AutoQEM(three_levels, groups=[["mu", "tau"], ["beta", "sigma"]])
+    inference = Inference(three_levels, guide, K=4)
+    with pytest.warns(SlowStepWarning, match=r"Site 'y'.*1,536 entries.*K\^3 = 64.*"
+                                             r"\['alpha', 'beta'\].*noncentre=None"):
+        inference.step(y)
+    inference.step(y)  # once
+    centred = AutoQEM(three_levels, groups=[["mu", "tau"], ["beta", "sigma"]], noncentre=None)
+    Inference(three_levels, centred, K=4).step(y)  # K^2 per row: no warning
